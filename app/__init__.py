@@ -1,0 +1,3 @@
+"""Journeys: Segment-compatible event tracking and journey stitching on PostgreSQL."""
+
+__version__ = "0.1.0"

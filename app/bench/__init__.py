@@ -1,0 +1,1 @@
+"""Benchmarks behind `journeys bench`: ratios to a baseline measured in the same run."""

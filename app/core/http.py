@@ -1,0 +1,88 @@
+"""ASGI middleware: request id, one log line per request, CORS for the ingest routes only."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.logging import get_logger
+
+log = get_logger("journeys.request")
+
+# Browsers call these cross-origin (analytics.js, our tracker); nothing else gets CORS headers.
+INGEST_PATHS = frozenset(
+    f"/v1/{name}"
+    for name in (
+        "track", "identify", "page", "screen", "group", "alias", "batch",
+        "t", "i", "p", "s", "g", "a", "b", "m",
+    )
+)
+_PREFLIGHT_MAX_AGE = b"86400"
+
+
+class RequestMiddleware:
+    """Binds a request id, logs one line per request, answers CORS for ingest routes."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
+        path: str = scope["path"]
+        origin = headers.get(b"origin") if path in INGEST_PATHS else None
+        started = time.perf_counter()
+        status = 500
+
+        if origin is not None and scope["method"] == "OPTIONS":
+            requested = headers.get(b"access-control-request-headers", b"content-type")
+            await send({"type": "http.response.start", "status": 204, "headers": [
+                (b"access-control-allow-origin", origin),
+                (b"access-control-allow-methods", b"POST, OPTIONS"),
+                (b"access-control-allow-headers", requested),
+                (b"access-control-allow-credentials", b"true"),
+                (b"access-control-max-age", _PREFLIGHT_MAX_AGE),
+                (b"vary", b"Origin"),
+                (b"x-request-id", request_id.encode()),
+            ]})
+            await send({"type": "http.response.body", "body": b""})
+            self._log(scope, 204, started, request_id)
+            return
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                extra = [(b"x-request-id", request_id.encode())]
+                if origin is not None:
+                    extra += [
+                        (b"access-control-allow-origin", origin),
+                        (b"access-control-allow-credentials", b"true"),
+                        (b"vary", b"Origin"),
+                    ]
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self._log(scope, status, started, request_id)
+            structlog.contextvars.clear_contextvars()
+
+    @staticmethod
+    def _log(scope: Scope, status: int, started: float, request_id: str) -> None:
+        log.info(
+            "request",
+            method=scope["method"],
+            path=scope["path"],
+            status=status,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+            request_id=request_id,
+        )

@@ -1,0 +1,62 @@
+"""One settings object for the whole service, read from `JOURNEYS_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service configuration; every field maps to `JOURNEYS_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="JOURNEYS_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, description="postgresql://… URL; unset runs an embedded PostgreSQL"
+    )
+    data_dir: Path = Field(default=Path(".journeys"), description="embedded PostgreSQL data")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = Field(default=1, ge=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["console", "json"] = "console"
+    admin_token: str | None = None
+    inprocess_worker: bool = True
+
+    # Database pool and group commit.
+    pool_size: int = Field(default=10, ge=1)
+    commit_max_events: int = Field(default=5_000, ge=1, description="events per group commit")
+    commit_max_wait_ms: float = Field(
+        default=2.0, ge=0, description="how long a commit waits for company"
+    )
+    commit_concurrency: int = Field(default=3, ge=1, description="group commits in flight")
+
+    # Exactly-once window: a messageId is deduplicated for at least this many days.
+    dedupe_days: int = Field(default=7, ge=7)
+    retention_days: int | None = Field(default=None, ge=14)
+
+    # Per-workspace token bucket, in events per second (per process).
+    rate_limit_events_per_second: float = Field(default=20_000, gt=0)
+    rate_limit_burst: float = Field(default=40_000, gt=0)
+
+    # Server hardening.
+    request_timeout_seconds: float = Field(default=30.0, gt=0)
+    keep_alive_seconds: int = Field(default=5, ge=1)
+    max_header_bytes: int = Field(default=16_384, ge=1024)
+    max_concurrency: int = Field(default=2_000, ge=1)
+    key_cache_seconds: float = Field(default=10.0, ge=0)
+
+    @property
+    def embedded(self) -> bool:
+        """True when no external database is configured."""
+        return not self.database_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (environment read once)."""
+    return Settings()

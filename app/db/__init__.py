@@ -1,0 +1,1 @@
+"""Database access: engine, embedded PostgreSQL, models, partitions."""

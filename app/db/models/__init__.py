@@ -1,0 +1,7 @@
+"""SQLAlchemy 2 typed models. Every key and index leads with `workspace_id`."""
+
+from app.db.models.base import Base
+from app.db.models.events import Event
+from app.db.models.workspaces import ApiKey, Workspace
+
+__all__ = ["ApiKey", "Base", "Event", "Workspace"]

@@ -1,0 +1,105 @@
+"""Segment HTTP tracking API routes (and analytics.js short paths)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from app.core.deps import ingest_service
+from app.core.settings import get_settings
+from app.ingest.segment import SHORT_PATHS
+from app.ingest.service import IngestRequest, body_limit, read_body
+
+router = APIRouter(prefix="/v1", tags=["ingest"])
+
+_OK = orjson.dumps({"success": True})
+
+_EXAMPLE = {
+    "track": {"userId": "u1", "event": "Product Viewed", "properties": {"sku": "A-1"}},
+    "identify": {"userId": "u1", "anonymousId": "a1", "traits": {"email": "ann@example.com"}},
+    "page": {"anonymousId": "a1", "name": "Home", "properties": {"url": "https://shop.example/"}},
+    "screen": {"userId": "u1", "name": "Cart"},
+    "group": {"userId": "u1", "groupId": "g1", "traits": {"plan": "pro"}},
+    "alias": {"previousId": "a1", "userId": "u1"},
+    "batch": {"batch": [{"type": "track", "userId": "u1", "event": "Order Completed"}]},
+}
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Stored durably (committed). Batches list refused items in `rejected`."},
+    400: {"description": "Invalid event (problem+json naming the field)"},
+    401: {"description": "Missing or unknown write key"},
+    403: {"description": "A key of another kind"},
+    413: {"description": "Event > 32 KB, batch > 500 KB or > 2,500 events"},
+    415: {"description": "Unsupported Content-Type or Content-Encoding"},
+    429: {"description": "Workspace rate limit; honour Retry-After"},
+    503: {"description": "Database unavailable; honour Retry-After"},
+}
+
+
+async def _ingest(request: Request, route_type: str) -> Response:
+    settings = get_settings()
+    body = await read_body(
+        request.stream(), limit=body_limit(route_type), timeout=settings.request_timeout_seconds
+    )
+    result = await ingest_service(request).ingest(
+        IngestRequest(
+            route_type=route_type,
+            body=body,
+            content_type=request.headers.get("content-type"),
+            content_encoding=request.headers.get("content-encoding"),
+            authorization=request.headers.get("authorization"),
+            client_ip=request.client.host if request.client else None,
+        )
+    )
+    if not result.rejected:
+        return Response(_OK, media_type="application/json")
+    rejected = [
+        {"index": r.index, "code": r.code, "detail": r.detail, "field": r.field}
+        for r in result.rejected
+    ]
+    return Response(
+        orjson.dumps({"success": True, "rejected": rejected}), media_type="application/json"
+    )
+
+
+def _make_endpoint(route_type: str) -> Any:
+    async def endpoint(request: Request) -> Response:
+        return await _ingest(request, route_type)
+
+    endpoint.__name__ = f"ingest_{route_type}"
+    return endpoint
+
+
+def _register(path: str, route_type: str, *, in_schema: bool) -> None:
+    router.add_api_route(
+        path,
+        _make_endpoint(route_type),
+        methods=["POST"],
+        summary=f"Segment `{route_type}`" if in_schema else None,
+        responses=_RESPONSES,
+        include_in_schema=in_schema,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"example": _EXAMPLE[route_type]},
+                    "text/plain": {},
+                },
+            }
+        },
+    )
+
+
+for _type in _EXAMPLE:
+    _register(f"/{_type}", _type, in_schema=True)
+for _short, _type in SHORT_PATHS.items():
+    _register(f"/{_short}", _type, in_schema=False)
+
+
+@router.post("/m", include_in_schema=False)
+async def client_metrics() -> Response:
+    """analytics.js client metrics: acknowledged, not stored."""
+    return Response(_OK, media_type="application/json")

@@ -1,0 +1,477 @@
+"""Pure parsing and normalising of Segment HTTP tracking API payloads: bytes in, rows out.
+
+Nothing here knows about HTTP frameworks or databases, so every rule can be unit- and
+property-tested in isolation. Errors carry the HTTP status and a stable `code` the routes turn
+into problem+json; `field` names the offending field (`batch[3].timestamp`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import uuid
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import orjson
+
+EVENT_TYPES: Final = frozenset({"track", "identify", "page", "screen", "group", "alias"})
+SHORT_PATHS: Final = {
+    "t": "track",
+    "i": "identify",
+    "p": "page",
+    "s": "screen",
+    "g": "group",
+    "a": "alias",
+    "b": "batch",
+}
+
+MAX_EVENT_BYTES: Final = 32 * 1024
+MAX_BATCH_BYTES: Final = 500 * 1024
+MAX_BATCH_ITEMS: Final = 2_500
+MAX_DEPTH: Final = 32
+MAX_MESSAGE_ID: Final = 100
+MAX_FUTURE: Final = timedelta(hours=24)
+
+FLAG_FUTURE_CLAMPED: Final = 1
+
+# Fields the server owns: a client can't set them (they are recomputed, or secrets).
+_SERVER_OWNED: Final = ("receivedAt", "writeKey", "workspaceId", "projectId")
+_TIMESTAMP_FIELDS: Final = ("timestamp", "originalTimestamp", "sentAt")
+_OBJECT_FIELDS: Final = ("properties", "traits", "context", "integrations")
+
+
+class IngestError(Exception):
+    """Bad input: `status` is the HTTP status (4xx), `code` a stable machine-readable reason."""
+
+    def __init__(self, status: int, code: str, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class NormalisedEvent:
+    """One accepted event, ready for storage."""
+
+    message_id: str
+    type: str
+    event: str | None
+    user_id: str | None
+    anonymous_id: str | None
+    timestamp: datetime
+    received_at: datetime
+    flags: int
+    payload: str  # the normalised event as JSON text
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An invalid item of a batch; the valid ones are stored regardless."""
+
+    index: int
+    code: str
+    detail: str
+    field: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMeta:
+    """What the request adds to every event: arrival time, client address, workspace."""
+
+    received_at: datetime
+    client_ip: str | None = None
+
+
+# --------------------------------------------------------------------------- body decoding
+
+
+def decode_body(raw: bytes, *, content_type: str | None, content_encoding: str | None,
+                limit: int) -> bytes:
+    """Check the media type and inflate gzip, refusing anything that inflates past `limit`."""
+    media = (content_type or "application/json").split(";", 1)[0].strip().lower()
+    if media not in ("application/json", "text/plain", "", "application/x-json"):
+        raise IngestError(
+            415, "unsupported_media_type",
+            f"Content-Type {media!r} is not supported; send application/json or text/plain",
+        )
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding in ("identity", ""):
+        body = raw
+    elif encoding in ("gzip", "x-gzip"):
+        body = _gunzip(raw, limit)
+    else:
+        raise IngestError(
+            415, "unsupported_content_encoding",
+            f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding",
+        )
+    if len(body) > limit:
+        raise IngestError(413, "body_too_large", f"body is larger than {limit // 1024} KB")
+    return body
+
+
+def _gunzip(raw: bytes, limit: int) -> bytes:
+    # Inflate at most limit+1 bytes so a gzip bomb costs us nothing beyond the limit.
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(raw, limit + 1)
+    except zlib.error as exc:
+        raise IngestError(400, "invalid_gzip", f"body is not valid gzip: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise IngestError(
+            413, "body_too_large", f"body inflates to more than {limit // 1024} KB"
+        )
+    if not inflater.eof:
+        raise IngestError(400, "invalid_gzip", "body is not valid gzip: truncated stream")
+    return out
+
+
+# --------------------------------------------------------------------------- JSON parsing
+
+
+class _BadNumber:
+    """Stands in for NaN, ±Infinity and numbers too large for a double, found after parsing."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _parse_float(text: str) -> float | _BadNumber:
+    value = float(text)
+    return value if math.isfinite(value) else _BadNumber(text)
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse JSON fast; on failure, reparse leniently so a bad value inside one batch item can
+    be blamed on that item instead of failing the whole request."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as strict_error:
+        try:
+            # surrogateescape turns invalid UTF-8 into lone surrogates that the item check finds.
+            text = body.decode("utf-8", "surrogateescape")
+            return json.loads(text, parse_constant=_BadNumber, parse_float=_parse_float)
+        except RecursionError:
+            raise IngestError(
+                400, "too_deep", f"JSON is nested deeper than {MAX_DEPTH} levels"
+            ) from None
+        except ValueError:
+            raise IngestError(400, "invalid_json", f"body is not valid JSON: {strict_error}") from None
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in node.values() if isinstance(child, dict | list))
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node if isinstance(child, dict | list))
+    return False
+
+
+def _find_bad_value(value: Any, path: str) -> tuple[str, str, str] | None:
+    """Locate the first NUL byte, lone surrogate or non-finite number: (code, detail, path)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "nul_byte", "contains a NUL byte", path
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "invalid_unicode", "contains a lone surrogate or invalid UTF-8", path
+        return None
+    if isinstance(value, _BadNumber):
+        return "invalid_number", f"{value.text} is not a finite number", path
+    if isinstance(value, dict):
+        for key, child in value.items():
+            found = _find_bad_value(key, f"{path}.{key!s:.40}") or _find_bad_value(
+                child, f"{path}.{key}"
+            )
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            found = _find_bad_value(child, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+# --------------------------------------------------------------------------- field helpers
+
+
+def parse_timestamp(value: Any, field: str) -> datetime:
+    """ISO-8601 (with Z or an offset, any fraction; naive = UTC) → aware UTC datetime."""
+    if not isinstance(value, str) or not value or len(value) > 64:
+        raise IngestError(400, "invalid_timestamp", "must be an ISO-8601 date-time string", field)
+    text = value.strip()
+    if text.endswith(("z", "Z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise IngestError(
+            400, "invalid_timestamp", f"{value[:64]!r} is not an ISO-8601 date-time", field
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise IngestError(400, "invalid_timestamp", "date-time is out of range", field) from None
+
+
+def _identifier(value: Any, field: str) -> str | None:
+    """userId/anonymousId/previousId/groupId: a string, or a number the SDK didn't quote."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise IngestError(400, "invalid_field", "must be a string", field)
+    if isinstance(value, int):
+        value = str(value)
+    elif isinstance(value, float) and math.isfinite(value):
+        value = str(int(value)) if value.is_integer() else repr(value)
+    if not isinstance(value, str):
+        raise IngestError(400, "invalid_field", "must be a string", field)
+    value = value.strip()
+    if len(value) > 1024:
+        raise IngestError(400, "invalid_field", "is longer than 1024 characters", field)
+    return value or None
+
+
+def truncate_ip(value: str) -> str | None:
+    """Anonymise an address before storage: IPv4 to its /24, IPv6 to its /48."""
+    try:
+        addr = ipaddress.ip_address(value.strip())
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    prefix = 24 if addr.version == 4 else 48
+    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False).network_address)
+
+
+# --------------------------------------------------------------------------- normalising
+
+
+def normalise_event(
+    item: Any,
+    *,
+    type_hint: str | None,
+    meta: RequestMeta,
+    defaults: Mapping[str, Any] | None = None,
+    field: str = "",
+) -> NormalisedEvent:
+    """Validate one event and produce its stored form. `type_hint` is the route's type
+    (None inside a batch); `defaults` holds the batch's `context`, `integrations`, `sentAt`."""
+    prefix = f"{field}." if field else ""
+    if not isinstance(item, dict):
+        raise IngestError(400, "invalid_event", "event must be a JSON object", field or None)
+    if _depth_exceeds(item, MAX_DEPTH):
+        raise IngestError(400, "too_deep", f"event is nested deeper than {MAX_DEPTH} levels",
+                          field or None)
+    # SDKs send explicit nulls for optional fields: they mean "absent".
+    event: dict[str, Any] = {k: v for k, v in item.items() if v is not None}
+    for key in _SERVER_OWNED:
+        event.pop(key, None)
+
+    kind = type_hint or event.get("type")
+    if not isinstance(kind, str) or kind not in EVENT_TYPES:
+        raise IngestError(
+            400, "invalid_type",
+            "type must be one of " + ", ".join(sorted(EVENT_TYPES)), prefix + "type",
+        )
+    event["type"] = kind
+
+    for name in _OBJECT_FIELDS:
+        if name in event and not isinstance(event[name], dict):
+            raise IngestError(400, "invalid_field", "must be a JSON object", prefix + name)
+    if defaults:
+        for name in ("context", "integrations"):
+            base = defaults.get(name)
+            if isinstance(base, dict) and base:
+                event[name] = {**base, **event.get(name, {})}
+
+    user_id = _identifier(event.get("userId"), prefix + "userId")
+    anonymous_id = _identifier(event.get("anonymousId"), prefix + "anonymousId")
+    if user_id is None and anonymous_id is None:
+        raise IngestError(400, "missing_identity", "userId or anonymousId is required",
+                          prefix + "userId")
+    for key, value in (("userId", user_id), ("anonymousId", anonymous_id)):
+        if value is None:
+            event.pop(key, None)
+        else:
+            event[key] = value
+
+    name: str | None = None
+    if kind == "track":
+        name = event.get("event")
+        if not isinstance(name, str) or not name.strip():
+            raise IngestError(400, "missing_event", "track needs a non-empty event name",
+                              prefix + "event")
+        if len(name) > 512:
+            raise IngestError(400, "invalid_field", "is longer than 512 characters",
+                              prefix + "event")
+    elif kind == "alias":
+        previous = _identifier(event.get("previousId"), prefix + "previousId")
+        if previous is None:
+            raise IngestError(400, "missing_previous_id", "alias needs previousId",
+                              prefix + "previousId")
+        event["previousId"] = previous
+    elif kind == "group":
+        group = _identifier(event.get("groupId"), prefix + "groupId")
+        if group is None:
+            raise IngestError(400, "missing_group_id", "group needs groupId", prefix + "groupId")
+        event["groupId"] = group
+    elif kind in ("page", "screen") and "name" in event and not isinstance(event["name"], str):
+        raise IngestError(400, "invalid_field", "must be a string", prefix + "name")
+
+    message_id = event.get("messageId")
+    if message_id is None or message_id == "":
+        message_id = f"journeys-{uuid.uuid4()}"
+    elif isinstance(message_id, int | float) and not isinstance(message_id, bool):
+        message_id = str(message_id)
+    if not isinstance(message_id, str):
+        raise IngestError(400, "invalid_field", "must be a string", prefix + "messageId")
+    if len(message_id) > MAX_MESSAGE_ID:
+        raise IngestError(400, "invalid_field",
+                          f"is longer than {MAX_MESSAGE_ID} characters", prefix + "messageId")
+    event["messageId"] = message_id
+
+    if "sentAt" not in event and defaults and defaults.get("sentAt") is not None:
+        event["sentAt"] = defaults["sentAt"]
+    times = {
+        name: parse_timestamp(event[name], prefix + name)
+        for name in _TIMESTAMP_FIELDS
+        if name in event
+    }
+    received_at = meta.received_at
+    flags = 0
+    if "timestamp" in times:
+        when = times["timestamp"]
+    elif "originalTimestamp" in times and "sentAt" in times:
+        # The device clock may be off; the offset between its sentAt and our receipt corrects it.
+        when = received_at - (times["sentAt"] - times["originalTimestamp"])
+    elif "originalTimestamp" in times:
+        when = times["originalTimestamp"]
+    else:
+        when = received_at
+    if when - received_at > MAX_FUTURE:
+        when = received_at
+        flags |= FLAG_FUTURE_CLAMPED
+    event["timestamp"] = when.isoformat().replace("+00:00", "Z")
+    event["receivedAt"] = received_at.isoformat().replace("+00:00", "Z")
+
+    context = event.get("context")
+    raw_ip = context.get("ip") if isinstance(context, dict) else None
+    ip = truncate_ip(raw_ip) if isinstance(raw_ip, str) else None
+    if ip is None and meta.client_ip:
+        ip = truncate_ip(meta.client_ip)
+    if isinstance(context, dict) or ip:
+        event["context"] = {**(context or {}), "ip": ip} if ip else {
+            k: v for k, v in (context or {}).items() if k != "ip"
+        }
+
+    try:
+        payload = orjson.dumps(event)
+    except TypeError:
+        payload = b""
+    bad = _find_bad_value(event, field or "event") if not payload or b"\\u0000" in payload else None
+    if bad is not None:
+        code, detail, path = bad
+        raise IngestError(400, code, f"{path} {detail}", path)
+    if not payload:
+        raise IngestError(400, "invalid_event", "event cannot be encoded as JSON", field or None)
+    return NormalisedEvent(
+        message_id=message_id,
+        type=kind,
+        event=name,
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        timestamp=when,
+        received_at=received_at,
+        flags=flags,
+        payload=payload.decode(),
+    )
+
+
+def _item_size(item: Any) -> int:
+    try:
+        return len(orjson.dumps(item))
+    except TypeError:
+        return len(json.dumps(item, default=str, ensure_ascii=False).encode("utf-8", "replace"))
+
+
+def parse_single(body: bytes, *, type_hint: str, meta: RequestMeta) -> tuple[NormalisedEvent, Any]:
+    """A single-event route's body → its event (raises IngestError) and the parsed document."""
+    if len(body) > MAX_EVENT_BYTES:
+        raise IngestError(413, "event_too_large", f"event is larger than {MAX_EVENT_BYTES // 1024} KB")
+    doc = parse_json(body)
+    return normalise_event(doc, type_hint=type_hint, meta=meta), doc
+
+
+def parse_batch(body: bytes, *, meta: RequestMeta
+                ) -> tuple[list[NormalisedEvent], list[Rejection], Any]:
+    """A batch body → accepted events and per-item rejections (one bad item never costs the
+    others). Errors of the envelope itself raise IngestError."""
+    doc = parse_json(body)
+    if not isinstance(doc, dict):
+        raise IngestError(400, "invalid_batch", "body must be a JSON object with a batch array")
+    items = doc.get("batch")
+    if not isinstance(items, list):
+        raise IngestError(400, "invalid_batch", "batch must be an array of events", "batch")
+    if len(items) > MAX_BATCH_ITEMS:
+        raise IngestError(413, "too_many_events",
+                          f"batch has {len(items)} events; at most {MAX_BATCH_ITEMS} are accepted",
+                          "batch")
+    defaults: dict[str, Any] = {}
+    for name in ("context", "integrations"):
+        value = doc.get(name)
+        if value is not None and not isinstance(value, dict):
+            raise IngestError(400, "invalid_field", "must be a JSON object", name)
+        if value:
+            defaults[name] = value
+    if doc.get("sentAt") is not None:
+        parse_timestamp(doc["sentAt"], "sentAt")
+        defaults["sentAt"] = doc["sentAt"]
+    bad_envelope = _find_bad_value(
+        {k: v for k, v in doc.items() if k != "batch"}, "body"
+    )
+    if bad_envelope is not None:
+        code, detail, path = bad_envelope
+        raise IngestError(400, code, f"{path} {detail}", path)
+
+    events: list[NormalisedEvent] = []
+    rejected: list[Rejection] = []
+    for index, item in enumerate(items):
+        field = f"batch[{index}]"
+        try:
+            if _item_size(item) > MAX_EVENT_BYTES:
+                raise IngestError(413, "event_too_large",
+                                  f"event is larger than {MAX_EVENT_BYTES // 1024} KB", field)
+            events.append(
+                normalise_event(item, type_hint=None, meta=meta, defaults=defaults, field=field)
+            )
+        except IngestError as exc:
+            rejected.append(Rejection(index=index, code=exc.code, detail=exc.detail,
+                                      field=exc.field))
+    return events, rejected, doc
+
+
+def write_key_in_body(doc: Any) -> str | None:
+    """The `writeKey` an SDK put in the body (analytics.js, analytics-python), if any."""
+    if isinstance(doc, dict):
+        key = doc.get("writeKey")
+        if isinstance(key, str) and key:
+            return key
+    return None

@@ -1,0 +1,41 @@
+"""The ASGI application: `create_app()` and its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import __version__
+from app.core.errors import install_error_handlers
+from app.core.http import RequestMiddleware
+from app.core.logging import configure_logging
+from app.core.settings import Settings, get_settings
+from app.ingest.routes import router as ingest_router
+from app.ops.routes import router as ops_router
+from app.runtime import running
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application; the lifespan opens the database and starts background work."""
+    settings = settings or get_settings()
+    configure_logging(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with running(settings) as rt:
+            app.state.runtime = rt
+            yield
+
+    app = FastAPI(
+        title="Journeys",
+        version=__version__,
+        summary="Segment-compatible event tracking and journey stitching",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(ingest_router)
+    app.include_router(ops_router)
+    app.add_middleware(RequestMiddleware)
+    return app

@@ -1,0 +1,51 @@
+"""`/healthz` (the process), `/readyz` (database and migrations), `/metrics` (Prometheus)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from app.core.deps import runtime
+from app.db.migrate import head_revision
+
+router = APIRouter(tags=["operations"])
+
+_HEAD = head_revision()
+
+
+def _json(body: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+@router.get("/healthz", summary="The process is up")
+async def healthz() -> Response:
+    """Always 200 while the process serves requests."""
+    return _json({"status": "ok"})
+
+
+@router.get("/readyz", summary="Database reachable and migrated to head")
+async def readyz(request: Request) -> Response:
+    """200 when the database answers and its schema is at the newest migration, else 503."""
+    rt = runtime(request)
+    try:
+        async with asyncio.timeout(2):
+            async with rt.engine.connect() as conn:
+                current = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+    except Exception as exc:
+        return _json({"status": "unavailable", "database": "unreachable", "error": type(exc).__name__},
+                     503)
+    if current != _HEAD:
+        return _json({"status": "unavailable", "database": "ok", "migration": current,
+                      "expected": _HEAD}, 503)
+    return _json({"status": "ok", "database": "ok", "migration": current})
+
+
+@router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+async def metrics() -> Response:
+    """Prometheus text exposition."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

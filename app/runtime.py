@@ -1,0 +1,131 @@
+"""Everything a running application holds: database, group committer, caches, background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.core.logging import get_logger
+from app.core.settings import Settings
+from app.db.embedded import EmbeddedPostgres, start_embedded
+from app.db.engine import make_engine, raw_connection
+from app.db.partitions import drop_weeks_before, ensure_week_partition, week_of
+from app.ingest.commit import GroupCommitter
+from app.ingest.ratelimit import RateLimiter
+from app.ingest.service import IngestService
+from app.workspaces.auth import KeyResolver
+
+log = get_logger(__name__)
+
+MAINTENANCE_INTERVAL_SECONDS = 3600.0
+
+
+def resolve_database(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
+    """The database URL to use, starting the embedded server when none is configured."""
+    if settings.database_url:
+        return settings.database_url, None
+    embedded = start_embedded(settings.data_dir)
+    return embedded.url(), embedded
+
+
+@dataclass
+class Runtime:
+    """The services of one application instance (one per process)."""
+
+    settings: Settings
+    database_url: str
+    engine: AsyncEngine
+    committer: GroupCommitter
+    keys: KeyResolver
+    ingest: IngestService
+    embedded: EmbeddedPostgres | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, settings: Settings, *, database_url: str,
+              embedded: EmbeddedPostgres | None = None) -> Runtime:
+        """Wire the services together (no I/O yet)."""
+        engine = make_engine(database_url, pool_size=settings.pool_size)
+
+        def connect() -> AbstractAsyncContextManager[asyncpg.Connection]:
+            return raw_connection(engine)
+
+        committer = GroupCommitter(
+            connect,
+            max_events=settings.commit_max_events,
+            max_wait=settings.commit_max_wait_ms / 1000,
+            concurrency=settings.commit_concurrency,
+        )
+        keys = KeyResolver(engine, ttl=settings.key_cache_seconds)
+        limiter = RateLimiter(
+            rate=settings.rate_limit_events_per_second, burst=settings.rate_limit_burst
+        )
+        return cls(
+            settings=settings,
+            database_url=database_url,
+            engine=engine,
+            committer=committer,
+            keys=keys,
+            ingest=IngestService(keys=keys, limiter=limiter, committer=committer),
+            embedded=embedded,
+        )
+
+    async def start(self) -> None:
+        """Start background work; tolerate a database that is down (readyz reports it)."""
+        self.committer.start()
+        self._tasks.append(asyncio.create_task(self._maintain(), name="partition-maintenance"))
+
+    async def stop(self) -> None:
+        """Flush acknowledged-to-be work, stop tasks, close the pool, stop our own database."""
+        await self.committer.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.engine.dispose()
+        if self.embedded is not None:
+            self.embedded.stop()
+
+    async def maintain_partitions(self) -> None:
+        """Keep this week's and next week's partitions ready; drop weeks past retention."""
+        now = datetime.now(UTC)
+        async with raw_connection(self.engine) as conn:
+            for week in (week_of(now), week_of(now + timedelta(days=7))):
+                await ensure_week_partition(conn, week)
+            days = self.settings.retention_days
+            if days:
+                dropped = await drop_weeks_before(conn, (now - timedelta(days=days)).date())
+                if dropped:
+                    self.committer.writer.forget_partitions()
+                    log.info("retention_dropped_partitions", partitions=dropped)
+
+    async def _maintain(self) -> None:
+        while True:
+            try:
+                await self.maintain_partitions()
+            except Exception as exc:  # the next round retries; ingest creates partitions too
+                log.warning("partition_maintenance_failed", error=repr(exc))
+            await asyncio.sleep(MAINTENANCE_INTERVAL_SECONDS)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Runtime]:
+    """A started runtime for the app's lifespan."""
+    embedded = None
+    url = settings.database_url
+    if not url:
+        url, embedded = await asyncio.to_thread(resolve_database, settings)
+    rt = Runtime.build(settings, database_url=url, embedded=embedded)
+    await rt.start()
+    try:
+        yield rt
+    finally:
+        await rt.stop()

@@ -1,0 +1,1 @@
+"""Workspaces (tenants), their keys, and authentication of requests."""
