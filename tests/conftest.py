@@ -1,0 +1,192 @@
+"""Shared fixtures: a real PostgreSQL (embedded, or JOURNEYS_TEST_DATABASE_URL), a database
+built by the real migrations per test process, the app over ASGI, and a live uvicorn server.
+
+Isolation: each test that writes creates its own workspace, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import pytest_asyncio
+
+from app.core.settings import Settings
+from app.db.engine import asyncpg_dsn, make_engine
+from app.db.migrate import upgrade_head
+from app.main import create_app
+from app.workspaces.repository import NewWorkspace, create_workspace
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, query = url.partition("?")
+    head, _, _ = base.rpartition("/")
+    return f"{head}/{name}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Admin URL of a real PostgreSQL server for the whole session."""
+    external = os.environ.get("JOURNEYS_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    from app.db.embedded import start_embedded
+
+    # A short path: unix socket paths are limited to ~100 bytes.
+    data_dir = Path(tempfile.mkdtemp(prefix="jt-"))
+    handle = start_embedded(data_dir)
+    try:
+        yield handle.url("postgres")
+    finally:
+        handle.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str, worker_id: str) -> Iterator[str]:
+    """A fresh database for this test process, built by the real migrations."""
+    import asyncio
+
+    name = f"journeys_test_{worker_id}_{uuid.uuid4().hex[:8]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(asyncpg_dsn(server_url))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    url = _with_database(server_url, name)
+    upgrade_head(url)
+    try:
+        yield url
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str) -> Settings:
+    """Settings of the app under test."""
+    return Settings(database_url=database_url, log_level="warning", key_cache_seconds=0.5)
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def app(settings: Settings) -> AsyncIterator[object]:
+    """The application with its lifespan running."""
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client(app: object) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to the app in-process."""
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection for assertions on stored rows."""
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def new_workspace(database_url: str, prefix: str = "ws") -> NewWorkspace:
+    """Create a workspace with a unique name."""
+    engine = make_engine(database_url, pooled=False)
+    try:
+        async with engine.begin() as conn:
+            return await create_workspace(conn, f"{prefix}-{uuid.uuid4().hex[:10]}")
+    finally:
+        await engine.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def workspace(database_url: str) -> NewWorkspace:
+    """A workspace of this test's own."""
+    return await new_workspace(database_url)
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LiveServer:
+    """`journeys serve` in a subprocess on 127.0.0.1 (for SDKs and kill tests)."""
+
+    def __init__(self, database_url: str, *, extra_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "JOURNEYS_DATABASE_URL": database_url,
+               "JOURNEYS_LOG_LEVEL": "warning", **(extra_env or {})}
+        self.log = tempfile.NamedTemporaryFile(prefix="journeys-serve-", suffix=".log", delete=False)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until /readyz answers 200 (or fail with the server's log)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not become ready:\n{self.output()}")
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL, no chance to flush anything."""
+        self.process.kill()
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM and wait for a graceful exit."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(40)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+@pytest.fixture
+def live_server(database_url: str) -> Iterator[LiveServer]:
+    """A real uvicorn serving the test database."""
+    server = LiveServer(database_url)
+    try:
+        yield server
+    finally:
+        server.stop()
