@@ -213,6 +213,56 @@ def keys_rotate(
         console.print(f"new {kind.value} key: {key} (old keys expire in {overlap_hours} h)")
 
 
+@cli.command()
+def worker(
+    shards: Annotated[
+        str | None, typer.Option(help="comma-separated shards 0-15 to take (default: any free)")
+    ] = None,
+) -> None:
+    """Stitch in a separate process (several may run; shards are divided by advisory locks)."""
+    from app.db.engine import make_engine as engine_for
+    from app.journeys.stitcher import Stitcher
+
+    settings = get_settings()
+    configure_logging(settings)
+    wanted = tuple(range(16)) if not shards else tuple(int(s) for s in shards.split(","))
+    if any(not 0 <= s < 16 for s in wanted):
+        console.print("[red]shards are numbers from 0 to 15[/]")
+        raise typer.Exit(2)
+
+    async def run(url: str) -> None:
+        import signal
+
+        engine = engine_for(url, pool_size=2)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await Stitcher(engine, shards=wanted).run(stop)
+        finally:
+            await engine.dispose()
+
+    with database(settings) as url:
+        console.print(f"stitcher worker running (shards {', '.join(map(str, wanted))})")
+        asyncio.run(run(url))
+
+
+@cli.command()
+def rebuild(
+    workspace: Annotated[
+        str | None, typer.Option(help="workspace name or id (default: all)")
+    ] = None,
+) -> None:
+    """Throw away derived state and replay the raw events (with a progress bar)."""
+    from app.journeys.rebuild import rebuild_workspaces
+
+    settings = get_settings()
+    configure_logging(settings)
+    with database(settings) as url:
+        asyncio.run(rebuild_workspaces(url, workspace, console=console))
+
+
 def main() -> None:
     """Console-script entry point."""
     from app.bench.cli import bench_cli

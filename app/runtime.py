@@ -20,6 +20,7 @@ from app.db.partitions import drop_weeks_before, ensure_week_partition, week_of
 from app.ingest.commit import GroupCommitter
 from app.ingest.ratelimit import RateLimiter
 from app.ingest.service import IngestService
+from app.journeys.stitcher import Stitcher
 from app.workspaces.auth import KeyResolver
 
 log = get_logger(__name__)
@@ -45,8 +46,10 @@ class Runtime:
     committer: GroupCommitter
     keys: KeyResolver
     ingest: IngestService
+    stitcher: Stitcher
     embedded: EmbeddedPostgres | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def build(cls, settings: Settings, *, database_url: str,
@@ -57,11 +60,13 @@ class Runtime:
         def connect() -> AbstractAsyncContextManager[asyncpg.Connection]:
             return raw_connection(engine)
 
+        stitcher = Stitcher(engine)
         committer = GroupCommitter(
             connect,
             max_events=settings.commit_max_events,
             max_wait=settings.commit_max_wait_ms / 1000,
             concurrency=settings.commit_concurrency,
+            on_commit=stitcher.notify if settings.inprocess_worker else None,
         )
         keys = KeyResolver(engine, ttl=settings.key_cache_seconds)
         limiter = RateLimiter(
@@ -74,6 +79,7 @@ class Runtime:
             committer=committer,
             keys=keys,
             ingest=IngestService(keys=keys, limiter=limiter, committer=committer),
+            stitcher=stitcher,
             embedded=embedded,
         )
 
@@ -81,12 +87,17 @@ class Runtime:
         """Start background work; tolerate a database that is down (readyz reports it)."""
         self.committer.start()
         self._tasks.append(asyncio.create_task(self._maintain(), name="partition-maintenance"))
+        if self.settings.inprocess_worker:
+            self._tasks.append(asyncio.create_task(self.stitcher.run(self._stop), name="stitcher"))
 
     async def stop(self) -> None:
         """Flush acknowledged-to-be work, stop tasks, close the pool, stop our own database."""
         await self.committer.close()
+        # The stitcher finishes its batch (one transaction) and stops at a consistent point.
+        self._stop.set()
         for task in self._tasks:
-            task.cancel()
+            if task.get_name() != "stitcher":
+                task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -119,10 +130,7 @@ class Runtime:
 @contextlib.asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Runtime]:
     """A started runtime for the app's lifespan."""
-    embedded = None
-    url = settings.database_url
-    if not url:
-        url, embedded = await asyncio.to_thread(resolve_database, settings)
+    url, embedded = await asyncio.to_thread(resolve_database, settings)
     rt = Runtime.build(settings, database_url=url, embedded=embedded)
     await rt.start()
     try:

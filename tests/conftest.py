@@ -14,8 +14,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -82,7 +83,13 @@ def database_url(server_url: str, worker_id: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def settings(database_url: str) -> Settings:
     """Settings of the app under test."""
-    return Settings(database_url=database_url, log_level="warning", key_cache_seconds=0.5)
+    # The stitcher runs when a test drains it (`stitch` fixture), so tests are deterministic.
+    return Settings(
+        database_url=database_url,
+        log_level="warning",
+        key_cache_seconds=0.5,
+        inprocess_worker=False,
+    )
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="session")
@@ -91,6 +98,16 @@ async def app(settings: Settings) -> AsyncIterator[object]:
     application = create_app(settings)
     async with application.router.lifespan_context(application):
         yield application
+
+
+@pytest.fixture
+def stitch(app: Any) -> Callable[[], Awaitable[int]]:
+    """Stitch everything committed so far; returns the number of events consumed."""
+
+    async def drain() -> int:
+        return int(await app.state.runtime.stitcher.drain())
+
+    return drain
 
 
 @pytest_asyncio.fixture(loop_scope="session")

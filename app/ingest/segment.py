@@ -194,8 +194,8 @@ def _find_bad_value(value: Any, path: str) -> tuple[str, str, str] | None:
         return "invalid_number", f"{value.text} is not a finite number", path
     if isinstance(value, dict):
         for key, child in value.items():
-            found = _find_bad_value(key, f"{path}.{key!s:.40}") or _find_bad_value(
-                child, f"{path}.{key}"
+            found = _find_bad_value(key, f"{path}.{_path_key(key):.40}") or _find_bad_value(
+                child, f"{path}.{_path_key(key)}"
             )
             if found:
                 return found
@@ -205,6 +205,15 @@ def _find_bad_value(value: Any, path: str) -> tuple[str, str, str] | None:
             if found:
                 return found
     return None
+
+
+def _path_key(key: Any) -> str:
+    """A key as it appears in a field path: a bad key is escaped, since the path goes back to
+    the client in a JSON error body (a lone surrogate can't be encoded; a NUL doesn't belong)."""
+    text = str(key)
+    if _find_bad_value(text, "") is not None:
+        return text.encode("unicode_escape").decode("ascii")
+    return text
 
 
 # --------------------------------------------------------------------------- field helpers
@@ -293,14 +302,14 @@ def normalise_event(
         )
     event["type"] = kind
 
-    for name in _OBJECT_FIELDS:
-        if name in event and not isinstance(event[name], dict):
-            raise IngestError(400, "invalid_field", "must be a JSON object", prefix + name)
+    for obj in _OBJECT_FIELDS:
+        if obj in event and not isinstance(event[obj], dict):
+            raise IngestError(400, "invalid_field", "must be a JSON object", prefix + obj)
     if defaults:
-        for name in ("context", "integrations"):
-            base = defaults.get(name)
+        for obj in ("context", "integrations"):
+            base = defaults.get(obj)
             if isinstance(base, dict) and base:
-                event[name] = {**base, **event.get(name, {})}
+                event[obj] = {**base, **event.get(obj, {})}
 
     user_id = _identifier(event.get("userId"), prefix + "userId")
     anonymous_id = _identifier(event.get("anonymousId"), prefix + "anonymousId")
@@ -361,7 +370,12 @@ def normalise_event(
         when = times["timestamp"]
     elif "originalTimestamp" in times and "sentAt" in times:
         # The device clock may be off; the offset between its sentAt and our receipt corrects it.
-        when = received_at - (times["sentAt"] - times["originalTimestamp"])
+        try:
+            when = received_at - (times["sentAt"] - times["originalTimestamp"])
+        except OverflowError:
+            raise IngestError(400, "invalid_timestamp",
+                              "sentAt and originalTimestamp are too far apart",
+                              prefix + "originalTimestamp") from None
     elif "originalTimestamp" in times:
         when = times["originalTimestamp"]
     else:
@@ -444,9 +458,10 @@ def parse_batch(body: bytes, *, meta: RequestMeta
     if doc.get("sentAt") is not None:
         parse_timestamp(doc["sentAt"], "sentAt")
         defaults["sentAt"] = doc["sentAt"]
-    bad_envelope = _find_bad_value(
-        {k: v for k, v in doc.items() if k != "batch"}, "body"
-    )
+    envelope = {k: v for k, v in doc.items() if k != "batch"}
+    if _depth_exceeds(envelope, MAX_DEPTH):
+        raise IngestError(400, "too_deep", f"JSON is nested deeper than {MAX_DEPTH} levels")
+    bad_envelope = _find_bad_value(envelope, "body")
     if bad_envelope is not None:
         code, detail, path = bad_envelope
         raise IngestError(400, code, f"{path} {detail}", path)
@@ -456,6 +471,10 @@ def parse_batch(body: bytes, *, meta: RequestMeta
     for index, item in enumerate(items):
         field = f"batch[{index}]"
         try:
+            # Depth first: measuring the size of an absurdly deep item would recurse too far.
+            if _depth_exceeds(item, MAX_DEPTH):
+                raise IngestError(400, "too_deep",
+                                  f"event is nested deeper than {MAX_DEPTH} levels", field)
             if _item_size(item) > MAX_EVENT_BYTES:
                 raise IngestError(413, "event_too_large",
                                   f"event is larger than {MAX_EVENT_BYTES // 1024} KB", field)

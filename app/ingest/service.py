@@ -9,12 +9,14 @@ from typing import Any
 
 from app.core.errors import ProblemError
 from app.core.security import KeyKind, basic_auth_user
+from app.db.engine import is_unavailable
 from app.ingest import segment
 from app.ingest.commit import DatabaseUnavailable, GroupCommitter, RowsRefused
 from app.ingest.metrics import EVENTS_ACCEPTED, EVENTS_DUPLICATE, EVENTS_REJECTED
 from app.ingest.ratelimit import RateLimiter, retry_after
 from app.ingest.repository import EventRow
 from app.workspaces.auth import KeyResolver
+from app.workspaces.repository import KeyRecord
 
 UNAVAILABLE_RETRY_SECONDS = 5
 
@@ -58,7 +60,8 @@ class IngestService:
     async def ingest(self, request: IngestRequest) -> IngestResult:
         """Store the request's valid events; raises ProblemError for a request-level refusal."""
         header_key = basic_auth_user(request.authorization)
-        record = await self._keys.require(header_key, KeyKind.WRITE) if header_key else None
+        record = await self._require(header_key) if header_key else None
+        body: bytes | None = None
         try:
             body = segment.decode_body(
                 request.body,
@@ -74,12 +77,13 @@ class IngestService:
                 events, rejected = [event], []
         except segment.IngestError as exc:
             if record is None:
-                # Don't tell an unauthenticated caller anything about its payload.
-                await self._keys.require(None, KeyKind.WRITE)
+                # Don't tell an unauthenticated caller anything about its payload; a key in a
+                # body that is JSON still authenticates it, even when its event is invalid.
+                await self._require(_body_write_key(body))
             EVENTS_REJECTED.labels(code=exc.code).inc()
             raise ProblemError(exc.status, exc.code, exc.detail, field=exc.field) from None
         if record is None:
-            record = await self._keys.require(segment.write_key_in_body(doc), KeyKind.WRITE)
+            record = await self._require(segment.write_key_in_body(doc))
         for rejection in rejected:
             EVENTS_REJECTED.labels(code=rejection.code).inc()
 
@@ -96,17 +100,42 @@ class IngestService:
         try:
             stored = await self._committer.submit(rows)
         except DatabaseUnavailable:
-            raise ProblemError(
-                503, "database_unavailable",
-                "events could not be stored right now; retry later",
-                headers={"Retry-After": str(UNAVAILABLE_RETRY_SECONDS)},
-            ) from None
+            raise _unavailable() from None
         except RowsRefused as exc:
             EVENTS_REJECTED.labels(code="refused_by_database").inc(len(rows))
             raise ProblemError(400, "refused_by_database", exc.detail) from None
         EVENTS_ACCEPTED.inc(stored)
         EVENTS_DUPLICATE.inc(len(rows) - stored)
         return IngestResult(stored=stored, accepted=len(rows), rejected=rejected)
+
+    async def _require(self, key: str | None) -> KeyRecord:
+        """The write key's record; a database that can't be reached for the lookup is a 503."""
+        try:
+            return await self._keys.require(key, KeyKind.WRITE)
+        except ProblemError:
+            raise
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise _unavailable() from None
+            raise
+
+
+def _unavailable() -> ProblemError:
+    return ProblemError(
+        503, "database_unavailable",
+        "events could not be stored right now; retry later",
+        headers={"Retry-After": str(UNAVAILABLE_RETRY_SECONDS)},
+    )
+
+
+def _body_write_key(body: bytes | None) -> str | None:
+    """The writeKey of a body that parses as JSON, whatever is wrong with its events."""
+    if body is None:
+        return None
+    try:
+        return segment.write_key_in_body(segment.parse_json(body))
+    except segment.IngestError:
+        return None
 
 
 async def read_body(receive_stream: Any, *, limit: int, timeout: float) -> bytes:

@@ -37,8 +37,8 @@ async def readyz(request: Request) -> Response:
             async with rt.engine.connect() as conn:
                 current = await conn.scalar(text("SELECT version_num FROM alembic_version"))
     except Exception as exc:
-        return _json({"status": "unavailable", "database": "unreachable", "error": type(exc).__name__},
-                     503)
+        body = {"status": "unavailable", "database": "unreachable", "error": type(exc).__name__}
+        return _json(body, 503)
     if current != _HEAD:
         return _json({"status": "unavailable", "database": "ok", "migration": current,
                       "expected": _HEAD}, 503)

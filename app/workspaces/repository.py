@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.security import KeyKind, hash_key, new_key
@@ -47,12 +47,12 @@ async def create_workspace(conn: AsyncConnection, name: str) -> NewWorkspace:
     if exists is not None:
         raise WorkspaceExists(name)
     workspace_id = await conn.scalar(
-        Workspace.__table__.insert().values(name=name).returning(Workspace.id)
+        insert(Workspace).values(name=name).returning(Workspace.id)
     )
     assert workspace_id is not None
     keys = {kind: new_key(kind) for kind in KeyKind}
     await conn.execute(
-        ApiKey.__table__.insert(),
+        insert(ApiKey),
         [
             {"workspace_id": workspace_id, "kind": kind.value, "key_hash": hash_key(key)}
             for kind, key in keys.items()
@@ -126,7 +126,7 @@ async def rotate_key(
     )
     key = new_key(kind)
     await conn.execute(
-        ApiKey.__table__.insert().values(
+        insert(ApiKey).values(
             workspace_id=workspace_id, kind=kind.value, key_hash=hash_key(key)
         )
     )

@@ -38,7 +38,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('workspace_id', 'message_id', 'received_week', name=op.f('pk_events')),
     postgresql_partition_by='RANGE (received_week)'
     )
-    op.create_index('ix_events_feed', 'events', ['tx', 'seq'], unique=False)
+    op.create_index('ix_events_feed', 'events', [sa.text('(workspace_id % 16)'), 'tx', 'seq'], unique=False)
     op.create_table('workspaces',
     sa.Column('id', sa.BigInteger(), sa.Identity(always=False), nullable=False),
     sa.Column('name', sa.Text(), nullable=False),

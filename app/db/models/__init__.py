@@ -2,6 +2,29 @@
 
 from app.db.models.base import Base
 from app.db.models.events import Event
+from app.db.models.journeys import (
+    BlockedLink,
+    Customer,
+    CustomerChange,
+    Identity,
+    IdentityLink,
+    JourneyEvent,
+    LedgerRow,
+    StitchProgress,
+)
 from app.db.models.workspaces import ApiKey, Workspace
 
-__all__ = ["ApiKey", "Base", "Event", "Workspace"]
+__all__ = [
+    "ApiKey",
+    "Base",
+    "BlockedLink",
+    "Customer",
+    "CustomerChange",
+    "Event",
+    "Identity",
+    "IdentityLink",
+    "JourneyEvent",
+    "LedgerRow",
+    "StitchProgress",
+    "Workspace",
+]

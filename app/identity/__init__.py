@@ -1,0 +1,1 @@
+"""Identity resolution: which identifiers belong to the same customer."""

@@ -1,0 +1,1 @@
+"""Journeys: stages, sessions and channels computed from a customer's events."""

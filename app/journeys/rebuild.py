@@ -1,0 +1,74 @@
+"""`journeys rebuild`: derived state thrown away and replayed from the raw events."""
+
+from __future__ import annotations
+
+import asyncpg
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+from app.db.engine import connect
+from app.journeys import repository as journeys
+from app.journeys.stitch import WorkspaceStitcher
+from app.journeys.stitcher import model_for
+
+BATCH = 5_000
+_DERIVED = ("identities", "identity_links", "identity_ledger", "journey_events", "customers")
+
+
+async def rebuild_workspace(
+    conn: asyncpg.Connection, workspace_id: int, progress: Progress | None = None
+) -> int:
+    """Replay one workspace in one transaction; readers see the old state until it commits."""
+    async with conn.transaction():
+        position = await journeys.lock_progress(conn, workspace_id % journeys.SHARDS)
+        for table in _DERIVED:
+            await conn.execute(f"DELETE FROM {table} WHERE workspace_id = $1", workspace_id)
+        total = await conn.fetchval(
+            "SELECT count(*) FROM events WHERE workspace_id = $1 "
+            "AND (tx, seq) <= ($2::text::xid8, $3::bigint)",
+            workspace_id, str(position[0]), position[1],
+        )
+        task = progress.add_task(f"workspace {workspace_id}", total=total) if progress else None
+        model = await model_for(conn, workspace_id)
+        after: tuple[int, int] = (0, 0)
+        done = 0
+        while True:
+            rows = await conn.fetch(
+                "SELECT workspace_id, message_id, tx::text::bigint AS tx, seq, timestamp, "
+                "received_at, flags, payload FROM events WHERE workspace_id = $1 "
+                "AND (tx, seq) > ($2::text::xid8, $3::bigint) "
+                "AND (tx, seq) <= ($4::text::xid8, $5::bigint) ORDER BY tx, seq LIMIT $6",
+                workspace_id, str(after[0]), after[1], str(position[0]), position[1], BATCH,
+            )
+            if not rows:
+                break
+            await WorkspaceStitcher(conn, workspace_id, model).stitch(rows)
+            after = (rows[-1]["tx"], rows[-1]["seq"])
+            done += len(rows)
+            if progress is not None and task is not None:
+                progress.update(task, completed=done)
+        return done
+
+
+async def rebuild_workspaces(url: str, workspace: str | None, *, console: Console) -> None:
+    """Rebuild one workspace (name or id) or all of them, with a progress bar."""
+    conn = await connect(url)
+    try:
+        if workspace is None:
+            ids = [r["id"] for r in await conn.fetch("SELECT id FROM workspaces ORDER BY id")]
+        else:
+            found = await conn.fetchval(
+                "SELECT id FROM workspaces WHERE name = $1 OR id::text = $1", workspace
+            )
+            if found is None:
+                console.print(f"[red]no workspace {workspace!r}[/]")
+                raise SystemExit(1)
+            ids = [found]
+        columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn())
+        with Progress(*columns, console=console) as progress:
+            for workspace_id in ids:
+                await rebuild_workspace(conn, workspace_id, progress)
+        console.print(f"rebuilt {len(ids)} workspace(s)")
+    finally:
+        await conn.close()

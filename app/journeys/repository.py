@@ -1,0 +1,281 @@
+"""SQL of the journey state: the feed, timeline rows, customers and the stitcher's progress."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+SHARDS = 16
+
+
+@dataclass(slots=True)
+class TimelineRow:
+    """A `journey_events` row as the stitcher writes it."""
+
+    message_id: str
+    customer_id: str | None
+    timestamp: datetime
+    received_at: datetime
+    type: str
+    event: str | None
+    user_id: str | None
+    anonymous_id: str | None
+    trait_identifier: str | None
+    source_channel: str
+    channel: str
+    session_id: str | None
+    stage: str | None
+    flags: int
+    properties: dict[str, Any] | None
+    traits: dict[str, Any] | None
+    campaign: dict[str, Any] | None
+
+
+def _json(value: object) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+async def read_feed(
+    conn: asyncpg.Connection, *, shard: int, after: tuple[int, int], limit: int
+) -> list[asyncpg.Record]:
+    """The next raw events of a shard in (tx, seq) order, only from transactions that can no
+    longer be overtaken: below the oldest transaction still running."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """
+        SELECT workspace_id, message_id, tx::text::bigint AS tx, seq, timestamp, received_at,
+               flags, payload
+        FROM events
+        WHERE workspace_id % 16 = $1
+          AND (tx, seq) > ($2::text::xid8, $3::bigint)
+          AND tx < pg_snapshot_xmin(pg_current_snapshot())
+        ORDER BY workspace_id % 16, tx, seq
+        LIMIT $4
+        """,
+        shard, str(after[0]), after[1], limit,
+    )
+    return rows
+
+
+async def lock_progress(conn: asyncpg.Connection, shard: int) -> tuple[int, int]:
+    """The shard's feed position, row-locked for this transaction."""
+    await conn.execute(
+        "INSERT INTO stitch_progress (shard) VALUES ($1) ON CONFLICT DO NOTHING", shard
+    )
+    row = await conn.fetchrow(
+        "SELECT tx::text::bigint AS tx, seq FROM stitch_progress WHERE shard = $1 FOR UPDATE",
+        shard,
+    )
+    assert row is not None
+    return int(row["tx"]), int(row["seq"])
+
+
+async def save_progress(
+    conn: asyncpg.Connection, shard: int, position: tuple[int, int], events: int
+) -> None:
+    """Advance the shard's feed position (same transaction as the derived writes)."""
+    await conn.execute(
+        "UPDATE stitch_progress SET tx = $2::text::xid8, seq = $3, events = events + $4, "
+        "updated_at = now() WHERE shard = $1",
+        shard, str(position[0]), position[1], events,
+    )
+
+
+async def feed_lag(conn: asyncpg.Connection) -> dict[str, Any]:
+    """Events committed but not yet stitched, and the age of the oldest one."""
+    row = await conn.fetchrow(
+        """
+        SELECT count(*) AS pending, min(e.received_at) AS oldest
+        FROM events e
+        LEFT JOIN stitch_progress p ON p.shard = e.workspace_id % 16
+        WHERE (e.tx, e.seq) > (coalesce(p.tx, '0'::xid8), coalesce(p.seq, 0))
+        """
+    )
+    assert row is not None
+    return {"pending": row["pending"], "oldest": row["oldest"]}
+
+
+async def existing_message_ids(
+    conn: asyncpg.Connection, workspace_id: int, message_ids: Sequence[str]
+) -> set[str]:
+    """Which of these events are already on a timeline (replays, reused messageIds)."""
+    rows = await conn.fetch(
+        "SELECT message_id FROM journey_events WHERE workspace_id = $1 "
+        "AND message_id = ANY($2::text[])",
+        workspace_id, list(message_ids),
+    )
+    return {r["message_id"] for r in rows}
+
+
+async def insert_timeline(
+    conn: asyncpg.Connection, workspace_id: int, rows: Sequence[TimelineRow]
+) -> set[str]:
+    """Insert new timeline rows; returns the message ids that were not there yet."""
+    if not rows:
+        return set()
+    inserted = await conn.fetch(
+        """
+        INSERT INTO journey_events (workspace_id, message_id, customer_id, timestamp, received_at,
+            type, event, user_id, anonymous_id, trait_identifier, source_channel, channel,
+            session_id, stage, flags, properties, traits, campaign)
+        SELECT $1, * FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+            $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+            $13::text[], $14::text[], $15::int2[], $16::jsonb[], $17::jsonb[], $18::jsonb[])
+        ON CONFLICT (workspace_id, message_id) DO NOTHING
+        RETURNING message_id
+        """,
+        workspace_id,
+        [r.message_id for r in rows], [r.customer_id for r in rows],
+        [r.timestamp for r in rows], [r.received_at for r in rows],
+        [r.type for r in rows], [r.event for r in rows], [r.user_id for r in rows],
+        [r.anonymous_id for r in rows], [r.trait_identifier for r in rows],
+        [r.source_channel for r in rows], [r.channel for r in rows],
+        [r.session_id for r in rows], [r.stage for r in rows], [r.flags for r in rows],
+        [_json(r.properties) for r in rows], [_json(r.traits) for r in rows],
+        [_json(r.campaign) for r in rows],
+    )
+    return {r["message_id"] for r in inserted}
+
+
+async def events_to_reassign(
+    conn: asyncpg.Connection,
+    workspace_id: int,
+    *,
+    user_ids: Sequence[str],
+    anonymous_ids: Sequence[str],
+    trait_identifiers: Sequence[str],
+    customer_ids: Sequence[str],
+) -> list[asyncpg.Record]:
+    """Timeline rows whose customer may change after a cluster was re-resolved."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """
+        SELECT message_id, customer_id, timestamp, type, user_id, anonymous_id, trait_identifier
+        FROM journey_events WHERE workspace_id = $1 AND user_id = ANY($2::text[])
+        UNION
+        SELECT message_id, customer_id, timestamp, type, user_id, anonymous_id, trait_identifier
+        FROM journey_events WHERE workspace_id = $1 AND anonymous_id = ANY($3::text[])
+        UNION
+        SELECT message_id, customer_id, timestamp, type, user_id, anonymous_id, trait_identifier
+        FROM journey_events WHERE workspace_id = $1 AND customer_id = ANY($5::text[])
+        UNION
+        SELECT message_id, customer_id, timestamp, type, user_id, anonymous_id, trait_identifier
+        FROM journey_events WHERE workspace_id = $1 AND trait_identifier = ANY($4::text[])
+          AND user_id IS NULL AND anonymous_id IS NULL
+        """,
+        workspace_id, list(user_ids), list(anonymous_ids), list(trait_identifiers),
+        list(customer_ids),
+    )
+    return rows
+
+
+async def set_customers(
+    conn: asyncpg.Connection, workspace_id: int, changes: Sequence[tuple[str, str | None]]
+) -> None:
+    """Move timeline rows (message_id → customer_id)."""
+    if not changes:
+        return
+    await conn.execute(
+        "UPDATE journey_events j SET customer_id = c.customer_id "
+        "FROM unnest($2::text[], $3::text[]) AS c(message_id, customer_id) "
+        "WHERE j.workspace_id = $1 AND j.message_id = c.message_id",
+        workspace_id, [m for m, _ in changes], [c for _, c in changes],
+    )
+
+
+async def load_customer_events(
+    conn: asyncpg.Connection, workspace_id: int, customer_ids: Sequence[str]
+) -> list[asyncpg.Record]:
+    """All timeline rows of the given customers."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT customer_id, message_id, timestamp, type, event, user_id, anonymous_id, flags, "
+        "properties, traits, campaign, source_channel, channel, session_id, stage "
+        "FROM journey_events WHERE workspace_id = $1 AND customer_id = ANY($2::text[])",
+        workspace_id, list(customer_ids),
+    )
+    return rows
+
+
+async def update_derived(
+    conn: asyncpg.Connection,
+    workspace_id: int,
+    rows: Sequence[tuple[str, str, str | None, str | None]],
+) -> None:
+    """Write (message_id, channel, session_id, stage) where they changed."""
+    if not rows:
+        return
+    await conn.execute(
+        "UPDATE journey_events j SET channel = d.channel, session_id = d.session_id, "
+        "stage = d.stage FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) "
+        "AS d(message_id, channel, session_id, stage) "
+        "WHERE j.workspace_id = $1 AND j.message_id = d.message_id",
+        workspace_id, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+        [r[3] for r in rows],
+    )
+
+
+@dataclass(slots=True)
+class CustomerRow:
+    """A customer's summary."""
+
+    customer_id: str
+    first_seen: datetime
+    last_seen: datetime
+    event_count: int
+    stage: str | None
+    stage_entered_at: datetime | None
+    stage_history: list[dict[str, Any]]
+    traits: dict[str, Any]
+
+
+async def upsert_customers(
+    conn: asyncpg.Connection, workspace_id: int, rows: Sequence[CustomerRow]
+) -> None:
+    """Write customers' summaries."""
+    if not rows:
+        return
+    await conn.execute(
+        """
+        INSERT INTO customers (workspace_id, customer_id, first_seen, last_seen, event_count,
+            stage, stage_entered_at, stage_history, traits, updated_at)
+        SELECT $1, *, now() FROM unnest($2::text[], $3::timestamptz[], $4::timestamptz[],
+            $5::int[], $6::text[], $7::timestamptz[], $8::jsonb[], $9::jsonb[])
+        ON CONFLICT (workspace_id, customer_id) DO UPDATE SET
+            first_seen = excluded.first_seen, last_seen = excluded.last_seen,
+            event_count = excluded.event_count, stage = excluded.stage,
+            stage_entered_at = excluded.stage_entered_at, stage_history = excluded.stage_history,
+            traits = excluded.traits, updated_at = now()
+        """,
+        workspace_id,
+        [r.customer_id for r in rows], [r.first_seen for r in rows], [r.last_seen for r in rows],
+        [r.event_count for r in rows], [r.stage for r in rows],
+        [r.stage_entered_at for r in rows],
+        [orjson.dumps(r.stage_history).decode() for r in rows],
+        [orjson.dumps(r.traits).decode() for r in rows],
+    )
+
+
+async def delete_customers(
+    conn: asyncpg.Connection, workspace_id: int, customer_ids: Sequence[str]
+) -> None:
+    """Remove customers that no longer have any event (merged into another)."""
+    if customer_ids:
+        await conn.execute(
+            "DELETE FROM customers WHERE workspace_id = $1 AND customer_id = ANY($2::text[])",
+            workspace_id, list(customer_ids),
+        )
+
+
+async def record_changes(
+    conn: asyncpg.Connection, workspace_id: int, changes: Sequence[tuple[str, str]]
+) -> None:
+    """Append (customer_id, kind) to the change outbox read by rollups and webhooks."""
+    if changes:
+        await conn.execute(
+            "INSERT INTO customer_changes (workspace_id, customer_id, kind) "
+            "SELECT $1, * FROM unnest($2::text[], $3::text[])",
+            workspace_id, [c for c, _ in changes], [k for _, k in changes],
+        )

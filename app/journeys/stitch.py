@@ -1,0 +1,549 @@
+"""Stitching one workspace's batch of raw events into identities, customers and timelines.
+
+The pure modules decide (identity.graph, journeys.stages/sessions/channels); this module loads
+what they need and writes what they decide, inside the caller's transaction. The unit of
+identity work is the *cluster*: every identifier connected by any evidence, refused links
+included. Whenever new evidence could change a cluster's outcome, the whole cluster is resolved
+again from its stored evidence, so the result never depends on the order events arrived in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from app.identity import repository as ids
+from app.identity.graph import (
+    ALIAS,
+    ANONYMOUS_ID,
+    EMAIL,
+    IDENTIFY,
+    USER_ID,
+    Identifier,
+    LedgerEntry,
+    Resolution,
+    affected_identifiers,
+    assign,
+    customer_key,
+    links_of,
+    own_identifiers,
+    resolve,
+)
+from app.journeys import repository as journeys
+from app.journeys.channels import channel_of, session_channels_from
+from app.journeys.model import StitchEvent, campaign_of, from_payload, sort_key
+from app.journeys.sessions import assign_sessions
+from app.journeys.stages import JourneyModel, stage_at, stage_history
+
+FLAG_BOT = 2
+
+
+@dataclass(slots=True)
+class StitchStats:
+    """What one batch did."""
+
+    events: int = 0
+    resolved_clusters: int = 0
+    customers: int = 0
+    touched: set[str] = field(default_factory=set)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _trait_identifier(e: StitchEvent) -> str | None:
+    """For an event with no usable user or anonymous id: its first trait identifier."""
+    own = own_identifiers(e)
+    if any(i.kind in (USER_ID, ANONYMOUS_ID) for i in own):
+        return None
+    return str(own[0]) if own else None
+
+
+def _traits(payload: Mapping[str, Any]) -> dict[str, Any] | None:
+    traits: dict[str, Any] = {}
+    context = payload.get("context")
+    if isinstance(context, dict) and isinstance(context.get("traits"), dict):
+        traits.update(context["traits"])
+    if isinstance(payload.get("traits"), dict):
+        traits.update(payload["traits"])
+    return traits or None
+
+
+def parse_raw(record: asyncpg.Record) -> tuple[StitchEvent, journeys.TimelineRow]:
+    """A raw `events` row → the pure event and its timeline row (customer not yet known)."""
+    payload = record["payload"]
+    e = from_payload(payload, timestamp=record["timestamp"], is_bot=bool(record["flags"] & FLAG_BOT))
+    channel = channel_of(e)
+    properties = payload.get("properties")
+    campaign = campaign_of(e)
+    row = journeys.TimelineRow(
+        message_id=e.message_id,
+        customer_id=None,
+        timestamp=e.timestamp,
+        received_at=record["received_at"],
+        type=e.type,
+        event=e.event,
+        user_id=e.user_id,
+        anonymous_id=e.anonymous_id,
+        trait_identifier=_trait_identifier(e),
+        source_channel=channel,
+        channel=channel,
+        session_id=None,
+        stage=None,
+        flags=record["flags"],
+        properties=properties if isinstance(properties, dict) and properties else None,
+        traits=_traits(payload),
+        campaign=campaign or None,
+    )
+    return e, row
+
+
+def _light_event(row: Mapping[str, Any]) -> StitchEvent:
+    """Enough of a stored timeline row to decide which customer it belongs to."""
+    email: str | None = None
+    external: tuple[tuple[str, str], ...] = ()
+    trait = row["trait_identifier"]
+    if trait:
+        ident = Identifier.parse(trait)
+        if ident.kind == EMAIL:
+            email = ident.value
+        else:
+            external = ((ident.kind, ident.value),)
+    return StitchEvent(
+        message_id=row["message_id"], type=row["type"], event=None, timestamp=row["timestamp"],
+        user_id=row["user_id"], anonymous_id=row["anonymous_id"], email=email,
+        external_ids=external,
+    )
+
+
+# --------------------------------------------------------------------------- evidence → events
+
+
+def _evidence_events(
+    identities: Iterable[ids.IdentityRow],
+    links: Iterable[ids.LinkRow],
+    occurrences: Iterable[Mapping[str, Any]],
+) -> list[StitchEvent]:
+    """Synthetic events that carry exactly the cluster's stored evidence, so `resolve` over
+    them equals `resolve` over every raw event of the cluster."""
+    events: list[StitchEvent] = []
+    for row in identities:
+        if not row.first_message_id:  # known only as an alias's previousId, never sighted
+            continue
+        events.append(_carrying(row.first_message_id, row.first_seen, [row.ident]))
+    for link in links:
+        if link.rule == ALIAS:
+            events.append(StitchEvent(message_id=link.message_id, type="alias", event=None,
+                                      timestamp=link.at, user_id=link.b.value,
+                                      previous_id=link.a.value))
+        else:
+            events.append(_carrying(link.message_id, link.at, [link.a, link.b]))
+    for occ in occurrences:
+        events.append(StitchEvent(message_id=occ["message_id"], type="track", event=None,
+                                  timestamp=occ["timestamp"], user_id=occ["user_id"],
+                                  anonymous_id=occ["anonymous_id"]))
+    return events
+
+
+def _carrying(message_id: str, at: datetime, idents: Sequence[Identifier]) -> StitchEvent:
+    user = next((i.value for i in idents if i.kind == USER_ID), None)
+    anon = next((i.value for i in idents if i.kind == ANONYMOUS_ID), None)
+    email = next((i.value for i in idents if i.kind == EMAIL), None)
+    external = tuple((i.kind, i.value) for i in idents
+                     if i.kind not in (USER_ID, ANONYMOUS_ID, EMAIL))
+    return StitchEvent(message_id=message_id, type="track", event=None, timestamp=at,
+                       user_id=user, anonymous_id=anon, email=email, external_ids=external)
+
+
+def _dedupe_ledger(entries: Iterable[LedgerEntry]) -> list[LedgerEntry]:
+    """A repeated decision (the same refusal on every page view) is recorded once."""
+    seen: set[tuple[str, str, tuple[Identifier, ...]]] = set()
+    kept: list[LedgerEntry] = []
+    for entry in entries:
+        key = (entry.action, entry.rule, entry.identifiers)
+        if key not in seen:
+            seen.add(key)
+            kept.append(entry)
+    return kept
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+class _Groups:
+    """Union-find over cluster ids and not-yet-stored identifiers."""
+
+    def __init__(self) -> None:
+        self.parent: dict[int | Identifier, int | Identifier] = {}
+
+    def find(self, x: int | Identifier) -> int | Identifier:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: int | Identifier, b: int | Identifier) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+    def groups(self) -> list[list[int | Identifier]]:
+        out: dict[int | Identifier, list[int | Identifier]] = {}
+        for x in list(self.parent):
+            out.setdefault(self.find(x), []).append(x)
+        return list(out.values())
+
+
+class WorkspaceStitcher:
+    """Stitches batches of one workspace's events inside the caller's transaction."""
+
+    def __init__(self, conn: asyncpg.Connection, workspace_id: int, model: JourneyModel) -> None:
+        self.conn = conn
+        self.ws = workspace_id
+        self.model = model
+        self.customer_of: dict[Identifier, str] = {}
+        self.resolutions: dict[int, Resolution] = {}
+        self.cluster_of: dict[Identifier, int] = {}
+        self.batch: list[StitchEvent] = []
+
+    async def stitch(self, records: Sequence[asyncpg.Record]) -> StitchStats:
+        """Stitch raw `events` rows (any order; events already stitched are skipped)."""
+        stats = StitchStats()
+        parsed: dict[str, tuple[StitchEvent, journeys.TimelineRow]] = {}
+        for record in records:
+            e, row = parse_raw(record)
+            parsed.setdefault(e.message_id, (e, row))
+        done = await journeys.existing_message_ids(self.conn, self.ws, list(parsed))
+        fresh = [parsed[m] for m in sorted(parsed) if m not in done]
+        if not fresh:
+            return stats
+        events = [e for e, _ in fresh]
+        self.batch = events
+        stats.events = len(events)
+        dirty = await self._update_identities(events)
+        old_customers: set[str] = set()
+        for cluster in sorted(dirty):
+            old_customers |= await self._resolve_cluster(cluster)
+        stats.resolved_clusters = len(dirty)
+
+        new_rows: list[journeys.TimelineRow] = []
+        for e, row in fresh:
+            row.customer_id = self._assign(e)
+            new_rows.append(row)
+        moved = await self._reassign(dirty, old_customers) if dirty else {}
+        await journeys.set_customers(self.conn, self.ws, sorted(moved.items()))
+        touched = old_customers | {c for c in moved.values() if c is not None}
+        touched |= {r.customer_id for r in new_rows if r.customer_id is not None}
+        await self._recompute(sorted(touched), new_rows)
+        stats.customers = len(touched)
+        stats.touched = touched
+        return stats
+
+    async def restitch(self, cluster_ids: Sequence[int]) -> set[str]:
+        """Resolve clusters again from their evidence (after an unmerge or a model change)."""
+        old_customers: set[str] = set()
+        for cluster in sorted(set(cluster_ids)):
+            old_customers |= await self._resolve_cluster(cluster)
+        moved = await self._reassign(set(cluster_ids), old_customers)
+        await journeys.set_customers(self.conn, self.ws, sorted(moved.items()))
+        touched = old_customers | {c for c in moved.values() if c is not None}
+        await self._recompute(sorted(touched), [])
+        return touched
+
+    # ---- identities
+
+    async def _update_identities(self, events: Sequence[StitchEvent]) -> set[int]:
+        """Store sightings and link evidence; returns the clusters to resolve again."""
+        sightings: dict[Identifier, tuple[datetime, str]] = {}
+        touched: set[Identifier] = set()
+        links: dict[tuple[Identifier, Identifier, str], ids.LinkRow] = {}
+        for e in events:
+            for ident in own_identifiers(e):
+                key = (e.timestamp, e.message_id)
+                if ident not in sightings or key < sightings[ident]:
+                    sightings[ident] = key
+            touched |= affected_identifiers(e)
+            for evidence in links_of(e):
+                found = ids.LinkRow(evidence.a, evidence.b, evidence.rule, evidence.timestamp,
+                                    evidence.message_id)
+                k = (found.a, found.b, found.rule)
+                if k not in links or (found.at, found.message_id) < (
+                    links[k].at, links[k].message_id
+                ):
+                    links[k] = found
+                touched |= {found.a, found.b}
+
+        stored = await ids.load_identities(self.conn, self.ws, touched)
+        stored_links = await ids.load_links(self.conn, self.ws, touched)
+        # An anonymous id sighted for the first time may be what an earlier alias named.
+        new_anons = [i.value for i in sightings if i.kind == ANONYMOUS_ID and i not in stored]
+        alias_links = await ids.aliases_naming(self.conn, self.ws, new_anons)
+        if alias_links:
+            extra = {al.b for al in alias_links} | {al.a for al in alias_links}
+            stored.update(await ids.load_identities(self.conn, self.ws, extra))
+        for ident, known_row in stored.items():
+            self.customer_of[ident] = known_row.customer_id
+            self.cluster_of[ident] = known_row.cluster_id
+
+        known = {(sl.a, sl.b, sl.rule): sl for sl in stored_links}
+        partners: dict[Identifier, set[str]] = {}
+        for any_link in [*stored_links, *links.values()]:
+            if any_link.rule == IDENTIFY:
+                partners.setdefault(any_link.b, set()).add(any_link.a.value)
+
+        groups = _Groups()
+
+        def node(ident: Identifier) -> int | Identifier:
+            hit = stored.get(ident)
+            return hit.cluster_id if hit is not None else ident
+
+        dirty_nodes: set[int | Identifier] = set()
+        for ident, (ts, mid) in sightings.items():
+            groups.find(node(ident))
+            seen = stored.get(ident)
+            if seen is None:
+                continue
+            if not seen.first_message_id or (ts, mid) < (seen.first_seen, seen.first_message_id):
+                # Sighted earlier than we knew: the oldest identifier may change.
+                seen.first_seen, seen.first_message_id = ts, mid
+                dirty_nodes.add(node(ident))
+        for (a, b, rule), link in links.items():
+            if rule == ALIAS and a not in stored and a not in sightings:
+                groups.find(node(a))
+            groups.union(node(a), node(b))
+            old = known.get((a, b, rule))
+            if old is None or (link.at, link.message_id) < (old.at, old.message_id):
+                dirty_nodes.add(node(a))
+            elif rule == IDENTIFY and (
+                len(partners.get(b, ())) > 1 or (b in stored and stored[b].shared_device)
+            ):
+                # A device used by several people: each identify moves its later events.
+                dirty_nodes.add(node(a))
+        for e in events:
+            anon = Identifier(ANONYMOUS_ID, e.anonymous_id) if e.anonymous_id else None
+            if e.user_id is None and anon is not None and anon in stored and (
+                stored[anon].shared_device
+            ):
+                dirty_nodes.add(node(anon))
+        for named in alias_links:
+            anon = Identifier(ANONYMOUS_ID, named.a.value)
+            groups.union(node(anon), node(named.b))
+            dirty_nodes.add(node(anon))
+
+        await ids.upsert_links(self.conn, self.ws, list(links.values()))
+
+        dirty: set[int] = set()
+        new_rows: list[ids.IdentityRow] = []
+        updated_rows: list[ids.IdentityRow] = []
+        members = groups.groups()
+        fresh_ids = await ids.new_cluster_ids(
+            self.conn, sum(1 for g in members if not any(isinstance(n, int) for n in g))
+        )
+        for group in members:
+            clusters = sorted(n for n in group if isinstance(n, int))
+            newcomers = [n for n in group if isinstance(n, Identifier)]
+            target = clusters[0] if clusters else fresh_ids.pop()
+            if len(clusters) > 1:
+                await ids.move_clusters(self.conn, self.ws, into=target, absorbed=clusters[1:])
+            for ident in newcomers:
+                if ident not in sightings:
+                    # Only an alias's previousId: resolution decides whether it is an identifier.
+                    continue
+                ts, mid = sightings[ident]
+                new_rows.append(ids.IdentityRow(ident, customer_key(ident), target, ts, mid, False))
+                self.customer_of[ident] = customer_key(ident)
+                self.cluster_of[ident] = target
+            for ident, member in stored.items():
+                if member.cluster_id in clusters:
+                    member.cluster_id = target
+                    self.cluster_of[ident] = target
+            if len(clusters) + len(newcomers) > 1 or any(n in dirty_nodes for n in group):
+                dirty.add(target)
+        for ident, member in stored.items():
+            if ident in sightings and (member.first_seen, member.first_message_id) == sightings[
+                ident
+            ]:
+                updated_rows.append(member)
+        await ids.upsert_identities(self.conn, self.ws, new_rows + updated_rows)
+        return dirty
+
+    async def _resolve_cluster(self, cluster_id: int) -> set[str]:
+        """Resolve a cluster from its evidence; returns the customer ids it had before."""
+        rows = await ids.load_cluster_identities(self.conn, self.ws, [cluster_id])
+        before = {row.customer_id for row in rows}
+        idents = [row.ident for row in rows]
+        links = await ids.load_links(self.conn, self.ws, idents)
+        # Alias previousIds may not be stored identities yet: include what the links name.
+        link_idents = {link.a for link in links} | {link.b for link in links}
+        blocked = await ids.blocked_pairs(self.conn, self.ws, set(idents) | link_idents)
+        partners: dict[str, set[str]] = {}
+        for link in links:
+            if link.rule == IDENTIFY:
+                partners.setdefault(link.b.value, set()).add(link.a.value)
+        devices = sorted(
+            {a for a, users in partners.items() if len(users) > 1}
+            | {r.ident.value for r in rows if r.shared_device and r.ident.kind == ANONYMOUS_ID}
+        )
+        occurrences: list[Mapping[str, Any]] = list(
+            await ids.identify_occurrences(self.conn, self.ws, devices)
+        )
+        wanted = set(devices)
+        occurrences += [
+            {"message_id": e.message_id, "timestamp": e.timestamp, "user_id": e.user_id,
+             "anonymous_id": e.anonymous_id}
+            for e in self.batch
+            if e.user_id is not None and e.anonymous_id in wanted
+        ]
+        resolution = resolve(_evidence_events(rows, links, occurrences), blocked=blocked)
+        self.resolutions[cluster_id] = resolution
+
+        by_ident = {row.ident: row for row in rows}
+        writes: list[ids.IdentityRow] = []
+        for ident, customer in resolution.customer_by_identifier.items():
+            shared = ident in resolution.shared_devices
+            row = by_ident.get(ident)
+            if row is None:
+                row = ids.IdentityRow(ident, customer, cluster_id,
+                                      resolution.first_seen[ident], "", shared)
+                writes.append(row)
+            elif row.customer_id != customer or row.shared_device != shared:
+                row.customer_id, row.shared_device = customer, shared
+                writes.append(row)
+            self.customer_of[ident] = customer
+            self.cluster_of[ident] = cluster_id
+        await ids.upsert_identities(self.conn, self.ws, writes)
+        await ids.replace_ledger(
+            self.conn, self.ws, cluster_id, _dedupe_ledger(resolution.ledger)
+        )
+        return before
+
+    # ---- assignment
+
+    def _assign(self, e: StitchEvent) -> str | None:
+        for ident in own_identifiers(e):
+            cluster = self.cluster_of.get(ident)
+            if cluster is not None and cluster in self.resolutions:
+                return assign(e, self.resolutions[cluster])
+            break
+        if e.user_id is not None:
+            customer = self.customer_of.get(Identifier(USER_ID, e.user_id))
+            if customer is not None:
+                return customer
+        own = own_identifiers(e)
+        return self.customer_of.get(own[0]) if own else None
+
+    async def _reassign(self, clusters: set[int], old_customers: set[str]) -> dict[str, str | None]:
+        users: list[str] = []
+        anons: list[str] = []
+        traits: list[str] = []
+        for ident, cluster in self.cluster_of.items():
+            if cluster not in clusters:
+                continue
+            if ident.kind == USER_ID:
+                users.append(ident.value)
+            elif ident.kind == ANONYMOUS_ID:
+                anons.append(ident.value)
+            else:
+                traits.append(str(ident))
+        rows = await journeys.events_to_reassign(
+            self.conn, self.ws, user_ids=users, anonymous_ids=anons, trait_identifiers=traits,
+            customer_ids=sorted(old_customers),
+        )
+        moved: dict[str, str | None] = {}
+        for row in rows:
+            customer = self._assign(_light_event(row))
+            if customer != row["customer_id"]:
+                moved[row["message_id"]] = customer
+                if row["customer_id"] is not None:
+                    old_customers.add(row["customer_id"])
+        return moved
+
+    # ---- per-customer derived state
+
+    async def _recompute(
+        self, customer_ids: Sequence[str], new_rows: Sequence[journeys.TimelineRow]
+    ) -> None:
+        """Sessions, channels, stages and the summary of each customer, from all its events;
+        new rows are inserted with their final values, stored rows updated where they changed."""
+        stored = await journeys.load_customer_events(self.conn, self.ws, customer_ids)
+        by_customer: dict[str, list[Mapping[str, Any]]] = {}
+        for record in stored:
+            by_customer.setdefault(record["customer_id"], []).append(record)
+        fresh: dict[str, journeys.TimelineRow] = {}
+        for row in new_rows:
+            fresh[row.message_id] = row
+            if row.customer_id is not None:
+                by_customer.setdefault(row.customer_id, []).append(_as_mapping(row))
+        derived: list[tuple[str, str, str | None, str | None]] = []
+        summaries: list[journeys.CustomerRow] = []
+        for customer, items in sorted(by_customer.items()):
+            items.sort(key=lambda r: (r["timestamp"], r["message_id"]))
+            events = [
+                StitchEvent(
+                    message_id=r["message_id"], type=r["type"], event=r["event"],
+                    timestamp=r["timestamp"], user_id=r["user_id"],
+                    anonymous_id=r["anonymous_id"], properties=r["properties"] or {},
+                    campaign=r["campaign"] or {}, is_bot=bool(r["flags"] & FLAG_BOT),
+                )
+                for r in items
+            ]
+            sessions = assign_sessions(events)
+            channels = session_channels_from(
+                [(r["message_id"], r["source_channel"]) for r in items], sessions=sessions
+            )
+            history = stage_history(events, self.model)
+            traits: dict[str, Any] = {}
+            for r in items:
+                mid = r["message_id"]
+                values = (channels[mid], sessions[mid],
+                          stage_at(history, r["timestamp"], message_id=mid))
+                if mid in fresh:
+                    row = fresh[mid]
+                    row.channel, row.session_id, row.stage = values
+                elif values != (r["channel"], r["session_id"], r["stage"]):
+                    derived.append((mid, *values))
+                if r["traits"]:
+                    traits.update(r["traits"])
+            summaries.append(
+                journeys.CustomerRow(
+                    customer_id=customer,
+                    first_seen=events[0].timestamp,
+                    last_seen=events[-1].timestamp,
+                    event_count=len(events),
+                    stage=history[-1].stage if history else None,
+                    stage_entered_at=history[-1].entered_at if history else None,
+                    stage_history=[
+                        {"stage": h.stage, "entered_at": h.entered_at.isoformat(),
+                         "message_id": h.message_id}
+                        for h in history
+                    ],
+                    traits=traits,
+                )
+            )
+        await journeys.insert_timeline(self.conn, self.ws, new_rows)
+        await journeys.update_derived(self.conn, self.ws, derived)
+        await journeys.upsert_customers(self.conn, self.ws, summaries)
+        gone = sorted(set(customer_ids) - set(by_customer))
+        await journeys.delete_customers(self.conn, self.ws, gone)
+        await journeys.record_changes(
+            self.conn, self.ws,
+            [(c, "events") for c in sorted(by_customer)] + [(c, "removed") for c in gone],
+        )
+
+
+def _as_mapping(row: journeys.TimelineRow) -> dict[str, Any]:
+    return {
+        "message_id": row.message_id, "timestamp": row.timestamp, "type": row.type,
+        "event": row.event, "user_id": row.user_id, "anonymous_id": row.anonymous_id,
+        "flags": row.flags, "properties": row.properties, "traits": row.traits,
+        "campaign": row.campaign, "source_channel": row.source_channel,
+        "channel": row.channel, "session_id": row.session_id, "stage": row.stage,
+    }
+
+
+__all__ = ["FLAG_BOT", "StitchStats", "WorkspaceStitcher", "parse_raw"]

@@ -1,0 +1,194 @@
+"""The stitcher worker: follows the raw event feed and keeps every journey up to date.
+
+Work is divided into 16 shards of workspaces (`workspace_id % 16`). A worker owns a shard while
+it holds the shard's advisory lock on a dedicated connection, so any number of workers (inside
+`journeys serve` or as `journeys worker`) can run: each shard is stitched by one at a time, and a
+dead worker's shards are picked up by the others. Each batch is one transaction that writes the
+derived state *and* advances the shard's feed position, so a crash at any instant leaves either
+all of a batch or none of it: restarted, the stitcher reaches exactly the same state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from prometheus_client import Counter, Gauge, Histogram
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.core.logging import get_logger
+from app.db.engine import is_unavailable, raw_connection
+from app.journeys import repository as journeys
+from app.journeys.stages import DEFAULT_MODEL, JourneyModel, JourneyModelError, model_from_dict
+from app.journeys.stitch import WorkspaceStitcher
+
+log = get_logger(__name__)
+
+LOCK_BASE = 0x4A53_0000  # advisory lock ids of the shards: "JS" + shard
+MODEL_CACHE_SECONDS = 5.0
+
+STITCHED = Counter("journeys_stitched_events_total", "Events stitched into journeys")
+BATCH_SECONDS = Histogram(
+    "journeys_stitch_batch_seconds", "Duration of one stitch batch",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+SHARDS_HELD = Gauge("journeys_stitch_shards_held", "Shards this process stitches")
+STITCH_ERRORS = Counter("journeys_stitch_errors_total", "Stitch batches that failed")
+
+
+@dataclass
+class _ModelCache:
+    entries: dict[int, tuple[float, JourneyModel]] = field(default_factory=dict)
+
+    async def get(self, conn: asyncpg.Connection, workspace_id: int) -> JourneyModel:
+        now = time.monotonic()
+        hit = self.entries.get(workspace_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        raw = await conn.fetchval(
+            "SELECT settings -> 'journey_model' FROM workspaces WHERE id = $1", workspace_id
+        )
+        model = DEFAULT_MODEL
+        if raw is not None:
+            try:
+                model = model_from_dict(raw)
+            except JourneyModelError as exc:  # validated on PUT; a bad stored one falls back
+                log.error("journey_model_invalid", workspace_id=workspace_id, error=str(exc))
+        self.entries[workspace_id] = (now + MODEL_CACHE_SECONDS, model)
+        return model
+
+    def forget(self, workspace_id: int) -> None:
+        self.entries.pop(workspace_id, None)
+
+
+async def model_for(conn: asyncpg.Connection, workspace_id: int) -> JourneyModel:
+    """A workspace's journey model, read now (no cache)."""
+    return await _ModelCache().get(conn, workspace_id)
+
+
+class Stitcher:
+    """Owns shards and stitches their feed in batches."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        batch_size: int = 2_000,
+        poll_interval: float = 0.2,
+        shards: tuple[int, ...] = tuple(range(journeys.SHARDS)),
+    ) -> None:
+        self._engine = engine
+        self._batch_size = batch_size
+        self._poll = poll_interval
+        self._wanted = shards
+        self._held: set[int] = set()
+        self._models = _ModelCache()
+        self._wakeup = asyncio.Event()
+        self._lock_conn: asyncpg.Connection | None = None
+        self._lock_ctx: Any = None
+
+    def notify(self) -> None:
+        """Ingest committed new events: look now instead of at the next poll."""
+        self._wakeup.set()
+
+    def forget_model(self, workspace_id: int) -> None:
+        """The workspace's journey model changed."""
+        self._models.forget(workspace_id)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stitch until `stop` is set; survives database outages."""
+        last_claim = 0.0
+        while not stop.is_set():
+            try:
+                if time.monotonic() - last_claim > 5 or not self._held:
+                    await self._claim()
+                    last_claim = time.monotonic()
+                done = 0
+                for shard in sorted(self._held):
+                    done += await self.stitch_shard(shard)
+                if done:
+                    continue
+            except Exception as exc:
+                STITCH_ERRORS.inc()
+                if is_unavailable(exc):
+                    log.warning("stitcher_database_unavailable", error=repr(exc))
+                    await self._release()
+                else:
+                    log.exception("stitch_failed", error=repr(exc))
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll):
+                    await self._wait_either(stop)
+        await self._release()
+
+    async def _wait_either(self, stop: asyncio.Event) -> None:
+        waiters = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def _claim(self) -> None:
+        if self._lock_conn is None or self._lock_conn.is_closed():
+            self._lock_ctx = raw_connection(self._engine)
+            self._lock_conn = await self._lock_ctx.__aenter__()
+            self._held.clear()
+        for shard in self._wanted:
+            if shard in self._held:
+                continue
+            if await self._lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_BASE + shard):
+                self._held.add(shard)
+        SHARDS_HELD.set(len(self._held))
+
+    async def _release(self) -> None:
+        self._held.clear()
+        SHARDS_HELD.set(0)
+        if self._lock_ctx is not None:
+            with contextlib.suppress(Exception):
+                if self._lock_conn is not None and not self._lock_conn.is_closed():
+                    await self._lock_conn.execute("SELECT pg_advisory_unlock_all()")
+                await self._lock_ctx.__aexit__(None, None, None)
+        self._lock_conn = None
+        self._lock_ctx = None
+
+    async def stitch_shard(self, shard: int) -> int:
+        """Stitch the next batch of a shard; returns how many raw events it consumed."""
+        started = time.perf_counter()
+        async with raw_connection(self._engine) as conn, conn.transaction():
+            position = await journeys.lock_progress(conn, shard)
+            records = await journeys.read_feed(
+                conn, shard=shard, after=position, limit=self._batch_size
+            )
+            if not records:
+                return 0
+            by_workspace: dict[int, list[asyncpg.Record]] = {}
+            for record in records:
+                by_workspace.setdefault(record["workspace_id"], []).append(record)
+            for workspace_id, rows in sorted(by_workspace.items()):
+                model = await self._models.get(conn, workspace_id)
+                await WorkspaceStitcher(conn, workspace_id, model).stitch(rows)
+            last = records[-1]
+            await journeys.save_progress(conn, shard, (last["tx"], last["seq"]), len(records))
+        STITCHED.inc(len(records))
+        BATCH_SECONDS.observe(time.perf_counter() - started)
+        return len(records)
+
+    async def drain(self, *, timeout: float = 60.0) -> int:
+        """Stitch until the feed is empty (tests, rebuild, benchmarks); returns events done."""
+        total = 0
+        async with asyncio.timeout(timeout):
+            await self._claim()
+            while True:
+                done = 0
+                for shard in sorted(self._held):
+                    done += await self.stitch_shard(shard)
+                total += done
+                if not done:
+                    return total
+
+

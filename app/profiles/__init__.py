@@ -1,0 +1,1 @@
+"""The profile API: a customer's identifiers, stage, timeline and identity ledger."""
