@@ -39,5 +39,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ingest_router)
     app.include_router(profiles_router)
     app.include_router(ops_router)
-    app.add_middleware(RequestMiddleware)
+    app.add_middleware(RequestMiddleware, max_header_bytes=settings.max_header_bytes)
     return app

@@ -125,6 +125,8 @@ class IngestBenchReport:
         """JSON-ready."""
         body = asdict(self)
         body["ok"] = self.ok
+        for phase, data in zip(self.phases, body["phases"], strict=True):
+            data["cpu_us_per_event"] = cpu_per_event(phase)
         return body
 
 
@@ -715,6 +717,16 @@ def _num(value: float | None, fmt: str) -> str:
     return format(value, fmt)
 
 
+def cpu_per_event(phase: PhaseResult) -> dict[str, float]:
+    """CPU microseconds per event of each consumer (the server, PostgreSQL, wrk, this process)."""
+    if not phase.events_per_s:
+        return {}
+    return {
+        k: round(v / 100 * 1e6 / phase.events_per_s, 1)
+        for k, v in phase.cpu_pct.items() if k in ("server", "postgres", "wrk", "bench")
+    }
+
+
 def markdown(report: IngestBenchReport) -> str:
     """The results table with the machine, the verification and the targets."""
     m = report.machine
@@ -740,7 +752,12 @@ def markdown(report: IngestBenchReport) -> str:
         + "; ".join(
             f"{p.name}: " + ", ".join(f"{k} {v:.0f}" for k, v in p.cpu_pct.items())
             for p in report.phases if p.cpu_pct
-        ),
+        ) + ".",
+        "CPU per event (µs; robust to a busy machine, unlike events/s): "
+        + "; ".join(
+            f"{p.name}: " + ", ".join(f"{k} {v:.0f}" for k, v in cpu_per_event(p).items())
+            for p in report.phases if p.cpu_pct
+        ) + ".",
         "",
         f"Verification: {report.stored:,} events stored for the bench workspace, "
         f"{report.acknowledged:,} acknowledged (2xx), at most {report.sent_upper_bound:,} sent "

@@ -10,6 +10,10 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from app.core.logging import get_logger
+
+log = get_logger(__name__)
+
 PROBLEM_TYPE_BASE = "https://journeys.dev/problems/"
 
 _TITLES = {
@@ -24,6 +28,7 @@ _TITLES = {
     415: "Unsupported Media Type",
     422: "Unprocessable Content",
     429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
@@ -112,6 +117,18 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = f"{loc}: {first.get('msg', 'invalid value')}" if loc else "invalid request"
         return problem_response(ProblemError(400, "invalid_field", detail, field=loc or None))
 
+    async def on_unexpected(_: Request, exc: Exception) -> Response:
+        from app.db.engine import is_unavailable
+
+        if is_unavailable(exc):
+            return problem_response(
+                ProblemError(503, "database_unavailable", "the database is unavailable; retry later",
+                             headers={"Retry-After": "5"})
+            )
+        log.exception("unhandled_error", error=repr(exc))
+        return problem_response(ProblemError(500, "internal_error", "an unexpected error occurred"))
+
     app.add_exception_handler(ProblemError, on_problem)
+    app.add_exception_handler(Exception, on_unexpected)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RequestValidationError, on_validation)

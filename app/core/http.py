@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 import uuid
 
+import orjson
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.errors import problem_body
 from app.core.logging import get_logger
 
 log = get_logger("journeys.request")
@@ -23,17 +25,33 @@ INGEST_PATHS = frozenset(
 _PREFLIGHT_MAX_AGE = b"86400"
 
 
+async def _too_large_headers(send: Send, limit: int) -> None:
+    body = orjson.dumps(problem_body(
+        431, "headers_too_large", f"request headers exceed {limit} bytes"
+    ))
+    await send({"type": "http.response.start", "status": 431, "headers": [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+    ]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class RequestMiddleware:
     """Binds a request id, logs one line per request, answers CORS for ingest routes."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_header_bytes: int = 16_384) -> None:
         self.app = app
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
+        raw_headers = scope["headers"]
+        if sum(len(k) + len(v) for k, v in raw_headers) > self.max_header_bytes:
+            await _too_large_headers(send, self.max_header_bytes)
+            return
+        headers = dict(raw_headers)
         request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
         path: str = scope["path"]
         origin = headers.get(b"origin") if path in INGEST_PATHS else None

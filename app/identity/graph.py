@@ -9,6 +9,14 @@ the alias was sent from, and a single event cannot tell which. `links_of` report
 `user_id:<previousId>`; `resolve` then links the user id to `anonymous_id:<previousId>` if that
 identifier occurs anywhere in the resolved events, and to `user_id:<previousId>` if that occurs
 or the anonymous id does not (both when both occur).
+
+Shared devices: an anonymous id whose identifies name user ids of two or more final customers.
+Its anonymous-only events follow the last identify at or before them (by time, then message id);
+before its first identify they stay with the anonymous id's own customer, which is the first
+identified user's unless an email or external id had already tied the device to someone.
+
+Ledger: `into` is the customer key at the moment of the decision (a later merge into an older
+customer retires it); a link in `blocked` is recorded with action and rule "unmerged".
 """
 
 from __future__ import annotations

@@ -7,13 +7,19 @@ import asyncio
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from sqlalchemy import text
 
 from app.core.deps import runtime
+from app.db.engine import raw_connection
 from app.db.migrate import head_revision
+from app.journeys.lag import stitch_lag
 
 router = APIRouter(tags=["operations"])
+
+STITCH_LAG = Gauge(
+    "journeys_stitch_lag_seconds", "Age of the oldest committed event not yet stitched"
+)
 
 _HEAD = head_revision()
 
@@ -42,10 +48,19 @@ async def readyz(request: Request) -> Response:
     if current != _HEAD:
         return _json({"status": "unavailable", "database": "ok", "migration": current,
                       "expected": _HEAD}, 503)
-    return _json({"status": "ok", "database": "ok", "migration": current})
+    async with raw_connection(rt.engine) as conn:
+        stitcher = await stitch_lag(conn)
+    STITCH_LAG.set(stitcher["lag_seconds"])
+    # Lag is reported, not a reason to refuse traffic: ingest stays available while it catches up.
+    return _json({"status": "ok", "database": "ok", "migration": current, "stitcher": stitcher})
 
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
-async def metrics() -> Response:
-    """Prometheus text exposition."""
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition (the stitcher lag is measured on each scrape)."""
+    try:
+        async with asyncio.timeout(2), raw_connection(runtime(request).engine) as conn:
+            STITCH_LAG.set((await stitch_lag(conn))["lag_seconds"])
+    except Exception:  # metrics must render even when the database is down
+        STITCH_LAG.set(float("nan"))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

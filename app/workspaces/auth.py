@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.errors import ProblemError
 from app.core.security import KeyKind, hash_key, same_hash
+from app.db.engine import is_unavailable
 from app.workspaces.repository import KeyRecord, lookup_key
 
 _MAX_CACHED = 10_000
@@ -29,8 +30,16 @@ class KeyResolver:
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
-        async with self._engine.connect() as conn:
-            record = await lookup_key(conn, digest)
+        try:
+            async with self._engine.connect() as conn:
+                record = await lookup_key(conn, digest)
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise ProblemError(
+                    503, "database_unavailable", "keys cannot be checked right now; retry later",
+                    headers={"Retry-After": "5"},
+                ) from None
+            raise
         if record is not None and not same_hash(record.key_hash, digest):
             record = None
         self._cache[digest] = (now + self._ttl, record)

@@ -40,7 +40,7 @@ def basic(key: str) -> str:
 async def stored_rows(db: asyncpg.Connection, workspace_id: int) -> list[dict[str, Any]]:
     rows = await db.fetch(
         "SELECT message_id, type, event, user_id, anonymous_id, timestamp, received_at, flags,"
-        " payload FROM events WHERE workspace_id = $1 ORDER BY seq",
+        " payload FROM events WHERE workspace_id = $1 ORDER BY message_id",
         workspace_id,
     )
     return [{**dict(r), "payload": json.loads(r["payload"])} for r in rows]
@@ -173,7 +173,7 @@ async def test_write_key_in_the_body_alone_is_enough(
                               headers={"content-type": "text/plain;charset=UTF-8"})
         assert r.status_code == 200, r.text
     assert [row["message_id"] for row in await stored_rows(db, workspace.workspace_id)] == [
-        "p1", "b1"]
+        "b1", "p1"]
 
 
 async def test_rudder_gzip_batch(
@@ -267,7 +267,7 @@ async def test_retry_across_the_week_boundary_is_not_stored_again(
                           auth=(workspace.write_key, ""))
     assert r.status_code == 200
     rows = await db.fetch(
-        "SELECT message_id, received_week FROM events WHERE workspace_id = $1 ORDER BY seq",
+        "SELECT message_id, received_week FROM events WHERE workspace_id = $1 ORDER BY message_id",
         workspace.workspace_id,
     )
     assert [(row["message_id"], row["received_week"]) for row in rows] == [

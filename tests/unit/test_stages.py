@@ -294,6 +294,15 @@ def test_occurrence_counts_before_after_stage_is_reached() -> None:
     ]
     assert stages_of(events, model) == [("visitor", "a"), ("trial", "d"), ("engaged", "e")]
     assert stages_of(events[:4], model) == [("visitor", "a"), ("trial", "d")]
+    # "At least the Nth": the 3rd run also qualifies once the gate opens after the 2nd.
+    at_least = _custom(
+        *model.stages[:2],
+        Stage(
+            "engaged",
+            (StageRule(events=frozenset({"Report Run"}), occurrence=2, after_stage="trial"),),
+        ),
+    )
+    assert stages_of(events, at_least) == [("visitor", "a"), ("trial", "d"), ("engaged", "e")]
 
 
 def test_page_type_rule_and_event_name_rule_in_one_stage() -> None:

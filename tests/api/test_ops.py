@@ -1,0 +1,107 @@
+"""Operations endpoints, and 503 (not 500) when the database can't be reached."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+import httpx
+import orjson
+import pytest_asyncio
+from fastapi import FastAPI
+
+from app.core.settings import Settings
+from app.db.migrate import head_revision
+from app.main import create_app
+from app.workspaces.repository import NewWorkspace
+
+EVENT = {"userId": "u1", "event": "Product Viewed"}
+UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nope"
+
+
+async def test_healthz(client: httpx.AsyncClient) -> None:
+    r = await client.get("/healthz")
+    assert r.status_code == 200
+    assert r.json()["status"] == "ok"
+
+
+async def test_readyz_reports_the_migration_head(client: httpx.AsyncClient) -> None:
+    r = await client.get("/readyz")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "ok"
+    assert body["migration"] == head_revision() is not None
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)"
+    found = re.search(r"^" + pattern + r"$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+async def test_metrics_count_accepted_duplicate_and_rejected_events(
+    client: httpx.AsyncClient, workspace: NewWorkspace
+) -> None:
+    before = (await client.get("/metrics")).text
+    batch = {"batch": [{**EVENT, "type": "track", "messageId": "metrics-1"},
+                       {**EVENT, "type": "track", "messageId": "metrics-1"},
+                       {"type": "track", "userId": "u"}]}
+    r = await client.post("/v1/batch", json=batch, auth=(workspace.write_key, ""))
+    assert r.status_code == 200
+    r = await client.post("/v1/track", json={"userId": "u"}, auth=(workspace.write_key, ""))
+    assert r.status_code == 400
+    answer = await client.get("/metrics")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+    after = answer.text
+    for name in ("journeys_events_accepted_total", "journeys_events_duplicate_total",
+                 "journeys_events_rejected_total", "journeys_commit_seconds_bucket"):
+        assert name in after
+    assert metric(after, "journeys_events_accepted_total") - metric(
+        before, "journeys_events_accepted_total") == 1
+    assert metric(after, "journeys_events_duplicate_total") - metric(
+        before, "journeys_events_duplicate_total") == 1
+    code = 'code="missing_event"'
+    assert metric(after, "journeys_events_rejected_total", code) - metric(
+        before, "journeys_events_rejected_total", code) == 2
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def down_client() -> AsyncIterator[httpx.AsyncClient]:
+    """An app whose database is unreachable, with its lifespan running."""
+    app: FastAPI = create_app(Settings(database_url=UNREACHABLE, log_level="warning",
+                                       key_cache_seconds=0.5, inprocess_worker=False))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://down") as c:
+            yield c
+
+
+def assert_unavailable(r: httpx.Response) -> None:
+    assert r.status_code == 503, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert int(r.headers["retry-after"]) >= 1
+    body = r.json()
+    assert body["status"] == 503 and body["code"] == "database_unavailable"
+    assert body["message"] == body["detail"]
+
+
+async def test_unreachable_database_is_a_503_with_retry_after(
+    down_client: httpx.AsyncClient,
+) -> None:
+    # The key lookup itself needs the database: a 503, never a 500 (SDKs retry 503s).
+    key = "jw_" + "k" * 32
+    assert_unavailable(await down_client.post("/v1/track", json=EVENT, auth=(key, "")))
+    assert_unavailable(await down_client.post(
+        "/v1/batch", json={"batch": [{**EVENT, "type": "track"}], "writeKey": key}))
+    assert_unavailable(await down_client.post(
+        "/v1/t", content=orjson.dumps({**EVENT, "writeKey": key}),
+        headers={"content-type": "text/plain", "origin": "https://shop.example"}))
+    # Requests that need no database are still answered as usual.
+    missing = await down_client.post("/v1/track", json=EVENT)
+    assert missing.status_code == 401
+    assert (await down_client.post("/v1/m", json={"series": []})).status_code == 200
+    assert (await down_client.get("/healthz")).status_code == 200
+    ready = await down_client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "unavailable"
