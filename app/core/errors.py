@@ -122,7 +122,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
         if is_unavailable(exc):
             return problem_response(
-                ProblemError(503, "database_unavailable", "the database is unavailable; retry later",
+                ProblemError(503, "database_unavailable",
+                             "the database is unavailable; retry later",
                              headers={"Retry-After": "5"})
             )
         log.exception("unhandled_error", error=repr(exc))

@@ -132,6 +132,20 @@ async def upsert_identities(
     )
 
 
+async def delete_identities(
+    conn: asyncpg.Connection, workspace_id: int, idents: Iterable[Identifier]
+) -> None:
+    """Forget identifiers that a resolution no longer contains."""
+    kinds, values = _split(idents)
+    if not kinds:
+        return
+    await conn.execute(
+        "DELETE FROM identities i USING unnest($2::text[], $3::text[]) AS q(kind, value) "
+        "WHERE i.workspace_id = $1 AND (i.kind, i.value) = (q.kind, q.value)",
+        workspace_id, kinds, values,
+    )
+
+
 async def move_clusters(
     conn: asyncpg.Connection, workspace_id: int, *, into: int, absorbed: Sequence[int]
 ) -> None:

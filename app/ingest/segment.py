@@ -39,6 +39,9 @@ MAX_FUTURE: Final = timedelta(hours=24)
 
 FLAG_FUTURE_CLAMPED: Final = 1
 
+# asyncpg stores this instant (Go's zero time, a common "unset" value) as -infinity.
+_UNSTORABLE: Final = datetime.min.replace(tzinfo=UTC)
+
 # Fields the server owns: a client can't set them (they are recomputed, or secrets).
 _SERVER_OWNED: Final = ("receivedAt", "writeKey", "workspaceId", "projectId")
 _TIMESTAMP_FIELDS: Final = ("timestamp", "originalTimestamp", "sentAt")
@@ -164,7 +167,9 @@ def parse_json(body: bytes) -> Any:
                 400, "too_deep", f"JSON is nested deeper than {MAX_DEPTH} levels"
             ) from None
         except ValueError:
-            raise IngestError(400, "invalid_json", f"body is not valid JSON: {strict_error}") from None
+            raise IngestError(
+                400, "invalid_json", f"body is not valid JSON: {strict_error}"
+            ) from None
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
@@ -174,7 +179,9 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
         if depth > limit:
             return True
         if isinstance(node, dict):
-            stack.extend((child, depth + 1) for child in node.values() if isinstance(child, dict | list))
+            stack.extend(
+                (child, depth + 1) for child in node.values() if isinstance(child, dict | list)
+            )
         elif isinstance(node, list):
             stack.extend((child, depth + 1) for child in node if isinstance(child, dict | list))
     return False
@@ -235,9 +242,12 @@ def parse_timestamp(value: Any, field: str) -> datetime:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     try:
-        return parsed.astimezone(UTC)
+        parsed = parsed.astimezone(UTC)
     except OverflowError:
-        raise IngestError(400, "invalid_timestamp", "date-time is out of range", field) from None
+        parsed = _UNSTORABLE
+    if parsed == _UNSTORABLE:
+        raise IngestError(400, "invalid_timestamp", "date-time is out of range", field)
+    return parsed
 
 
 def _identifier(value: Any, field: str) -> str | None:
@@ -373,9 +383,11 @@ def normalise_event(
         try:
             when = received_at - (times["sentAt"] - times["originalTimestamp"])
         except OverflowError:
+            when = _UNSTORABLE
+        if when == _UNSTORABLE:
             raise IngestError(400, "invalid_timestamp",
                               "sentAt and originalTimestamp are too far apart",
-                              prefix + "originalTimestamp") from None
+                              prefix + "originalTimestamp")
     elif "originalTimestamp" in times:
         when = times["originalTimestamp"]
     else:
@@ -429,7 +441,9 @@ def _item_size(item: Any) -> int:
 def parse_single(body: bytes, *, type_hint: str, meta: RequestMeta) -> tuple[NormalisedEvent, Any]:
     """A single-event route's body → its event (raises IngestError) and the parsed document."""
     if len(body) > MAX_EVENT_BYTES:
-        raise IngestError(413, "event_too_large", f"event is larger than {MAX_EVENT_BYTES // 1024} KB")
+        raise IngestError(
+            413, "event_too_large", f"event is larger than {MAX_EVENT_BYTES // 1024} KB"
+        )
     doc = parse_json(body)
     return normalise_event(doc, type_hint=type_hint, meta=meta), doc
 

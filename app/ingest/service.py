@@ -9,14 +9,12 @@ from typing import Any
 
 from app.core.errors import ProblemError
 from app.core.security import KeyKind, basic_auth_user
-from app.db.engine import is_unavailable
 from app.ingest import segment
 from app.ingest.commit import DatabaseUnavailable, GroupCommitter, RowsRefused
 from app.ingest.metrics import EVENTS_ACCEPTED, EVENTS_DUPLICATE, EVENTS_REJECTED
 from app.ingest.ratelimit import RateLimiter, retry_after
 from app.ingest.repository import EventRow
 from app.workspaces.auth import KeyResolver
-from app.workspaces.repository import KeyRecord
 
 UNAVAILABLE_RETRY_SECONDS = 5
 
@@ -60,7 +58,7 @@ class IngestService:
     async def ingest(self, request: IngestRequest) -> IngestResult:
         """Store the request's valid events; raises ProblemError for a request-level refusal."""
         header_key = basic_auth_user(request.authorization)
-        record = await self._require(header_key) if header_key else None
+        record = await self._keys.require(header_key, KeyKind.WRITE) if header_key else None
         body: bytes | None = None
         try:
             body = segment.decode_body(
@@ -79,11 +77,11 @@ class IngestService:
             if record is None:
                 # Don't tell an unauthenticated caller anything about its payload; a key in a
                 # body that is JSON still authenticates it, even when its event is invalid.
-                await self._require(_body_write_key(body))
+                await self._keys.require(_body_write_key(body), KeyKind.WRITE)
             EVENTS_REJECTED.labels(code=exc.code).inc()
             raise ProblemError(exc.status, exc.code, exc.detail, field=exc.field) from None
         if record is None:
-            record = await self._require(segment.write_key_in_body(doc))
+            record = await self._keys.require(segment.write_key_in_body(doc), KeyKind.WRITE)
         for rejection in rejected:
             EVENTS_REJECTED.labels(code=rejection.code).inc()
 
@@ -100,32 +98,17 @@ class IngestService:
         try:
             stored = await self._committer.submit(rows)
         except DatabaseUnavailable:
-            raise _unavailable() from None
+            raise ProblemError(
+                503, "database_unavailable",
+                "events could not be stored right now; retry later",
+                headers={"Retry-After": str(UNAVAILABLE_RETRY_SECONDS)},
+            ) from None
         except RowsRefused as exc:
             EVENTS_REJECTED.labels(code="refused_by_database").inc(len(rows))
             raise ProblemError(400, "refused_by_database", exc.detail) from None
         EVENTS_ACCEPTED.inc(stored)
         EVENTS_DUPLICATE.inc(len(rows) - stored)
         return IngestResult(stored=stored, accepted=len(rows), rejected=rejected)
-
-    async def _require(self, key: str | None) -> KeyRecord:
-        """The write key's record; a database that can't be reached for the lookup is a 503."""
-        try:
-            return await self._keys.require(key, KeyKind.WRITE)
-        except ProblemError:
-            raise
-        except Exception as exc:
-            if is_unavailable(exc):
-                raise _unavailable() from None
-            raise
-
-
-def _unavailable() -> ProblemError:
-    return ProblemError(
-        503, "database_unavailable",
-        "events could not be stored right now; retry later",
-        headers={"Retry-After": str(UNAVAILABLE_RETRY_SECONDS)},
-    )
 
 
 def _body_write_key(body: bytes | None) -> str | None:

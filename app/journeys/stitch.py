@@ -313,8 +313,14 @@ class WorkspaceStitcher:
                 seen.first_seen, seen.first_message_id = ts, mid
                 dirty_nodes.add(node(ident))
         for (a, b, rule), link in links.items():
-            if rule == ALIAS and a not in stored and a not in sightings:
-                groups.find(node(a))
+            if rule == ALIAS:
+                # previousId may name an anonymous id sighted before or in this batch: the
+                # resolver links that one, so it must be resolved in the same cluster.
+                as_anon = Identifier(ANONYMOUS_ID, a.value)
+                if as_anon in stored or as_anon in sightings:
+                    groups.union(node(as_anon), node(b))
+                if a not in stored and a not in sightings:
+                    groups.find(node(a))
             groups.union(node(a), node(b))
             old = known.get((a, b, rule))
             if old is None or (link.at, link.message_id) < (old.at, old.message_id):
@@ -417,6 +423,13 @@ class WorkspaceStitcher:
             self.customer_of[ident] = customer
             self.cluster_of[ident] = cluster_id
         await ids.upsert_identities(self.conn, self.ws, writes)
+        # An alias's previousId stored as a user id before the anonymous id it named was
+        # sighted: the resolver now links the anonymous id instead, so the user id is no more.
+        stale = [row.ident for row in rows if row.ident not in resolution.customer_by_identifier]
+        for ident in stale:
+            self.customer_of.pop(ident, None)
+            self.cluster_of.pop(ident, None)
+        await ids.delete_identities(self.conn, self.ws, stale)
         await ids.replace_ledger(
             self.conn, self.ws, cluster_id, _dedupe_ledger(resolution.ledger)
         )

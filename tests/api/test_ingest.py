@@ -100,10 +100,13 @@ async def test_client_metrics_answer_200_and_store_nothing(
     before = await count_all(db)
     metrics = {"series": [{"type": "Counter", "metric": "analytics_js.invoke",
                            "value": 1, "tags": {"method": "track"}}]}
-    for kwargs in ({"content": orjson.dumps(metrics), "headers": {"content-type": "text/plain"}},
-                   {"json": {**SINGLE_BODIES["track"], "writeKey": workspace.write_key}},
-                   {"content": b"not json at all"}):
-        r = await client.post("/v1/m", **kwargs)  # type: ignore[arg-type]
+    attempts: list[dict[str, Any]] = [
+        {"content": orjson.dumps(metrics), "headers": {"content-type": "text/plain"}},
+        {"json": {**SINGLE_BODIES["track"], "writeKey": workspace.write_key}},
+        {"content": b"not json at all"},
+    ]
+    for kwargs in attempts:
+        r = await client.post("/v1/m", **kwargs)
         assert r.status_code == 200, r.text
         assert r.json() == {"success": True}
     assert await count_all(db) == before
@@ -116,7 +119,7 @@ async def test_analytics_js_text_plain_beacon(
     """What @segment/analytics-next sends: text/plain JSON with writeKey, _metadata,
     userAgentData, its own messageId, and an Authorization: Basic header."""
     sent = datetime.now(UTC)
-    body = {
+    body: dict[str, Any] = {
         "timestamp": (sent - timedelta(milliseconds=40)).isoformat(timespec="milliseconds")
         .replace("+00:00", "Z"),
         "integrations": {},
@@ -355,6 +358,41 @@ async def test_stored_timestamp_is_the_corrected_event_time(
     for row in rows.values():
         stamp = datetime.fromisoformat(row["payload"]["timestamp"].replace("Z", "+00:00"))
         assert stamp == row["timestamp"]
+
+
+async def test_extreme_but_valid_timestamps_are_stored(
+    client: httpx.AsyncClient, workspace: NewWorkspace, db: asyncpg.Connection
+) -> None:
+    events = [
+        {"type": "track", "userId": "u", "event": "E", "messageId": "year-1",
+         "timestamp": "0001-01-01T00:00:01Z"},
+        {"type": "track", "userId": "u", "event": "E", "messageId": "go-zero-time",
+         "timestamp": "0001-01-01T00:00:00Z"},
+        {"type": "track", "userId": "u", "event": "E", "messageId": "year-9999",
+         "timestamp": "9999-12-31T23:59:59.999999Z"},
+        {"type": "track", "userId": "u", "event": "E", "messageId": "offset",
+         "timestamp": "2024-05-01T23:30:00-14:00"},
+    ]
+    r = await client.post("/v1/batch", json={"batch": events}, auth=(workspace.write_key, ""))
+    assert r.status_code == 200, r.text
+    # Go's zero time would be stored as -infinity: it is refused instead.
+    assert [(x["index"], x["code"]) for x in r.json()["rejected"]] == [(1, "invalid_timestamp")]
+    rows = {row["message_id"]: row for row in await stored_rows(db, workspace.workspace_id)}
+    assert set(rows) == {"year-1", "year-9999", "offset"}
+    assert rows["year-1"]["timestamp"] == datetime(1, 1, 1, 0, 0, 1, tzinfo=UTC)
+    assert rows["year-9999"]["timestamp"] == rows["year-9999"]["received_at"]
+    assert rows["year-9999"]["flags"] == 1
+    assert rows["offset"]["timestamp"] == datetime(2024, 5, 2, 13, 30, tzinfo=UTC)
+
+
+async def test_empty_batch_is_a_success_that_stores_nothing(
+    client: httpx.AsyncClient, workspace: NewWorkspace, db: asyncpg.Connection
+) -> None:
+    r = await client.post("/v1/batch", json={"batch": [], "sentAt": datetime.now(UTC).isoformat()},
+                          auth=(workspace.write_key, ""))
+    assert r.status_code == 200
+    assert r.json() == {"success": True}
+    assert await stored_rows(db, workspace.workspace_id) == []
 
 
 # --------------------------------------------------------------------------- CORS, request id

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import random
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -266,8 +266,9 @@ async def test_a_bad_item_never_costs_the_valid_ones(
     [rejected] = answer["rejected"]
     assert (rejected["index"], rejected["code"], rejected["field"]) == (1, code, field)
     assert rejected["detail"]
-    ids = await db.fetch("SELECT message_id FROM events WHERE workspace_id = $1 ORDER BY message_id",
-                         workspace.workspace_id)
+    ids = await db.fetch(
+        "SELECT message_id FROM events WHERE workspace_id = $1 ORDER BY message_id",
+        workspace.workspace_id)
     assert [row["message_id"] for row in ids] == ["good-0", "good-2"]
 
 

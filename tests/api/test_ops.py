@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -10,10 +11,11 @@ import orjson
 import pytest_asyncio
 from fastapi import FastAPI
 
+from app.core.security import KeyKind, hash_key
 from app.core.settings import Settings
 from app.db.migrate import head_revision
 from app.main import create_app
-from app.workspaces.repository import NewWorkspace
+from app.workspaces.repository import KeyRecord, NewWorkspace
 
 EVENT = {"userId": "u1", "event": "Product Viewed"}
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nope"
@@ -67,14 +69,19 @@ async def test_metrics_count_accepted_duplicate_and_rejected_events(
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def down_client() -> AsyncIterator[httpx.AsyncClient]:
+async def down_app() -> AsyncIterator[FastAPI]:
     """An app whose database is unreachable, with its lifespan running."""
-    app: FastAPI = create_app(Settings(database_url=UNREACHABLE, log_level="warning",
-                                       key_cache_seconds=0.5, inprocess_worker=False))
+    app = create_app(Settings(database_url=UNREACHABLE, log_level="warning",
+                              key_cache_seconds=0.5, inprocess_worker=False))
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://down") as c:
-            yield c
+        yield app
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def down_client(down_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=down_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://down") as c:
+        yield c
 
 
 def assert_unavailable(r: httpx.Response) -> None:
@@ -105,3 +112,17 @@ async def test_unreachable_database_is_a_503_with_retry_after(
     ready = await down_client.get("/readyz")
     assert ready.status_code == 503
     assert ready.json()["status"] == "unavailable"
+
+
+async def test_commit_to_an_unreachable_database_is_a_503(down_client: httpx.AsyncClient,
+                                                          down_app: FastAPI) -> None:
+    """A key already known to this process (cached before the database went away) gets as far
+    as the group commit, which fails: 503, so the SDK keeps the events and retries."""
+    key = "jw_" + "c" * 32
+    record = KeyRecord(workspace_id=1, kind=KeyKind.WRITE, key_hash=hash_key(key),
+                       rate_limit_per_second=None)
+    # White-box: plant the cache entry the resolver would hold had the database been up.
+    down_app.state.runtime.keys._cache[hash_key(key)] = (time.monotonic() + 60, record)
+    r = await down_client.post("/v1/batch", json={"batch": [{**EVENT, "type": "track"}]},
+                               auth=(key, ""))
+    assert_unavailable(r)

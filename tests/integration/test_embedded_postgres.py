@@ -9,6 +9,8 @@ as a zombie; "gone" below means "no such process, or a zombie".
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import os
 import re
 import shutil
@@ -17,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,7 @@ class Embedded:
     def __init__(self) -> None:
         self.data_dir = Path(tempfile.mkdtemp(prefix="je-"))
         self.serves: list[Serve] = []
+        self.orphans: set[int] = set()  # postgres processes re-parented to this process
 
     def serve(self) -> Serve:
         server = Serve(self.data_dir)
@@ -169,6 +171,7 @@ class Embedded:
         for server in self.serves:
             server.close()
         stop_postgres(self.data_dir)
+        reap(self.orphans)
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
@@ -179,6 +182,40 @@ def embedded() -> Iterator[Embedded]:
         yield env
     finally:
         env.cleanup()
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@contextlib.contextmanager
+def child_subreaper() -> Iterator[None]:
+    """Make this process the reaper of its orphaned descendants (Linux), like tini does, so a
+    test decides whether a killed postmaster is reaped or stays a zombie."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+    try:
+        yield
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+@pytest.fixture
+def embedded_reaper() -> Iterator[Embedded]:
+    """`embedded`, with this process as the subreaper of the postgres it starts."""
+    with child_subreaper():
+        env = Embedded()
+        try:
+            yield env
+        finally:
+            env.cleanup()
+
+
+def reap(pids: set[int] | list[int]) -> None:
+    """Collect the exit status of those of `pids` that are our exited children."""
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
 
 
 def write_key_of(server: Serve) -> str:
@@ -244,33 +281,73 @@ def test_kill_9_of_serve_leaves_postgres_running_and_next_start_attaches(
     assert stored_ids(embedded.data_dir) == {"before-kill", "after-kill"}
 
 
-def test_kill_9_of_serve_and_postmaster_leaves_a_stale_pid_file_that_is_recovered(
-    embedded: Embedded,
-) -> None:
-    first = embedded.serve()
-    write_key = write_key_of(first)
-    post_track(first, write_key, "before-crash")
+def crash_everything(embedded: Embedded, server: Serve, *, reap_postmaster: bool) -> int:
+    """kill -9 of serve and of the postmaster (we are its subreaper); returns the dead pid.
+    Reaped, the pid is free (an ordinary host's init reaps orphans); not reaped, it stays a
+    zombie, which is what a container whose init never reaps leaves behind (and what a pid
+    reused by another process looks like to PostgreSQL)."""
     pid = postmaster_pid(embedded.data_dir)
     assert pid is not None and alive(pid)
-    children = psutil.Process(pid).children()
+    postmaster = psutil.Process(pid)
+    assert postmaster.ppid() == os.getpid(), "the harness must be the postmaster's reaper"
+    children = [child.pid for child in postmaster.children()]
+    embedded.orphans.update([pid, *children])
 
-    first.kill()
+    server.kill()
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not alive(pid), timeout=10, what="the postmaster to die")
     # Its backends notice the postmaster's death and exit by themselves.
-    wait_until(lambda: not any(alive(c.pid) for c in children), timeout=20,
+    wait_until(lambda: not any(alive(child) for child in children), timeout=20,
                what="the orphaned backends to exit")
-    lock = embedded.data_dir / "pg" / "postmaster.pid"
-    assert lock.exists() and postmaster_pid(embedded.data_dir) == pid, "a stale pid file is left"
+    if reap_postmaster:
+        reap([pid])
+        assert not psutil.pid_exists(pid)
+    else:
+        assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert postmaster_pid(embedded.data_dir) == pid, "a stale postmaster.pid is left behind"
+    return pid
+
+
+def test_kill_9_of_serve_and_postmaster_leaves_a_stale_pid_file_that_is_recovered(
+    embedded_reaper: Embedded,
+) -> None:
+    embedded = embedded_reaper
+    first = embedded.serve()
+    write_key = write_key_of(first)
+    post_track(first, write_key, "before-crash")
+    pid = crash_everything(embedded, first, reap_postmaster=True)
 
     second = embedded.serve()
     new_pid = postmaster_pid(embedded.data_dir)
     assert new_pid is not None and new_pid != pid and alive(new_pid)
+    embedded.orphans.add(new_pid)
     assert second.keys() == []
     # Crash recovery kept the committed event; ingest works.
     assert stored_ids(embedded.data_dir) == {"before-crash"}
-    post_track(second, write_key, f"after-crash-{uuid.uuid4().hex[:6]}")
-    assert len(stored_ids(embedded.data_dir)) == 2
+    post_track(second, write_key, "after-crash")
+    assert stored_ids(embedded.data_dir) == {"before-crash", "after-crash"}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="app bug: _clear_stale_lock (app/db/embedded.py) removes the stale postmaster.pid "
+    "but not the socket lock file <socket_dir>/.s.PGSQL.<port>.lock, which holds the same "
+    "pid; while that pid still exists (an unreaped zombie, or a reused pid) PostgreSQL "
+    "refuses to start: 'lock file .s.PGSQL.5432.lock already exists'",
+)
+def test_stale_pid_file_naming_a_zombie_is_recovered(embedded_reaper: Embedded) -> None:
+    embedded = embedded_reaper
+    first = embedded.serve()
+    write_key = write_key_of(first)
+    post_track(first, write_key, "before-crash")
+    pid = crash_everything(embedded, first, reap_postmaster=False)
+
+    second = embedded.serve()
+    new_pid = postmaster_pid(embedded.data_dir)
+    assert new_pid is not None and new_pid != pid and alive(new_pid)
+    embedded.orphans.add(new_pid)
+    assert stored_ids(embedded.data_dir) == {"before-crash"}
+    post_track(second, write_key, "after-crash")
 
 
 @pytest.mark.xfail(

@@ -6,7 +6,6 @@ import re
 from datetime import UTC, datetime
 
 import asyncpg
-import pytest
 from alembic import command
 
 from app.db.migrate import alembic_config
@@ -18,12 +17,9 @@ EXCEPTIONS = {
     ("workspaces", "uq_workspaces_name"),  # names are global
     ("api_keys", "pk_api_keys"),
     ("api_keys", "uq_api_keys_key_hash"),  # a key is resolved before its workspace is known
-    ("events", "ix_events_feed"),  # the stitcher's feed across workspaces, by (tx, seq)
-}
-# Known violations in code outside this suite's remit: see test_known_offenders_lead_with_it.
-KNOWN_OFFENDERS = {
-    ("customer_changes", "ix_customer_changes_id"),  # outbox read across workspaces by id
-    ("stitch_progress", "pk_stitch_progress"),  # keyed by shard, not by workspace
+    ("events", "ix_events_feed"),  # the stitcher's feed: shard (workspace_id % 16), tx, seq
+    ("customer_changes", "ix_customer_changes_id"),  # outbox read across workspaces in order
+    ("stitch_progress", "pk_stitch_progress"),  # the stitcher's position per shard
 }
 _COLUMNS = re.compile(r"USING \w+ \((.*)\)")
 
@@ -70,21 +66,12 @@ async def test_every_index_leads_with_workspace_id(db: asyncpg.Connection) -> No
     offenders = [
         f"{table}.{index}: {definition}"
         for table, index, first, definition in indexes
-        if first != "workspace_id" and (table, index) not in EXCEPTIONS | KNOWN_OFFENDERS
+        if first != "workspace_id" and (table, index) not in EXCEPTIONS
     ]
     assert offenders == []
     # The documented exceptions are really there (else this list is stale).
     names = {(table, index) for table, index, *_ in indexes}
     assert names >= EXCEPTIONS
-
-
-@pytest.mark.xfail(strict=True, reason="customer_changes.ix_customer_changes_id leads with id "
-                   "and stitch_progress is keyed by shard: neither is a documented exception")
-async def test_known_offenders_lead_with_workspace_id(db: asyncpg.Connection) -> None:
-    indexes = await _indexes(db)
-    wrong = [(table, index, first) for table, index, first, _ in indexes
-             if (table, index) in KNOWN_OFFENDERS and first != "workspace_id"]
-    assert wrong == []
 
 
 async def test_every_table_has_a_primary_key_leading_with_workspace_id(
@@ -103,5 +90,5 @@ async def test_every_table_has_a_primary_key_leading_with_workspace_id(
     missing = [t for t, first in firsts.items() if first is None]
     assert missing == []
     wrong = {t: f for t, f in firsts.items()
-             if f != "workspace_id" and (t, f"pk_{t}") not in EXCEPTIONS | KNOWN_OFFENDERS}
+             if f != "workspace_id" and (t, f"pk_{t}") not in EXCEPTIONS}
     assert wrong == {}

@@ -390,6 +390,20 @@ def test_garbage_timestamps_are_refused(field: str, value: Any) -> None:
     assert (err.status, err.code, err.field) == (400, "invalid_timestamp", field)
 
 
+def test_the_first_instant_of_year_1_is_refused_not_stored_as_minus_infinity() -> None:
+    # Go's zero time; asyncpg would store it as -infinity, which nothing downstream expects.
+    for text in ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00", "0001-01-01"):
+        err = refused(track(timestamp=text))
+        assert (err.code, err.field) == ("invalid_timestamp", "timestamp")
+    # A skew correction landing exactly there is refused too.
+    err = refused(track(sentAt=(RECEIVED - datetime(1, 1, 1, tzinfo=UTC)
+                                + datetime(2000, 1, 1, tzinfo=UTC)).isoformat(),
+                        originalTimestamp="2000-01-01T00:00:00Z"))
+    assert (err.code, err.field) == ("invalid_timestamp", "originalTimestamp")
+    assert norm(track(timestamp="0001-01-01T00:00:01Z")).timestamp == datetime(
+        1, 1, 1, 0, 0, 1, tzinfo=UTC)
+
+
 def test_timestamp_wins_over_clock_skew_correction() -> None:
     event = norm(track(timestamp="2024-05-01T08:00:00Z", sentAt="2030-01-01T00:00:00Z",
                        originalTimestamp="2029-12-31T23:00:00Z"))
@@ -752,6 +766,7 @@ def test_any_event_normalises_or_is_a_4xx(item: dict[str, Any], type_hint: str |
     assert payload["messageId"] == event.message_id and len(event.message_id) <= 100
     assert event.user_id or event.anonymous_id
     assert event.timestamp - event.received_at <= timedelta(hours=24)
+    assert event.timestamp > datetime.min.replace(tzinfo=UTC)  # storable, not -infinity
     for key in ("writeKey", "workspaceId", "projectId"):
         assert key not in payload
     assert payload["receivedAt"] == "2024-05-01T12:00:00Z"
@@ -762,8 +777,8 @@ def _mutate(data: st.DataObject, body: bytes) -> bytes:
     for _ in range(data.draw(st.integers(0, 6))):
         op = data.draw(st.sampled_from(["insert", "delete", "replace"]))
         pos = data.draw(st.integers(0, len(out)))
-        byte = data.draw(st.sampled_from(list(b'{}[]",:\\0e.-\x00\xff\xc3') + [
-            data.draw(st.integers(0, 255))]))
+        byte = data.draw(st.sampled_from([*b'{}[]",:\\0e.-\x00\xff\xc3',
+                                          data.draw(st.integers(0, 255))]))
         if op == "insert":
             out.insert(pos, byte)
         elif out and pos < len(out):
