@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -108,22 +109,36 @@ def serve(
         os.environ["JOURNEYS_DATABASE_URL"] = url
         get_settings.cache_clear()
         console.print(f"Journeys listening on http://{host}:{port} (docs at /docs)")
-        uvicorn.run(
-            "app.main:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            loop="uvloop",
-            http="httptools",
-            access_log=False,
-            server_header=False,
-            timeout_keep_alive=settings.keep_alive_seconds,
-            timeout_graceful_shutdown=30,
-            limit_concurrency=settings.max_concurrency,
-            backlog=2048,
-            log_level="warning",
-        )
+        # uvicorn shuts down gracefully on SIGTERM, then re-raises it through the handler it
+        # found: make that handler unwind the stack, so the embedded PostgreSQL is stopped too.
+        previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+        try:
+            _serve(uvicorn, settings, host=host, port=port, workers=workers)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _serve(uvicorn: Any, settings: Settings, *, host: str, port: int, workers: int) -> None:
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        server_header=False,
+        timeout_keep_alive=settings.keep_alive_seconds,
+        timeout_graceful_shutdown=30,
+        limit_concurrency=settings.max_concurrency,
+        backlog=2048,
+        log_level="warning",
+    )
 
 
 @cli.command()

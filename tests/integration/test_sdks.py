@@ -116,7 +116,8 @@ class LostResponseProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 headers = {
-                    k: v for k, v in self.headers.items()
+                    k: v
+                    for k, v in self.headers.items()
                     if k.lower() not in ("host", "content-length", "connection")
                 }
                 upstream = httpx.post(
@@ -175,12 +176,17 @@ def send_every_call(client: Any, run: str) -> dict[str, dict[str, Any]]:
     user, anon, other = f"user-{run}", f"anon-{run}", f"user-old-{run}"
     explicit = datetime.now(UTC).replace(microsecond=123456) - timedelta(hours=2)
     calls = [
-        client.identify(user_id=user, anonymous_id=anon,
-                        traits={"email": f"{run}@example.com", "plan": "pro", "age": 41}),
-        client.track(user_id=user, event="Product Viewed",
-                     properties={"sku": "A-1", "price": 19.99}),
-        client.track(anonymous_id=anon, event="Order Completed",
-                     properties={"total": 42}, timestamp=explicit),
+        client.identify(
+            user_id=user,
+            anonymous_id=anon,
+            traits={"email": f"{run}@example.com", "plan": "pro", "age": 41},
+        ),
+        client.track(
+            user_id=user, event="Product Viewed", properties={"sku": "A-1", "price": 19.99}
+        ),
+        client.track(
+            anonymous_id=anon, event="Order Completed", properties={"total": 42}, timestamp=explicit
+        ),
         client.page(user_id=user, name="Home", properties={"url": "https://shop.example/"}),
         client.screen(user_id=user, name="Cart", properties={"items": 2}),
         client.group(user_id=user, group_id=f"group-{run}", traits={"name": "Acme", "seats": 7}),
@@ -254,7 +260,9 @@ async def test_segment_python_sdk_delivers_every_call_once(
     )
     identify = next(row for row in stored.values() if row["type"] == "identify")
     assert identify["payload"]["traits"] == {
-        "email": f"{run}@example.com", "plan": "pro", "age": 41
+        "email": f"{run}@example.com",
+        "plan": "pro",
+        "age": 41,
     }
     assert identify["anonymous_id"] == f"anon-{run}"
     order = next(row for row in stored.values() if row["event"] == "Order Completed")
@@ -282,7 +290,9 @@ async def test_segment_resend_with_same_message_ids_is_stored_once(
         try:
             for i, message_id in enumerate(ids):
                 ok, msg = client.track(
-                    user_id=f"user-{run}", event=f"Step {i}", message_id=message_id,
+                    user_id=f"user-{run}",
+                    event=f"Step {i}",
+                    message_id=message_id,
                     properties={"attempt": attempt},
                 )
                 assert ok
@@ -337,8 +347,12 @@ async def test_rudderstack_python_sdk_delivers_every_call_once_gzipped(
     with record_requests(rudder_request._session) as wire:
         # Only the data plane URL is set: gzip stays at the SDK's default.
         client = Client(
-            workspace.write_key, host=live_server.url, upload_interval=0.1, max_retries=3,
-            timeout=10, on_error=lambda error, batch: errors.append((error, batch)),
+            workspace.write_key,
+            host=live_server.url,
+            upload_interval=0.1,
+            max_retries=3,
+            timeout=10,
+            on_error=lambda error, batch: errors.append((error, batch)),
         )
         try:
             assert client.gzip is True and all(c.gzip for c in client.consumers)
@@ -366,7 +380,9 @@ async def test_rudderstack_python_sdk_delivers_every_call_once_gzipped(
     # RudderStack puts identify traits in context.traits, not at the top level.
     assert "traits" not in identify["payload"]
     assert identify["payload"]["context"]["traits"] == {
-        "email": f"{run}@example.com", "plan": "pro", "age": 41
+        "email": f"{run}@example.com",
+        "plan": "pro",
+        "age": 41,
     }
     order = next(row for row in stored.values() if row["event"] == "Order Completed")
     # RudderStack sends microseconds: they survive.

@@ -20,7 +20,7 @@ import httpx
 import orjson
 import pytest
 import pytest_asyncio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from app.db.engine import connect
@@ -373,7 +373,7 @@ def arrivals(draw: st.DrawFn, events: list[Payload]) -> list[list[Payload]]:
 # --------------------------------------------------------------------------- the property
 
 
-@settings(max_examples=400, deadline=None,
+@settings(max_examples=400, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate], report_multiple_bugs=False,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 async def test_any_permutation_and_batching_gives_the_same_state(
