@@ -15,6 +15,7 @@ from app.core.settings import Settings, get_settings
 from app.ingest.routes import router as ingest_router
 from app.ops.routes import router as ops_router
 from app.profiles.routes import router as profiles_router
+from app.settings.routes import router as settings_router
 from app.runtime import running
 
 
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(ingest_router)
     app.include_router(profiles_router)
+    app.include_router(settings_router)
     app.include_router(ops_router)
     app.add_middleware(RequestMiddleware, max_header_bytes=settings.max_header_bytes)
     return app

@@ -95,6 +95,7 @@ class PhaseResult:
     socket_errors: dict[str, int] = field(default_factory=dict)
     sent_requests: int = 0
     cpu_pct: dict[str, float] = field(default_factory=dict)
+    busiest_others: list[str] = field(default_factory=list)
     profile: ProfileSummary | None = None
     ratio_to_copy: float | None = None
 
@@ -193,6 +194,7 @@ class CpuMeter:
         self._roots = {"server": server_pid, "postgres": postmaster_pid, "bench": os.getpid()}
         self._start: dict[str, Any] | None = None
         self._t0 = 0.0
+        self.others: list[str] = []  # the busiest other processes of the last window
 
     @staticmethod
     def _psutil() -> Any:
@@ -228,8 +230,15 @@ class CpuMeter:
             return sample
         times = psutil.cpu_times()
         sample["busy"] = sum(times) - times.idle - getattr(times, "iowait", 0.0)
+        sample["steal"] = getattr(times, "steal", 0.0)
         for name, pid in self._roots.items():
             sample[name] = self._tree(psutil, pid, children=name != "bench")
+        everyone: dict[int, tuple[str, float]] = {}
+        for proc in psutil.process_iter(["name", "cpu_times"]):
+            cpu = proc.info["cpu_times"]
+            if cpu is not None:
+                everyone[proc.pid] = (proc.info["name"] or "?", cpu.user + cpu.system)
+        sample["everyone"] = everyone
         return sample
 
     def start(self) -> None:
@@ -257,10 +266,24 @@ class CpuMeter:
         if load_generator:
             seconds["wrk"] = end["children"] - before["children"]
         pct = {k: 100 * v / wall for k, v in seconds.items()}
+        self.others = []
         if "busy" in end:
             machine = 100 * (end["busy"] - before["busy"]) / wall
+            pct["steal"] = 100 * (end["steal"] - before["steal"]) / wall
             pct["other"] = max(0.0, machine - sum(pct.values()))
             pct["machine"] = machine
+            ours = {pid for key in self._roots for pid in end.get(key, {})}
+            old_all: dict[int, tuple[str, float]] = before["everyone"]
+            used: dict[str, float] = {}
+            for pid, (name, cpu) in end["everyone"].items():
+                if pid in ours:
+                    continue
+                spent = cpu - old_all.get(pid, (name, 0.0))[1]
+                if spent > 0:
+                    used[name] = used.get(name, 0.0) + spent
+            self.others = [f"{name} {100 * cpu / wall:.0f}%" for name, cpu in
+                           sorted(used.items(), key=lambda kv: -kv[1])[:3]
+                           if 100 * cpu / wall >= 5]
         return {k: round(v, 1) for k, v in pct.items()}
 
 
@@ -382,6 +405,7 @@ async def _copy_phase(dsn: str, *, workspace_id: int, templates: list[EventTempl
         events_per_request=batch,
         requests=len(latencies),
         cpu_pct=cpu,
+        busiest_others=meter.others,
     )
 
 
@@ -567,6 +591,7 @@ def _http_phase(*, exe: str, server: ServerProcess, name: str, path: str, connec
         socket_errors=result.socket_errors,
         sent_requests=result.sent,
         cpu_pct=cpu,
+        busiest_others=meter.others,
         profile=profile,
     ), output
 
@@ -677,11 +702,12 @@ def run(opts: IngestBenchOptions, console: Console) -> IngestBenchReport:
 def _judge(report: IngestBenchReport) -> None:
     phases = {p.name: p for p in report.phases}
     for phase in report.phases:
-        other = phase.cpu_pct.get("other", 0.0)
+        other = phase.cpu_pct.get("other", 0.0) + phase.cpu_pct.get("steal", 0.0)
         if other >= 25:
+            who = f" (busiest: {', '.join(phase.busiest_others)})" if phase.busiest_others else ""
             report.warnings.append(
-                f"{phase.name}: other processes used {other:.0f}% of a core during the phase; "
-                "the machine was not quiet and these numbers are pessimistic"
+                f"{phase.name}: other processes and steal used {other:.0f}% of a core during "
+                f"the phase{who}; the machine was not quiet and these numbers are pessimistic"
             )
     copy = phases.get("copy")
     for phase in report.phases:

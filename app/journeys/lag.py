@@ -21,7 +21,8 @@ LIMIT 1
 
 
 async def stitch_lag(conn: asyncpg.Connection) -> dict[str, Any]:
-    """`{lag_seconds, shards_behind, stitched_events}`; lag 0 when nothing is pending."""
+    """`{failed_events, lag_seconds, shards_behind, stitched_events}`; lag 0 when nothing is
+    pending; failed events are set aside in `stitch_failures` for a fix and a rebuild."""
     now = datetime.now(UTC)
     oldest: datetime | None = None
     behind = 0
@@ -31,7 +32,9 @@ async def stitch_lag(conn: asyncpg.Connection) -> dict[str, Any]:
             behind += 1
             oldest = received if oldest is None else min(oldest, received)
     stitched = await conn.fetchval("SELECT coalesce(sum(events), 0) FROM stitch_progress")
+    failures = await conn.fetchval("SELECT count(*) FROM stitch_failures")
     return {
+        "failed_events": int(failures),
         "lag_seconds": round((now - oldest).total_seconds(), 3) if oldest else 0.0,
         "shards_behind": behind,
         "stitched_events": int(stitched),

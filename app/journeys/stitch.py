@@ -29,6 +29,7 @@ from app.identity.graph import (
     affected_identifiers,
     assign,
     customer_key,
+    is_placeholder,
     links_of,
     own_identifiers,
     resolve,
@@ -255,6 +256,10 @@ class WorkspaceStitcher:
         await self._recompute(sorted(touched), [])
         return touched
 
+    async def recompute_customers(self, customer_ids: Sequence[str]) -> None:
+        """Re-derive sessions, channels and stages of these customers (model changes)."""
+        await self._recompute(sorted(customer_ids), [])
+
     # ---- identities
 
     async def _update_identities(self, events: Sequence[StitchEvent]) -> set[int]:
@@ -332,9 +337,9 @@ class WorkspaceStitcher:
                 dirty_nodes.add(node(a))
         for e in events:
             anon = Identifier(ANONYMOUS_ID, e.anonymous_id) if e.anonymous_id else None
-            if e.user_id is None and anon is not None and anon in stored and (
-                stored[anon].shared_device
-            ):
+            # A placeholder user id ("0", "undefined") is no user id: the device's history decides.
+            no_user = e.user_id is None or is_placeholder(e.user_id)
+            if no_user and anon is not None and anon in stored and stored[anon].shared_device:
                 dirty_nodes.add(node(anon))
         for named in alias_links:
             anon = Identifier(ANONYMOUS_ID, named.a.value)

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.core.logging import get_logger
 from app.db.engine import is_unavailable, raw_connection
 from app.journeys import repository as journeys
+from app.journeys.jobs import run_one_chunk
 from app.journeys.stages import DEFAULT_MODEL, JourneyModel, JourneyModelError, model_from_dict
 from app.journeys.stitch import WorkspaceStitcher
 
@@ -38,6 +39,9 @@ BATCH_SECONDS = Histogram(
 )
 SHARDS_HELD = Gauge("journeys_stitch_shards_held", "Shards this process stitches")
 STITCH_ERRORS = Counter("journeys_stitch_errors_total", "Stitch batches that failed")
+SKIPPED = Counter(
+    "journeys_stitch_skipped_events_total", "Poison events set aside in stitch_failures"
+)
 
 
 @dataclass
@@ -109,8 +113,8 @@ class Stitcher:
                     last_claim = time.monotonic()
                 done = 0
                 for shard in sorted(self._held):
-                    done += await self.stitch_shard(shard)
-                if done:
+                    done += await self._stitch_or_isolate(shard)
+                if done or await self._run_job():
                     continue
             except Exception as exc:
                 STITCH_ERRORS.inc()
@@ -156,13 +160,60 @@ class Stitcher:
         self._lock_conn = None
         self._lock_ctx = None
 
-    async def stitch_shard(self, shard: int) -> int:
+    async def _run_job(self) -> bool:
+        if not self._held:
+            return False
+        async with raw_connection(self._engine) as conn:
+            return await run_one_chunk(conn, self._held)
+
+    async def _stitch_or_isolate(self, shard: int) -> int:
+        """Stitch a batch; if it fails for a reason other than the database being away, go
+        event by event so one poison event is set aside instead of stalling its shard."""
+        try:
+            return await self.stitch_shard(shard)
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise
+            log.error("stitch_batch_failed_isolating", shard=shard, error=repr(exc))
+        done = 0
+        for _ in range(self._batch_size):
+            try:
+                step = await self.stitch_shard(shard, limit=1)
+            except Exception as exc:
+                if is_unavailable(exc):
+                    raise
+                await self._skip_poison(shard, exc)
+                step = 1
+            if not step:
+                break
+            done += step
+        return done
+
+    async def _skip_poison(self, shard: int, exc: Exception) -> None:
+        async with raw_connection(self._engine) as conn, conn.transaction():
+            position = await journeys.lock_progress(conn, shard)
+            records = await journeys.read_feed(conn, shard=shard, after=position, limit=1)
+            if not records:
+                return
+            bad = records[0]
+            log.error("stitch_event_skipped", workspace_id=bad["workspace_id"],
+                      message_id=bad["message_id"], error=repr(exc))
+            await conn.execute(
+                "INSERT INTO stitch_failures (workspace_id, message_id, error) VALUES ($1, $2, $3)"
+                " ON CONFLICT (workspace_id, message_id) DO UPDATE SET error = excluded.error,"
+                " at = now()",
+                bad["workspace_id"], bad["message_id"], repr(exc)[:2000],
+            )
+            await journeys.save_progress(conn, shard, (bad["tx"], bad["seq"]), 1)
+        SKIPPED.inc()
+
+    async def stitch_shard(self, shard: int, *, limit: int | None = None) -> int:
         """Stitch the next batch of a shard; returns how many raw events it consumed."""
         started = time.perf_counter()
         async with raw_connection(self._engine) as conn, conn.transaction():
             position = await journeys.lock_progress(conn, shard)
             records = await journeys.read_feed(
-                conn, shard=shard, after=position, limit=self._batch_size
+                conn, shard=shard, after=position, limit=limit or self._batch_size
             )
             if not records:
                 return 0
@@ -186,9 +237,9 @@ class Stitcher:
             while True:
                 done = 0
                 for shard in sorted(self._held):
-                    done += await self.stitch_shard(shard)
+                    done += await self._stitch_or_isolate(shard)
                 total += done
-                if not done:
+                if not done and not await self._run_job():
                     return total
 
 

@@ -720,3 +720,22 @@ async def test_rebuild_replays_to_an_identical_state_and_never_touches_raw_event
     # And the stitcher carries on from there.
     await ingest(client, ws, stitch, [[ev("k8", 3020, userId="bob", event="Order Completed")]])
     assert (await profile(client, ws, "user_id:bob")).json()["stage"] == "loyalty"
+
+
+async def test_placeholder_user_on_a_shared_device_follows_the_last_identify(
+    client: httpx.AsyncClient, stitch: Stitch, conn: asyncpg.Connection, database_url: str,
+) -> None:
+    ws = await new_workspace(database_url)
+    events = [
+        ev("q1", 10, "identify", userId="ann", anonymousId="kiosk"),
+        ev("q2", 30, "identify", userId="bob", anonymousId="kiosk"),
+        # An SDK that sends "0" for a logged-out user: the device's history decides.
+        ev("q3", 40, userId="0", anonymousId="kiosk", event="Order Completed"),
+        ev("q4", 20, userId="undefined", anonymousId="kiosk", event="Product Viewed"),
+    ]
+    await ingest(client, ws, stitch, [events[:2], events[2:]])
+    bob = (await profile(client, ws, "user_id:bob")).json()
+    ann = (await profile(client, ws, "user_id:ann")).json()
+    assert (bob["event_count"], bob["stage"]) == (2, "purchase")
+    assert (ann["event_count"], ann["stage"]) == (2, "consideration")
+    assert_matches_reference(await snapshot(conn, ws.workspace_id), reference(events))

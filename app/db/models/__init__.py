@@ -8,8 +8,10 @@ from app.db.models.journeys import (
     CustomerChange,
     Identity,
     IdentityLink,
+    Job,
     JourneyEvent,
     LedgerRow,
+    StitchFailure,
     StitchProgress,
 )
 from app.db.models.workspaces import ApiKey, Workspace
@@ -23,8 +25,10 @@ __all__ = [
     "Event",
     "Identity",
     "IdentityLink",
+    "Job",
     "JourneyEvent",
     "LedgerRow",
+    "StitchFailure",
     "StitchProgress",
     "Workspace",
 ]

@@ -26,6 +26,7 @@ from app.db.models.events import Xid8
 
 CLUSTER_SEQ = Sequence("identity_cluster_seq")
 CHANGES_SEQ = Sequence("customer_changes_seq", cache=100)
+JOBS_SEQ = Sequence("jobs_seq")
 
 
 class Identity(Base):
@@ -192,3 +193,38 @@ class StitchProgress(Base):
     seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
     events: Mapped[int] = mapped_column(BigInteger, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Job(Base):
+    """Background work of a workspace (re-deriving stages after a model change), resumable:
+    `cursor` is the last customer id done, so a crash continues where it stopped."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        PrimaryKeyConstraint("workspace_id", "id"),
+        Index("ix_jobs_open", "workspace_id", "id", postgresql_where=text("status <> 'done'")),
+    )
+
+    workspace_id: Mapped[int] = mapped_column(BigInteger)
+    id: Mapped[int] = mapped_column(BigInteger, JOBS_SEQ, server_default=JOBS_SEQ.next_value())
+    kind: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default="pending")
+    total: Mapped[int] = mapped_column(Integer, server_default="0")
+    done: Mapped[int] = mapped_column(Integer, server_default="0")
+    cursor: Mapped[str] = mapped_column(Text, server_default="")
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class StitchFailure(Base):
+    """An event the stitcher could not process on its own; skipped so its shard keeps moving,
+    and kept here (visible in /readyz) until a fix and `journeys rebuild` replay it."""
+
+    __tablename__ = "stitch_failures"
+    __table_args__ = (PrimaryKeyConstraint("workspace_id", "message_id"),)
+
+    workspace_id: Mapped[int] = mapped_column(BigInteger)
+    message_id: Mapped[str] = mapped_column(Text)
+    error: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -1,0 +1,1 @@
+"""Per-workspace settings (server key): the journey model."""
