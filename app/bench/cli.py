@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,15 @@ import typer
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+
+
+class ProfileFormat(StrEnum):
+    """py-spy output formats."""
+
+    RAW = "raw"
+    FLAMEGRAPH = "flamegraph"
+    SPEEDSCOPE = "speedscope"
+
 
 bench_cli = typer.Typer(help="Benchmarks (ratios to a baseline measured in the same run).",
                         no_args_is_help=True)
@@ -51,6 +61,9 @@ def ingest(
     profile: Annotated[Path | None, typer.Option(
         help="record the server with py-spy during each HTTP phase into this directory "
              "(slows the server down: don't compare its numbers)")] = None,
+    profile_format: Annotated[ProfileFormat, typer.Option(
+        help="py-spy output: raw (summarised: top functions), flamegraph (SVG) or speedscope")]
+    = ProfileFormat.RAW,
     keep_events: Annotated[bool, typer.Option(
         help="keep the bench workspace and its events (default: deleted after the count)")]
     = False,
@@ -74,7 +87,8 @@ def ingest(
         database_url=url, duration=duration, batch_connections=batch_connections,
         track_connections=track_connections, batch_size=batch_size, copy_events=copy_events,
         copy_batch=copy_batch, wrk_threads=wrk_threads, workers=workers,
-        server_env=server_env, profile_dir=profile, keep_events=keep_events,
+        server_env=server_env, profile_dir=profile, profile_format=profile_format.value,
+        keep_events=keep_events,
         embedded=embedded is not None,
     )
     try:
@@ -126,7 +140,7 @@ def _print_human(report: object, text: str) -> None:
         for hot in p.profile.by_own[:10]:
             prof.add_row(hot.function, f"{hot.own_pct:.1f}", f"{hot.total_pct:.1f}")
         out.print(prof)
-        prof = Table(title=f"py-spy: {p.name}, by total (inclusive) time")
+        prof = Table(title=f"py-spy: {p.name}, project functions by total (inclusive) time")
         prof.add_column("function (total time)")
         prof.add_column("total %", justify="right")
         prof.add_column("own %", justify="right")

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -44,7 +44,7 @@ from app.bench import wrk
 from app.bench.events import MESSAGE_ID_PLACEHOLDER, EventTemplate, average_size, make_templates
 from app.bench.profile import ProfileSummary, start_recording, summarise
 from app.db.engine import asyncpg_dsn, make_engine
-from app.db.partitions import week_of
+from app.db.partitions import partition_name, week_of
 
 TEMPLATES = 256
 _COPY_COLUMNS = ("workspace_id", "received_week", "message_id", "type", "event", "user_id",
@@ -72,6 +72,7 @@ class IngestBenchOptions:
     server_env: dict[str, str] = field(default_factory=dict)
     profile_dir: Path | None = None
     profile_seconds: int = 10
+    profile_format: str = "raw"  # raw (summarised in the report), flamegraph, speedscope
     keep_events: bool = False
     embedded: bool = False
 
@@ -186,12 +187,14 @@ def machine_info() -> dict[str, Any]:
 
 class CpuMeter:
     """CPU time over a window, in % of one core (psutil; empty when it is unavailable): the
-    server with its workers, the PostgreSQL cluster of the bench database (its postmaster and
-    children), wrk, this process, and the whole machine; `other` is what the machine spent on
-    anything else (other processes competing for the cores make the results pessimistic)."""
+    server with its workers, PostgreSQL (the backends of the bench database and the cluster's
+    background processes, not other databases' backends), wrk, this process, and the whole
+    machine; `other` is what the machine spent on anything else (other processes competing
+    for the cores make the results pessimistic)."""
 
     def __init__(self, server_pid: int | None, postmaster_pid: int | None) -> None:
         self._roots = {"server": server_pid, "postgres": postmaster_pid, "bench": os.getpid()}
+        self._pg_pids: set[int] = set()
         self._start: dict[str, Any] | None = None
         self._t0 = 0.0
         self.others: list[str] = []  # the busiest other processes of the last window
@@ -232,7 +235,10 @@ class CpuMeter:
         sample["busy"] = sum(times) - times.idle - getattr(times, "iowait", 0.0)
         sample["steal"] = getattr(times, "steal", 0.0)
         for name, pid in self._roots.items():
-            sample[name] = self._tree(psutil, pid, children=name != "bench")
+            sample[name] = self._tree(psutil, pid, children=name == "server")
+        if self._roots["postgres"] is not None:
+            for pid in self._pg_pids:
+                sample["postgres"].update(self._tree(psutil, pid, children=False))
         everyone: dict[int, tuple[str, float]] = {}
         for proc in psutil.process_iter(["name", "cpu_times"]):
             cpu = proc.info["cpu_times"]
@@ -241,15 +247,18 @@ class CpuMeter:
         sample["everyone"] = everyone
         return sample
 
-    def start(self) -> None:
-        """Begin the window."""
+    def start(self, pg_pids: set[int] | None = None) -> None:
+        """Begin the window (`pg_pids`: the PostgreSQL processes that count, see `_pg_pids`)."""
+        self._pg_pids = set(pg_pids or ())
         self._start = self._sample()
         self._t0 = time.perf_counter()
 
-    def stop(self, *, load_generator: bool, wall: float | None = None) -> dict[str, float]:
+    def stop(self, *, load_generator: bool, wall: float | None = None,
+             pg_pids: set[int] | None = None) -> dict[str, float]:
         """End the window: % of one core per consumer (of `wall` seconds if given)."""
         assert self._start is not None
         wall = max(wall or time.perf_counter() - self._t0, 1e-9)
+        self._pg_pids |= set(pg_pids or ())
         end = self._sample()
         before = self._start
 
@@ -311,6 +320,31 @@ async def _create_workspace(url: str) -> tuple[int, str]:
         await engine.dispose()
 
 
+_PG_PIDS = """
+SELECT pid FROM pg_stat_activity
+WHERE (datname = current_database() OR datname IS NULL) AND ($1 OR pid <> pg_backend_pid())
+"""
+
+
+async def _pg_pids(conn: asyncpg.Connection, *, include_self: bool) -> set[int]:
+    """The backends of the bench database and the cluster's background processes."""
+    return {int(r["pid"]) for r in await conn.fetch(_PG_PIDS, include_self)}
+
+
+def _pg_pids_now(dsn: str) -> set[int]:
+    async def query() -> set[int]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await _pg_pids(conn, include_self=False)
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(query())
+    except (OSError, asyncpg.PostgresError):
+        return set()
+
+
 async def _database_info(dsn: str) -> tuple[str, int | None]:
     """Version and settings, and the postmaster's pid when it runs on this machine."""
     conn = await asyncpg.connect(dsn)
@@ -340,14 +374,47 @@ async def _count_stored(dsn: str, workspace_id: int) -> int:
         await conn.close()
 
 
-async def _drop_workspace(dsn: str, workspace_id: int, *, keep_events: bool) -> None:
+async def _drop_workspace(dsn: str, workspace_id: int, *, keep_events: bool) -> list[str]:
+    """Delete every row of the bench workspace (events, and whatever the stitcher derived from
+    them: any table with a `workspace_id` column), then VACUUM what was touched so the dead
+    rows don't cost the next run an autovacuum in the middle of a phase."""
+    if keep_events:
+        return []
     conn = await asyncpg.connect(dsn)
+    cleaned: list[str] = []
     try:
-        if not keep_events:
-            await conn.execute("DELETE FROM events WHERE workspace_id = $1", workspace_id)
-            await conn.execute("DELETE FROM workspaces WHERE id = $1", workspace_id)
+        tables = await conn.fetch(
+            """
+            SELECT c.relname, c.relkind
+            FROM pg_attribute a
+            JOIN pg_class c ON c.oid = a.attrelid
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE a.attname = 'workspace_id' AND NOT a.attisdropped
+              AND n.nspname = current_schema() AND c.relkind IN ('r', 'p')
+              AND NOT c.relispartition
+            ORDER BY c.relname
+            """
+        )
+        for row in tables:
+            status = await conn.execute(
+                f'DELETE FROM "{row["relname"]}" WHERE workspace_id = $1', workspace_id
+            )
+            if status.rsplit(" ", 1)[-1] != "0":
+                cleaned.append(row["relname"])
+        await conn.execute("DELETE FROM workspaces WHERE id = $1", workspace_id)
+        for name in cleaned:
+            if name == "events":
+                now = datetime.now(UTC)
+                partitions = sorted({partition_name(week_of(now - timedelta(hours=1))),
+                                     partition_name(week_of(now))})
+            else:
+                partitions = [name]
+            for table in partitions:
+                if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+                    await conn.execute(f'VACUUM "{table}"')
     finally:
         await conn.close()
+    return cleaned
 
 
 async def _copy_phase(dsn: str, *, workspace_id: int, templates: list[EventTemplate],
@@ -366,7 +433,7 @@ async def _copy_phase(dsn: str, *, workspace_id: int, templates: list[EventTempl
         # Like the server, whose rows land in this week's partition.
         week = week_of(templates[0].stored.received_at)
         done = 0
-        meter.start()
+        meter.start(await _pg_pids(conn, include_self=True))
         while done < total:
             count = min(batch, total - done)
             records = []
@@ -385,7 +452,8 @@ async def _copy_phase(dsn: str, *, workspace_id: int, templates: list[EventTempl
             done += count
             advance(count)
         # The window also holds the (untimed) building of records: divide by COPY time.
-        cpu = meter.stop(load_generator=False, wall=sum(latencies))
+        cpu = meter.stop(load_generator=False, wall=sum(latencies),
+                         pg_pids=await _pg_pids(conn, include_self=True))
     finally:
         try:
             await conn.execute(f"DROP TABLE IF EXISTS {table}")
@@ -529,7 +597,8 @@ def _http_phase(*, exe: str, server: ServerProcess, name: str, path: str, connec
             "-d", f"{opts.duration}s", "--timeout", f"{opts.wrk_timeout}s", "-s", str(script),
             server.url + path]
     meter = CpuMeter(server.pid, postmaster)
-    meter.start()
+    dsn = asyncpg_dsn(opts.database_url)
+    meter.start(_pg_pids_now(dsn) if postmaster else None)
     started = time.monotonic()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     spy: subprocess.Popen[bytes] | None = None
@@ -542,14 +611,16 @@ def _http_phase(*, exe: str, server: ServerProcess, name: str, path: str, connec
             progress(min(elapsed, float(opts.duration)))
             if opts.profile_dir is not None and spy is None and elapsed >= spy_at:
                 opts.profile_dir.mkdir(parents=True, exist_ok=True)
-                spy_out = opts.profile_dir / f"ingest-{name}.txt"
-                spy = start_recording(server.pid, spy_out, spy_seconds)
+                suffix = {"raw": "txt", "flamegraph": "svg"}.get(opts.profile_format, "json")
+                spy_out = opts.profile_dir / f"ingest-{name}.{suffix}"
+                spy = start_recording(server.pid, spy_out, spy_seconds, fmt=opts.profile_format)
             if elapsed > opts.duration + opts.wrk_timeout + 30:
                 proc.kill()
                 raise BenchFailed(f"wrk did not finish the {name} phase in time")
             time.sleep(0.2)
         output = proc.communicate()[0].decode(errors="replace")
-        cpu = meter.stop(load_generator=True)
+        cpu = meter.stop(load_generator=True,
+                         pg_pids=_pg_pids_now(dsn) if postmaster else None)
     except BaseException:
         for child in (proc, spy):
             if child is not None and child.poll() is None:
@@ -564,7 +635,7 @@ def _http_phase(*, exe: str, server: ServerProcess, name: str, path: str, connec
             spy.kill()
             _, err = spy.communicate()
         if spy_out.exists():
-            profile = summarise(spy_out)
+            profile = summarise(spy_out) if opts.profile_format == "raw" else None
         else:
             raise BenchFailed(f"py-spy recorded nothing: {err.decode(errors='replace')[-500:]}")
     if proc.returncode != 0:
@@ -681,8 +752,8 @@ def run(opts: IngestBenchOptions, console: Console) -> IngestBenchReport:
                 task = bar.add_task("stopping server", total=None, info="")
             code = server.process.returncode if server.process else None
             bar.update(task, total=1, completed=1, info=f"exit {code}")
-            # uvicorn re-raises SIGTERM after its graceful shutdown: -15 is a clean exit.
-            if code not in (0, -signal.SIGTERM, None):
+            # After its graceful shutdown uvicorn re-raises SIGTERM (-15, or 143 via a shell).
+            if code not in (0, -signal.SIGTERM, 128 + signal.SIGTERM, None):
                 report.failures.append(f"the server exited with {code}: "
                                        f"{server.output()[-1500:]}")
         report.stored = asyncio.run(_count_stored(dsn, workspace_id))
@@ -694,7 +765,12 @@ def run(opts: IngestBenchOptions, console: Console) -> IngestBenchReport:
                 f"(and at most {sent:,} sent)"
             )
     finally:
-        asyncio.run(_drop_workspace(dsn, workspace_id, keep_events=opts.keep_events))
+        if opts.keep_events:
+            console.log(f"kept workspace {workspace_id} and its events (--keep-events)")
+        else:
+            console.log(f"deleting the rows of workspace {workspace_id} and vacuuming")
+            cleaned = asyncio.run(_drop_workspace(dsn, workspace_id, keep_events=False))
+            console.log(f"cleaned {', '.join(cleaned) or 'nothing'}")
     _judge(report)
     return report
 

@@ -73,10 +73,19 @@ def create_baseline_app() -> FastAPI:
     dsn = os.environ["JOURNEYS_BENCH_DSN"]
     workspace_id = int(os.environ["JOURNEYS_BENCH_WORKSPACE"])
     pool_size = int(os.environ.get("JOURNEYS_BENCH_POOL", "10"))
+    # asyncpg resets a connection when it returns to the pool (advisory locks, cursors, LISTEN,
+    # settings): one more round trip per request. Off unless JOURNEYS_BENCH_POOL_RESET=1, so
+    # the baseline is exactly one query round trip.
+    reset_on_release = os.environ.get("JOURNEYS_BENCH_POOL_RESET", "0") == "1"
+
+    async def no_reset(conn: asyncpg.Connection) -> None:
+        del conn
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.pool = await asyncpg.create_pool(dsn, min_size=pool_size, max_size=pool_size)
+        app.state.pool = await asyncpg.create_pool(
+            dsn, min_size=pool_size, max_size=pool_size,
+            **({} if reset_on_release else {"reset": no_reset}))
         try:
             yield
         finally:
@@ -103,14 +112,16 @@ def create_baseline_app() -> FastAPI:
 class BaselineServer:
     """uvicorn serving `create_baseline_app` like `journeys serve` serves the API."""
 
-    def __init__(self, dsn: str, workspace_id: int, *, pool_size: int = 10) -> None:
+    def __init__(self, dsn: str, workspace_id: int, *, pool_size: int = 10,
+                 reset_on_release: bool = False) -> None:
         from app.bench.ingest import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "JOURNEYS_BENCH_DSN": dsn,
                     "JOURNEYS_BENCH_WORKSPACE": str(workspace_id),
-                    "JOURNEYS_BENCH_POOL": str(pool_size)}
+                    "JOURNEYS_BENCH_POOL": str(pool_size),
+                    "JOURNEYS_BENCH_POOL_RESET": "1" if reset_on_release else "0"}
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept open for the run)
             prefix="journeys-bench-baseline-", suffix=".log", delete=False)
         self.process: subprocess.Popen[bytes] | None = None
@@ -227,19 +238,20 @@ class LookupPhase:
     socket_errors: dict[str, int]
     response_bytes: int = 0
     cpu_pct: dict[str, float] = field(default_factory=dict)
+    busiest_others: list[str] = field(default_factory=list)
     profile: ProfileSummary | None = None
 
 
 def _wrk(*, exe: str, name: str, label: str, base_url: str, script: Path, connections: int,
-         threads: int, duration: int, server_pid: int, postmaster: int | None,
+         threads: int, duration: int, server_pid: int, postmaster: int | None, dsn: str,
          profile_dir: Path | None = None) -> LookupPhase:
-    from app.bench.ingest import CpuMeter
+    from app.bench.ingest import CpuMeter, _pg_pids_now
 
     args = [exe, "--latency", "-t", str(max(1, min(threads, connections))), "-c",
             str(connections), "-d", f"{duration}s", "--timeout", "10s", "-s", str(script),
             base_url]
     meter = CpuMeter(server_pid, postmaster)
-    meter.start()
+    meter.start(_pg_pids_now(dsn) if postmaster else None)
     spy = None
     spy_out: Path | None = None
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -256,7 +268,8 @@ def _wrk(*, exe: str, name: str, label: str, base_url: str, script: Path, connec
                 child.kill()
                 child.wait()
         raise
-    cpu = meter.stop(load_generator=True)
+    cpu = meter.stop(load_generator=True, pg_pids=_pg_pids_now(dsn) if postmaster else None)
+    busiest = list(meter.others)
     profile = None
     if spy is not None and spy_out is not None:
         spy.wait(timeout=duration + 30)
@@ -269,6 +282,7 @@ def _wrk(*, exe: str, name: str, label: str, base_url: str, script: Path, connec
         requests=result.requests, requests_per_s=result.requests_per_s, p50_ms=result.p50_ms,
         p90_ms=result.p90_ms, p99_ms=result.p99_ms, max_ms=result.max_ms,
         non2xx=result.non2xx, socket_errors=result.socket_errors, cpu_pct=cpu, profile=profile,
+        busiest_others=busiest,
     )
 
 
@@ -291,6 +305,7 @@ class LookupBenchOptions:
     ids: int = 20_000
     verify: int = 200
     profile_dir: Path | None = None
+    baseline_reset: bool = False
 
 
 @dataclass(slots=True)
@@ -414,12 +429,13 @@ def _phases(report: LookupBenchReport, opts: LookupBenchOptions, *, exe: str, ur
         paths[name] = workdir / f"{name}.lua"
         paths[name].write_text(text)
     labels = {
-        "baseline": "baseline: bare PK lookup (FastAPI + asyncpg pool, 1 query)",
+        "baseline": ("baseline: bare PK lookup (FastAPI + asyncpg pool; 1 query"
+                     + (" + asyncpg's reset on release" if opts.baseline_reset else "") + ")"),
         "stage": "GET /v1/profiles/user_id:…/stage",
         "timeline": f"GET /v1/profiles/user_id:…/timeline?limit=50 (customers ≥ {HEAVY_EVENTS} "
                     "events)",
     }
-    baseline = BaselineServer(dsn, workspace_id)
+    baseline = BaselineServer(dsn, workspace_id, reset_on_release=opts.baseline_reset)
     journeys = server_cls(url, workers=1, env={"JOURNEYS_INPROCESS_WORKER": "false"})
     try:
         baseline.start()
@@ -445,7 +461,7 @@ def _phases(report: LookupBenchReport, opts: LookupBenchOptions, *, exe: str, ur
             return _wrk(exe=exe, name=name, label=labels[name], base_url=server.url,
                         script=paths[name], connections=opts.connections,
                         threads=opts.wrk_threads, duration=duration, server_pid=server.pid,
-                        postmaster=postmaster,
+                        postmaster=postmaster, dsn=dsn,
                         profile_dir=opts.profile_dir if profile else None)
 
         if opts.warmup:
@@ -500,7 +516,8 @@ def _judge(report: LookupBenchReport) -> None:
         other = p.cpu_pct.get("other", 0.0)
         if other >= 25:
             report.warnings.append(f"{p.name}: other processes used {other:.0f}% of a core "
-                                   "during the phase; the machine was not quiet")
+                                   "during the phase; the machine was not quiet (busiest: "
+                                   f"{', '.join(p.busiest_others) or '?'})")
     for name, phases in by_name.items():
         report.summary[name] = _median_phase(phases)
     base, stage, timeline = (report.summary.get(k) for k in ("baseline", "stage", "timeline"))
@@ -549,8 +566,9 @@ def markdown(report: LookupBenchReport) -> str:
         f"Dataset: {d['customers']:,} customers, {d['events']:,} raw events and as many "
         f"timeline rows over {d['spec']['days']} days ({stats.get('identified_pct', '?')}% "
         f"identified, {stats.get('buyers_pct', '?')}% buyers, {stats.get('heavy_pct', '?')}% "
-        f"heavy customers with 60-150 events); {'reused' if d['reused'] else 'generated'}"
+        "heavy customers with 60-150 events); generated"
         + (f" in {d['timings'].get('total_s', 0):.0f} s" if d.get("timings") else "")
+        + (" (kept from an earlier run)" if d["reused"] else "")
         + f". Derived state: {d['derived']}.",
     ]
     v = report.verification
@@ -608,6 +626,9 @@ def bench_lookup(
     profile: Annotated[Path | None, typer.Option(
         help="also record each server with py-spy (an extra, unreported run per endpoint) "
              "into this directory")] = None,
+    baseline_reset: Annotated[bool, typer.Option(
+        help="let the baseline's asyncpg pool reset connections on release (its default: one "
+             "more round trip per request)")] = False,
     seed: Annotated[int, typer.Option(help="dataset seed")] = 7,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
     output: Annotated[Path | None, typer.Option(help="write the markdown table here")] = None,
@@ -623,7 +644,7 @@ def bench_lookup(
         spec=ds.DatasetSpec(customers=customers, events_per_customer=events_per_customer,
                             archetypes=min(archetypes, customers), seed=seed),
         reuse=reuse, keep=keep, duration=duration, warmup=warmup, connections=connections,
-        rounds=rounds, verify=verify, profile_dir=profile,
+        rounds=rounds, verify=verify, profile_dir=profile, baseline_reset=baseline_reset,
     )
     try:
         report = run(opts, console)

@@ -23,11 +23,15 @@ whenever ingest runs flat out.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import os
 import secrets
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,6 +71,7 @@ class StitchBenchOptions:
     wrk_threads: int = 2
     profile_dir: Path | None = None
     skip_ingest: bool = False
+    warmup_seconds: float = 10.0
 
 
 @dataclass(slots=True)
@@ -87,7 +92,13 @@ class StitchPhase:
     first_received: str | None
     last_received: str | None
     feed_remaining: int
+    feed_backlog: int = 0
+    warmup_events: int = 0
+    db_share_pct: float = 0.0
+    queries_per_batch: float = 0.0
+    queries: list[dict[str, Any]] = field(default_factory=list)
     cpu_pct: dict[str, float] = field(default_factory=dict)
+    busiest_others: list[str] = field(default_factory=list)
     profile: ProfileSummary | None = None
 
 
@@ -123,6 +134,47 @@ def _percentile(values: list[float], pct: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[max(0, min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1))))]
+
+
+# --------------------------------------------------------------------------- instrumentation
+
+
+@contextmanager
+def timed_queries() -> Iterator[dict[str, list[float]]]:
+    """Count and time every call of the stitcher's SQL functions (`app.journeys.repository`,
+    `app.identity.repository`: the stitcher calls them through the module, so wrapping the
+    module attributes sees every round trip without changing what runs). name → [calls, s]."""
+    from app.identity import repository as ids_repo
+    from app.journeys import repository as journeys_repo
+
+    record: dict[str, list[float]] = {}
+    saved: list[tuple[Any, str, Any]] = []
+
+    def timed(name: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(fn)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                entry = record.setdefault(name, [0, 0.0])
+                entry[0] += 1
+                entry[1] += time.perf_counter() - started
+        return wrapper
+
+    for module in (journeys_repo, ids_repo):
+        for name, fn in list(vars(module).items()):
+            if inspect.iscoroutinefunction(fn) and fn.__module__ == module.__name__:
+                saved.append((module, name, fn))
+                setattr(module, name, timed(name, fn))
+    try:
+        yield record
+    finally:
+        for module, name, fn in saved:
+            setattr(module, name, fn)
+
+
+_DERIVED = ("journey_events", "customers", "identities", "identity_links", "identity_ledger")
 
 
 # --------------------------------------------------------------------------- the feed
@@ -173,7 +225,7 @@ async def rewind_feed(dsn: str, workspace_id: int) -> int:
 
 async def _stitch_phase(url: str, workspace_id: int, opts: StitchBenchOptions,
                         postmaster: int | None, console: Console) -> StitchPhase:
-    from app.bench.ingest import CpuMeter
+    from app.bench.ingest import CpuMeter, _pg_pids
     from app.journeys.stitcher import LOCK_BASE, Stitcher
 
     shard = workspace_id % SHARDS
@@ -189,9 +241,23 @@ async def _stitch_phase(url: str, workspace_id: int, opts: StitchBenchOptions,
                 "`journeys worker` on this database): stop it for the benchmark"
             )
         stitcher = Stitcher(engine, batch_size=opts.batch_size, shards=(shard,))
-        # Warm the pool and the plans outside the window: a first, tiny transaction.
-        async with engine.connect():
-            pass
+        backlog = int(await lock.fetchval(
+            "SELECT count(*) FROM events e JOIN stitch_progress p ON p.shard = $1 "
+            "WHERE e.workspace_id % 16 = $1 AND (e.tx, e.seq) > (p.tx, p.seq)", shard))
+        # Warm-up: pool, plans, and a first slice of derived state; then ANALYZE, as autovacuum
+        # soon would on a live system (a brand-new workspace has no statistics: its first
+        # batches run on stale plans, reported separately).
+        warm = 0
+        warm_until = time.perf_counter() + opts.warmup_seconds
+        while time.perf_counter() < warm_until:
+            done = await stitcher.stitch_shard(shard)
+            if not done:
+                break
+            warm += done
+        if opts.warmup_seconds:
+            for table in _DERIVED:
+                await lock.execute(f"ANALYZE {table}")
+            console.log(f"warm-up: {warm:,} events stitched, derived tables analyzed")
         meter = CpuMeter(None, postmaster)
         latencies: list[float] = []
         events = 0
@@ -201,18 +267,21 @@ async def _stitch_phase(url: str, workspace_id: int, opts: StitchBenchOptions,
             spy = start_recording(os.getpid(), spy_out, max(1, int(opts.seconds)))
             await asyncio.sleep(1.0)  # py-spy attaches
         console.log(f"stitching shard {shard} (workspace {workspace_id}) for {opts.seconds:.0f} s")
-        meter.start()
-        started = time.perf_counter()
-        deadline = started + opts.seconds
-        while time.perf_counter() < deadline:
-            t0 = time.perf_counter()
-            done = await stitcher.stitch_shard(shard)
-            if not done:
-                break
-            latencies.append(time.perf_counter() - t0)
-            events += done
-        elapsed = time.perf_counter() - started
-        cpu = meter.stop(load_generator=False, wall=elapsed)
+        with timed_queries() as queries:
+            meter.start(await _pg_pids(lock, include_self=False))
+            started = time.perf_counter()
+            deadline = started + opts.seconds
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                done = await stitcher.stitch_shard(shard)
+                if not done:
+                    break
+                latencies.append(time.perf_counter() - t0)
+                events += done
+            elapsed = time.perf_counter() - started
+            cpu = meter.stop(load_generator=False, wall=elapsed,
+                             pg_pids=await _pg_pids(lock, include_self=False))
+            busiest = list(meter.others)
         await lock.execute("SELECT pg_advisory_unlock($1)", LOCK_BASE + shard)
         row = await lock.fetchrow(
             """
@@ -235,7 +304,18 @@ async def _stitch_phase(url: str, workspace_id: int, opts: StitchBenchOptions,
         spy.wait(timeout=opts.seconds + 60)
         profile = summarise(spy_out) if spy_out.exists() else None
     batches = len(latencies)
+    per = max(1, batches)
+    waited = sum(v[1] for v in queries.values())
+    top = sorted(queries.items(), key=lambda kv: -kv[1][1])
     return StitchPhase(
+        feed_backlog=backlog,
+        warmup_events=warm,
+        db_share_pct=round(100 * waited / elapsed, 1) if elapsed else 0.0,
+        queries_per_batch=round(sum(v[0] for v in queries.values()) / per, 1),
+        queries=[{"function": name, "calls_per_batch": round(c / per, 1),
+                  "ms_per_batch": round(1000 * t / per, 1),
+                  "ms_per_call": round(1000 * t / c, 3) if c else 0.0}
+                 for name, (c, t) in top],
         events=events,
         workspace_events=int(row["rows"]),
         batches=batches,
@@ -251,6 +331,7 @@ async def _stitch_phase(url: str, workspace_id: int, opts: StitchBenchOptions,
         last_received=row["last"].isoformat() if row["last"] else None,
         feed_remaining=remaining,
         cpu_pct=cpu,
+        busiest_others=busiest,
         profile=profile,
     )
 
@@ -356,7 +437,8 @@ def _judge(report: StitchBenchReport) -> None:
     other = s.cpu_pct.get("other", 0.0)
     if other >= 25:
         report.warnings.append(f"stitch: other processes used {other:.0f}% of a core during "
-                               "the window; the machine was not quiet")
+                               "the window; the machine was not quiet (busiest: "
+                               f"{', '.join(s.busiest_others) or '?'})")
     if s.events == 0:
         report.failures.append("the stitcher consumed no events (feed empty or held back by a "
                                "long-running transaction: see pg_stat_activity)")
@@ -406,7 +488,7 @@ def markdown(report: StitchBenchReport) -> str:
     lines += [
         "",
         f"Dataset: {d['customers']:,} customers, {d['events']:,} raw events over "
-        f"{d['spec']['days']} days ({'reused' if d['reused'] else 'generated'}; "
+        f"{d['spec']['days']} days ({'kept from an earlier run' if d['reused'] else 'new'}; "
         f"{stats.get('identified_pct', '?')}% identified, {stats.get('buyers_pct', '?')}% buyers, "
         f"{stats.get('repeat_buyers_pct', '?')}% repeat buyers, {stats.get('heavy_pct', '?')}% "
         "heavy); generated at "
@@ -422,6 +504,18 @@ def markdown(report: StitchBenchReport) -> str:
             " min at this rate). Bounded sample: early in the history customers have few "
             "stored events, so this is optimistic for the reload part of each batch."
         )
+        lines.append(
+            f"Feed backlog of the shard when the window opened: {s.feed_backlog:,} events; "
+            f"{s.warmup_events:,} events were stitched in an unmeasured warm-up, then the derived "
+            "tables were ANALYZEd (as autovacuum would soon do for a new workspace).")
+        lines.append(
+            f"Where a batch's time goes: {s.db_share_pct:.0f}% awaiting SQL "
+            f"({s.queries_per_batch:,.0f} round trips per batch), the rest Python:")
+        lines += ["", "| SQL function | calls/batch | ms/batch | ms/call |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {q['function']} | {q['calls_per_batch']:,.1f} | {q['ms_per_batch']:,.1f} "
+                  f"| {q['ms_per_call']:.2f} |" for q in s.queries[:10]]
+        lines.append("")
         lines.append("CPU during the stitch window (% of one core): "
                      + ", ".join(f"{k} {v:.0f}" for k, v in s.cpu_pct.items()))
     if report.ingest is not None:
@@ -481,6 +575,8 @@ def bench_stitch(
                                                  min=2, max=120)] = 15,
     batch_connections: Annotated[int, typer.Option(help="wrk connections for /v1/batch",
                                                    min=1, max=1024)] = 32,
+    warmup_seconds: Annotated[float, typer.Option(
+        help="unmeasured stitching before the window (then ANALYZE)", min=0, max=600)] = 10.0,
     skip_ingest: Annotated[bool, typer.Option(help="stitch phase only")] = False,
     reuse: Annotated[bool, typer.Option(help="use a kept dataset of the same shape")] = False,
     keep: Annotated[bool, typer.Option(help="keep the dataset for --reuse")] = False,
@@ -499,7 +595,7 @@ def bench_stitch(
                             archetypes=min(archetypes, customers), seed=seed),
         reuse=reuse, keep=keep, seconds=seconds, batch_size=batch_size,
         ingest_duration=ingest_duration, batch_connections=batch_connections,
-        profile_dir=profile, skip_ingest=skip_ingest,
+        profile_dir=profile, skip_ingest=skip_ingest, warmup_seconds=warmup_seconds,
     )
     try:
         report = run(opts, console)

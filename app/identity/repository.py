@@ -54,7 +54,9 @@ def _identity(r: asyncpg.Record) -> IdentityRow:
     )
 
 
-_IDENTITY_COLUMNS = "kind, value, customer_id, cluster_id, first_seen, first_message_id, shared_device"
+_IDENTITY_COLUMNS = (
+    "kind, value, customer_id, cluster_id, first_seen, first_message_id, shared_device"
+)
 
 
 async def load_identities(

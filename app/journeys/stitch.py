@@ -36,7 +36,7 @@ from app.identity.graph import (
 )
 from app.journeys import repository as journeys
 from app.journeys.channels import channel_of, session_channels_from
-from app.journeys.model import StitchEvent, campaign_of, from_payload, sort_key
+from app.journeys.model import StitchEvent, campaign_of, from_payload
 from app.journeys.sessions import assign_sessions
 from app.journeys.stages import JourneyModel, stage_at, stage_history
 
@@ -77,7 +77,9 @@ def _traits(payload: Mapping[str, Any]) -> dict[str, Any] | None:
 def parse_raw(record: asyncpg.Record) -> tuple[StitchEvent, journeys.TimelineRow]:
     """A raw `events` row → the pure event and its timeline row (customer not yet known)."""
     payload = record["payload"]
-    e = from_payload(payload, timestamp=record["timestamp"], is_bot=bool(record["flags"] & FLAG_BOT))
+    e = from_payload(
+        payload, timestamp=record["timestamp"], is_bot=bool(record["flags"] & FLAG_BOT)
+    )
     channel = channel_of(e)
     properties = payload.get("properties")
     campaign = campaign_of(e)

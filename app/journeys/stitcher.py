@@ -232,14 +232,21 @@ class Stitcher:
     async def drain(self, *, timeout: float = 60.0) -> int:
         """Stitch until the feed is empty (tests, rebuild, benchmarks); returns events done."""
         total = 0
-        async with asyncio.timeout(timeout):
-            await self._claim()
-            while True:
-                done = 0
-                for shard in sorted(self._held):
-                    done += await self._stitch_or_isolate(shard)
-                total += done
-                if not done and not await self._run_job():
-                    return total
+        # Shards claimed only for this drain are given back afterwards: kept, they would lock
+        # every other stitcher (a `journeys worker`, another server) out for good.
+        borrowed = not self._held
+        try:
+            async with asyncio.timeout(timeout):
+                await self._claim()
+                while True:
+                    done = 0
+                    for shard in sorted(self._held):
+                        done += await self._stitch_or_isolate(shard)
+                    total += done
+                    if not done and not await self._run_job():
+                        return total
+        finally:
+            if borrowed:
+                await self._release()
 
 

@@ -18,7 +18,9 @@ from app.profiles.unmerge import unmerge
 
 router = APIRouter(prefix="/v1/profiles", tags=["profiles"])
 
-_ID_DOC = "An identifier `kind:value`: user_id, anonymous_id, email, customer_id or external id type"
+_ID_DOC = (
+    "An identifier `kind:value`: user_id, anonymous_id, email, customer_id or external id type"
+)
 IdPath = Annotated[str, "identifier"]
 
 
