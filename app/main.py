@@ -15,8 +15,8 @@ from app.core.settings import Settings, get_settings
 from app.ingest.routes import router as ingest_router
 from app.ops.routes import router as ops_router
 from app.profiles.routes import router as profiles_router
-from app.settings.routes import router as settings_router
 from app.runtime import running
+from app.settings.routes import router as settings_router
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -159,11 +159,12 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "JOURNEYS_DATABASE_URL": database_url,
                "JOURNEYS_LOG_LEVEL": "warning", **(extra_env or {})}
-        self.log = tempfile.NamedTemporaryFile(prefix="journeys-serve-", suffix=".log", delete=False)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-        )
+        fd, self.log_path = tempfile.mkstemp(prefix="journeys-serve-", suffix=".log")
+        with os.fdopen(fd, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
         self.wait_ready()
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -181,7 +182,7 @@ class LiveServer:
         raise RuntimeError(f"server did not become ready:\n{self.output()}")
 
     def output(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")
+        return Path(self.log_path).read_text(errors="replace")
 
     def kill(self) -> None:
         """SIGKILL, no chance to flush anything."""

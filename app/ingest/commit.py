@@ -42,7 +42,9 @@ class RowsRefused(Exception):
 @dataclass(slots=True)
 class _Pending:
     rows: list[EventRow]
-    done: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Future[int] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class GroupCommitter:
