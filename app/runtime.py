@@ -66,7 +66,6 @@ class Runtime:
             max_events=settings.commit_max_events,
             max_wait=settings.commit_max_wait_ms / 1000,
             concurrency=settings.commit_concurrency,
-            on_commit=stitcher.notify if settings.inprocess_worker else None,
         )
         keys = KeyResolver(engine, ttl=settings.key_cache_seconds)
         limiter = RateLimiter(

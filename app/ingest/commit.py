@@ -57,10 +57,8 @@ class GroupCommitter:
         max_events: int = 5_000,
         max_wait: float = 0.0,
         concurrency: int = 3,
-        on_commit: Callable[[], None] | None = None,
     ) -> None:
         self._connect = connect
-        self._on_commit = on_commit
         self._writer = EventWriter()
         self._max_events = max_events
         self._max_wait = max_wait
@@ -152,8 +150,6 @@ class GroupCommitter:
             log.error("commit_refused", error=repr(exc), events=len(rows))
             _fail_all(batch, RowsRefused(_describe(exc)))
             return
-        if self._on_commit is not None and stored:
-            self._on_commit()
         COMMIT_EVENTS.observe(len(rows))
         COMMIT_SECONDS.observe(time.perf_counter() - started)
         # Duplicates are not an error; each request only learns that its rows are stored.

@@ -13,6 +13,7 @@ import math
 import uuid
 import zlib
 from collections.abc import Mapping
+from functools import lru_cache
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -173,17 +174,21 @@ def parse_json(body: bytes) -> Any:
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
+    """True when containers nest deeper than `limit` ({} alone is depth 1). Recursion stops at
+    the limit, so it is bounded however deep the input is."""
+    kind = type(value)
+    if kind is dict:
+        children: Any = value.values()
+    elif kind is list:
+        children = value
+    else:
+        return False
+    if limit <= 0:
+        return True
+    for child in children:
+        child_kind = type(child)
+        if (child_kind is dict or child_kind is list) and _depth_exceeds(child, limit - 1):
             return True
-        if isinstance(node, dict):
-            stack.extend(
-                (child, depth + 1) for child in node.values() if isinstance(child, dict | list)
-            )
-        elif isinstance(node, list):
-            stack.extend((child, depth + 1) for child in node if isinstance(child, dict | list))
     return False
 
 
@@ -268,6 +273,7 @@ def _identifier(value: Any, field: str) -> str | None:
     return value or None
 
 
+@lru_cache(maxsize=4096)
 def truncate_ip(value: str) -> str | None:
     """Anonymise an address before storage: IPv4 to its /24, IPv6 to its /48."""
     try:
@@ -290,13 +296,14 @@ def normalise_event(
     meta: RequestMeta,
     defaults: Mapping[str, Any] | None = None,
     field: str = "",
+    depth_checked: bool = False,
 ) -> NormalisedEvent:
     """Validate one event and produce its stored form. `type_hint` is the route's type
     (None inside a batch); `defaults` holds the batch's `context`, `integrations`, `sentAt`."""
     prefix = f"{field}." if field else ""
     if not isinstance(item, dict):
         raise IngestError(400, "invalid_event", "event must be a JSON object", field or None)
-    if _depth_exceeds(item, MAX_DEPTH):
+    if not depth_checked and _depth_exceeds(item, MAX_DEPTH):
         raise IngestError(400, "too_deep", f"event is nested deeper than {MAX_DEPTH} levels",
                           field or None)
     # SDKs send explicit nulls for optional fields: they mean "absent".
@@ -396,7 +403,7 @@ def normalise_event(
         when = received_at
         flags |= FLAG_FUTURE_CLAMPED
     event["timestamp"] = when.isoformat().replace("+00:00", "Z")
-    event["receivedAt"] = received_at.isoformat().replace("+00:00", "Z")
+    event["receivedAt"] = _iso(received_at)
 
     context = event.get("context")
     raw_ip = context.get("ip") if isinstance(context, dict) else None
@@ -429,6 +436,12 @@ def normalise_event(
         flags=flags,
         payload=payload.decode(),
     )
+
+
+@lru_cache(maxsize=64)
+def _iso(moment: datetime) -> str:
+    # One request's events share receivedAt: format it once.
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _item_size(item: Any) -> int:
@@ -489,12 +502,14 @@ def parse_batch(body: bytes, *, meta: RequestMeta
             if _depth_exceeds(item, MAX_DEPTH):
                 raise IngestError(400, "too_deep",
                                   f"event is nested deeper than {MAX_DEPTH} levels", field)
-            if _item_size(item) > MAX_EVENT_BYTES:
+            event = normalise_event(item, type_hint=None, meta=meta, defaults=defaults,
+                                    field=field, depth_checked=True)
+            # The stored form holds the item, so only an event whose stored form could be over
+            # the limit (a UTF-8 character is at most 4 bytes) needs the exact size of the item.
+            if len(event.payload) * 4 > MAX_EVENT_BYTES and _item_size(item) > MAX_EVENT_BYTES:
                 raise IngestError(413, "event_too_large",
                                   f"event is larger than {MAX_EVENT_BYTES // 1024} KB", field)
-            events.append(
-                normalise_event(item, type_hint=None, meta=meta, defaults=defaults, field=field)
-            )
+            events.append(event)
         except IngestError as exc:
             rejected.append(Rejection(index=index, code=exc.code, detail=exc.detail,
                                       field=exc.field))

@@ -91,13 +91,8 @@ class Stitcher:
         self._wanted = shards
         self._held: set[int] = set()
         self._models = _ModelCache()
-        self._wakeup = asyncio.Event()
         self._lock_conn: asyncpg.Connection | None = None
         self._lock_ctx: Any = None
-
-    def notify(self) -> None:
-        """Ingest committed new events: look now instead of at the next poll."""
-        self._wakeup.set()
 
     def forget_model(self, workspace_id: int) -> None:
         """The workspace's journey model changed."""
@@ -114,7 +109,10 @@ class Stitcher:
                 done = 0
                 for shard in sorted(self._held):
                     done += await self._stitch_or_isolate(shard)
-                if done or await self._run_job():
+                # Straight on only after a full batch; otherwise let events accumulate for a poll
+                # interval, so the stitcher works in batches instead of competing with ingest
+                # for the CPU on every commit.
+                if done >= self._batch_size or await self._run_job():
                     continue
             except Exception as exc:
                 STITCH_ERRORS.inc()
@@ -123,19 +121,10 @@ class Stitcher:
                     await self._release()
                 else:
                     log.exception("stitch_failed", error=repr(exc))
-            self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._poll):
-                    await self._wait_either(stop)
+                    await stop.wait()
         await self._release()
-
-    async def _wait_either(self, stop: asyncio.Event) -> None:
-        waiters = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())]
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
 
     async def _claim(self) -> None:
         if self._lock_conn is None or self._lock_conn.is_closed():
