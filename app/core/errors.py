@@ -96,6 +96,19 @@ def problem_response(exc: ProblemError) -> Response:
     )
 
 
+def unexpected_error_response(exc: Exception) -> Response:
+    """503 when the database is away (clients retry), else a logged 500."""
+    from app.db.engine import is_unavailable
+
+    if is_unavailable(exc):
+        return problem_response(
+            ProblemError(503, "database_unavailable", "the database is unavailable; retry later",
+                         headers={"Retry-After": "5"})
+        )
+    log.exception("unhandled_error", error=repr(exc))
+    return problem_response(ProblemError(500, "internal_error", "an unexpected error occurred"))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Make every error, ours or the framework's, a problem+json answer."""
 
@@ -118,16 +131,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(ProblemError(400, "invalid_field", detail, field=loc or None))
 
     async def on_unexpected(_: Request, exc: Exception) -> Response:
-        from app.db.engine import is_unavailable
-
-        if is_unavailable(exc):
-            return problem_response(
-                ProblemError(503, "database_unavailable",
-                             "the database is unavailable; retry later",
-                             headers={"Retry-After": "5"})
-            )
-        log.exception("unhandled_error", error=repr(exc))
-        return problem_response(ProblemError(500, "internal_error", "an unexpected error occurred"))
+        return unexpected_error_response(exc)
 
     app.add_exception_handler(ProblemError, on_problem)
     app.add_exception_handler(Exception, on_unexpected)

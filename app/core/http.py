@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import problem_body
 from app.core.logging import get_logger
+from app.ingest.routes import FAST_ROUTES, ingest_asgi
 
 log = get_logger("journeys.request")
 
@@ -58,7 +59,10 @@ class RequestMiddleware:
             await _too_large_headers(send, self.max_header_bytes)
             return
         headers = dict(raw_headers)
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or f"{_ID_PREFIX}{next(_ID_COUNTER):010x}"
+        request_id = (
+            headers.get(b"x-request-id", b"").decode("latin-1")[:64]
+            or f"{_ID_PREFIX}{next(_ID_COUNTER):010x}"
+        )
         path: str = scope["path"]
         origin = headers.get(b"origin") if path in INGEST_PATHS else None
         started = time.perf_counter()
@@ -94,8 +98,12 @@ class RequestMiddleware:
             await send(message)
 
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        route_type = FAST_ROUTES.get(path) if scope["method"] == "POST" else None
         try:
-            await self.app(scope, receive, send_wrapper)
+            if route_type is not None:
+                await ingest_asgi(scope, receive, send_wrapper, route_type)
+            else:
+                await self.app(scope, receive, send_wrapper)
         finally:
             self._log(scope, status, started, request_id)
             structlog.contextvars.clear_contextvars()

@@ -13,9 +13,9 @@ import math
 import uuid
 import zlib
 from collections.abc import Mapping
-from functools import lru_cache
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, Final
 
 import orjson
