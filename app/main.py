@@ -39,9 +39,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     install_error_handlers(app)
-    app.include_router(ingest_router)
+    # Read routes first: they are matched on every query, ingest is answered before routing.
     app.include_router(profiles_router)
     app.include_router(settings_router)
+    app.include_router(ingest_router)
     app.include_router(ops_router)
     app.add_middleware(RequestMiddleware, max_header_bytes=settings.max_header_bytes)
     return app

@@ -53,7 +53,7 @@ def ingest(
     copy_batch: Annotated[int, typer.Option(
         help="events per COPY (one transaction each)", min=100, max=100_000)] = 10_000,
     workers: Annotated[int | None, typer.Option(
-        help="server processes [JOURNEYS_WORKERS]", min=1, max=16)] = None,
+        help="server processes", min=1, max=16)] = 2,
     env: Annotated[list[str] | None, typer.Option(
         "--env", help="extra server setting, KEY=VALUE (repeatable), "
                       "e.g. JOURNEYS_COMMIT_MAX_WAIT_MS=1")] = None,
@@ -77,7 +77,9 @@ def ingest(
     from app.runtime import resolve_database
 
     console = Console(stderr=True)
-    server_env = _parse_env(env or [])
+    # The ingest bench measures ingest: the stitcher is measured by `bench stitch`, and at this
+    # load it runs as `journeys worker` processes, not inside the API processes.
+    server_env = {"JOURNEYS_INPROCESS_WORKER": "false", **_parse_env(env or [])}
     url = database_url or os.environ.get("JOURNEYS_DATABASE_URL")
     embedded = None
     if not url:
@@ -147,3 +149,14 @@ def _print_human(report: object, text: str) -> None:
         for hot in p.profile.by_total[:15]:
             prof.add_row(hot.function, f"{hot.total_pct:.1f}", f"{hot.own_pct:.1f}")
         out.print(prof)
+
+
+def _register_stitch_and_lookup() -> None:
+    from app.bench.lookup import bench_lookup
+    from app.bench.stitch import bench_stitch
+
+    bench_cli.command("stitch")(bench_stitch)
+    bench_cli.command("lookup")(bench_lookup)
+
+
+_register_stitch_and_lookup()

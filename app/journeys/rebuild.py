@@ -37,7 +37,8 @@ async def rebuild_workspace(
                 "SELECT workspace_id, message_id, tx::text::bigint AS tx, seq, timestamp, "
                 "received_at, flags, payload FROM events WHERE workspace_id = $1 "
                 "AND (tx, seq) > ($2::text::xid8, $3::bigint) "
-                "AND (tx, seq) <= ($4::text::xid8, $5::bigint) ORDER BY tx, seq LIMIT $6",
+                "AND (tx, seq) <= ($4::text::xid8, $5::bigint) "
+                "ORDER BY events.tx, events.seq LIMIT $6",
                 workspace_id, str(after[0]), after[1], str(position[0]), position[1], BATCH,
             )
             if not rows:

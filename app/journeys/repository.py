@@ -53,7 +53,8 @@ async def read_feed(
         WHERE workspace_id % 16 = $1
           AND (tx, seq) > ($2::text::xid8, $3::bigint)
           AND tx < pg_snapshot_xmin(pg_current_snapshot())
-        ORDER BY workspace_id % 16, tx, seq
+        -- Qualified: a bare `tx` here would mean the bigint output column, which no index has.
+        ORDER BY events.workspace_id % 16, events.tx, events.seq
         LIMIT $4
         """,
         shard, str(after[0]), after[1], limit,

@@ -18,6 +18,20 @@ async def find_identity(
     )
 
 
+async def stage_by_identity(
+    conn: asyncpg.Connection, workspace_id: int, kind: str, value: str
+) -> asyncpg.Record | None:
+    """Identity and its customer's stage in one round trip (the hot path of automation tools)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT i.customer_id, i.shared_device, c.stage, c.stage_entered_at, c.stage_history "
+        "FROM identities i LEFT JOIN customers c "
+        "ON c.workspace_id = i.workspace_id AND c.customer_id = i.customer_id "
+        "WHERE i.workspace_id = $1 AND i.kind = $2 AND i.value = $3",
+        workspace_id, kind, value,
+    )
+    return row
+
+
 async def customer(
     conn: asyncpg.Connection, workspace_id: int, customer_id: str
 ) -> asyncpg.Record | None:

@@ -81,12 +81,18 @@ async def profile(conn: asyncpg.Connection, workspace_id: int, text: str) -> dic
 
 async def stage(conn: asyncpg.Connection, workspace_id: int, text: str) -> dict[str, Any]:
     """The customer's current stage and when each stage was entered."""
-    customer_id = await resolve_customer(conn, workspace_id, text)
-    row = await profiles.customer(conn, workspace_id, customer_id)
-    if row is None:
-        raise _not_found(text)
+    ident = parse_identifier(text)
+    row = None
+    if ident.kind != CUSTOMER_ID:
+        row = await profiles.stage_by_identity(conn, workspace_id, ident.kind, ident.value)
+    if row is None or row["shared_device"] or row["stage_history"] is None:
+        # Customer ids, shared devices and misses take the general path (404/409 answers).
+        customer_id = await resolve_customer(conn, workspace_id, text)
+        row = await profiles.customer(conn, workspace_id, customer_id)
+        if row is None:
+            raise _not_found(text)
     return {
-        "customer_id": customer_id,
+        "customer_id": row["customer_id"],
         "stage": row["stage"],
         "entered_at": row["stage_entered_at"],
         "stage_history": row["stage_history"],

@@ -1,0 +1,30 @@
+"""The stitcher's feed query must be an index walk, never a sort of the whole events table."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import asyncpg
+
+from app.db.partitions import ensure_week_partition, week_of
+from app.journeys import repository
+
+
+async def test_read_feed_walks_the_feed_index(db: asyncpg.Connection) -> None:
+    await ensure_week_partition(db, week_of(datetime.now(UTC)))
+    captured: list[str] = []
+
+    class Explaining:
+        async def fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
+            await db.execute("SET enable_seqscan = off")
+            try:
+                rows = await db.fetch("EXPLAIN " + sql, *args)
+            finally:
+                await db.execute("RESET enable_seqscan")
+            captured.append("\n".join(r[0] for r in rows))
+            return []
+
+    await repository.read_feed(Explaining(), shard=3, after=(0, 0), limit=10)  # type: ignore[arg-type]
+    plan = captured[0]
+    assert "ix_events_feed" in plan or ("events_p" in plan and "Index" in plan), plan
+    assert "Sort Key" not in plan, plan
