@@ -501,12 +501,15 @@ class ServerProcess:
         assert self.process is not None
         return self.process.pid
 
+    def command(self) -> list[str]:
+        """What to run (subclasses serve something else the same way)."""
+        return [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1",
+                "--port", str(self.port)]
+
     def start(self, timeout: float = 90.0) -> None:
         """Start and wait for /readyz."""
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1",
-             "--port", str(self.port)],
-            env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+            self.command(), env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

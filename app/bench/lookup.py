@@ -25,14 +25,13 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +47,7 @@ from rich.console import Console
 from rich.panel import Panel
 
 from app.bench import dataset as ds
+from app.bench.ingest import ServerProcess
 from app.bench.profile import ProfileSummary, start_recording, summarise
 from app.bench.wrk import RESULT_MARK, WrkError, _lua_string, ensure_wrk, parse_output
 from app.db.engine import asyncpg_dsn
@@ -109,59 +109,26 @@ def create_baseline_app() -> FastAPI:
     return app
 
 
-class BaselineServer:
+class BaselineServer(ServerProcess):
     """uvicorn serving `create_baseline_app` like `journeys serve` serves the API."""
 
     def __init__(self, dsn: str, workspace_id: int, *, pool_size: int = 10,
                  reset_on_release: bool = False) -> None:
-        from app.bench.ingest import free_port
+        super().__init__(dsn, workers=None, env={
+            "JOURNEYS_BENCH_DSN": dsn,
+            "JOURNEYS_BENCH_WORKSPACE": str(workspace_id),
+            "JOURNEYS_BENCH_POOL": str(pool_size),
+            "JOURNEYS_BENCH_POOL_RESET": "1" if reset_on_release else "0",
+        })
 
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "JOURNEYS_BENCH_DSN": dsn,
-                    "JOURNEYS_BENCH_WORKSPACE": str(workspace_id),
-                    "JOURNEYS_BENCH_POOL": str(pool_size),
-                    "JOURNEYS_BENCH_POOL_RESET": "1" if reset_on_release else "0"}
-        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept open for the run)
-            prefix="journeys-bench-baseline-", suffix=".log", delete=False)
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        """The server's process id."""
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self, timeout: float = 60.0) -> None:
-        """Start and wait until it answers."""
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "app.bench.lookup:create_baseline_app",
-             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-             "--no-server-header", "--timeout-keep-alive", "5", "--limit-concurrency", "2000",
-             "--backlog", "2048", "--log-level", "warning"],
-            env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.process.poll() is None:
-            with suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.2)
-        self.stop()
-        raise LookupBenchFailed("the baseline server did not start: "
-                                + Path(self.log.name).read_text(errors="replace")[-2000:])
-
-    def stop(self) -> None:
-        """SIGTERM, then kill."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self.log.close()
+    def command(self) -> list[str]:
+        """The one-route baseline app, with the same uvicorn settings as `journeys serve`."""
+        return [sys.executable, "-m", "uvicorn", "--factory",
+                "app.bench.lookup:create_baseline_app",
+                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+                "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+                "--no-server-header", "--timeout-keep-alive", "5", "--limit-concurrency", "2000",
+                "--backlog", "2048", "--log-level", "warning"]
 
 
 # --------------------------------------------------------------------------- wrk
