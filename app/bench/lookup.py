@@ -49,7 +49,7 @@ from rich.panel import Panel
 from app.bench import dataset as ds
 from app.bench.ingest import ServerProcess
 from app.bench.profile import ProfileSummary, start_recording, summarise
-from app.bench.wrk import RESULT_MARK, WrkError, _lua_string, ensure_wrk, parse_output
+from app.bench.wrk import LUA_DONE, WrkError, _lua_string, ensure_wrk, parse_output
 from app.db.engine import asyncpg_dsn
 
 BASELINE_SQL = ("SELECT customer_id, stage FROM customers "
@@ -171,20 +171,7 @@ function request()
   return wrk.format("GET", prefix .. ids[math.random(nids)] .. suffix, headers)
 end
 
-function done(summary, latency, requests)
-  local sent = 0
-  for _, thread in ipairs(threads) do
-    sent = sent + (thread:get("counter") or 0)
-  end
-  local e = summary.errors
-  io.write(string.format(
-    "{RESULT_MARK} requests=%d duration_us=%d non2xx=%d connect=%d read=%d write=%d "
-    .. "timeout=%d sent=%d p50_us=%d p90_us=%d p99_us=%d mean_us=%.1f max_us=%d\\n",
-    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout, sent,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean,
-    latency.max))
-end
-"""
+{LUA_DONE}"""
 
 
 @dataclass(slots=True)

@@ -52,6 +52,23 @@ def ensure_wrk() -> str:
     return found
 
 
+# wrk's `done()`: one machine-readable line that `parse_output` reads; every script ends with it.
+LUA_DONE = f"""function done(summary, latency, requests)
+  local sent = 0
+  for _, thread in ipairs(threads) do
+    sent = sent + (thread:get("counter") or 0)
+  end
+  local e = summary.errors
+  io.write(string.format(
+    "{RESULT_MARK} requests=%d duration_us=%d non2xx=%d connect=%d read=%d write=%d "
+    .. "timeout=%d sent=%d p50_us=%d p90_us=%d p99_us=%d mean_us=%.1f max_us=%d\\n",
+    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout, sent,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean,
+    latency.max))
+end
+"""
+
+
 def _lua_string(text: str) -> str:
     """A Lua long-bracket literal that cannot be closed early by the text itself."""
     level = 1
@@ -110,20 +127,7 @@ function request()
   return wrk.format("POST", path, headers, body)
 end
 
-function done(summary, latency, requests)
-  local sent = 0
-  for _, thread in ipairs(threads) do
-    sent = sent + (thread:get("counter") or 0)
-  end
-  local e = summary.errors
-  io.write(string.format(
-    "{RESULT_MARK} requests=%d duration_us=%d non2xx=%d connect=%d read=%d write=%d "
-    .. "timeout=%d sent=%d p50_us=%d p90_us=%d p99_us=%d mean_us=%.1f max_us=%d\\n",
-    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout, sent,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean,
-    latency.max))
-end
-"""
+{LUA_DONE}"""
 
 
 @dataclass(frozen=True, slots=True)
