@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.core.logging import get_logger
 from app.core.settings import Settings
 from app.db.embedded import EmbeddedPostgres, start_embedded
-from app.db.engine import make_engine, raw_connection
+from app.db.engine import asyncpg_dsn, init_connection, make_engine, raw_connection
 from app.db.partitions import drop_weeks_before, ensure_week_partition, week_of
 from app.ingest.commit import GroupCommitter
 from app.ingest.ratelimit import RateLimiter
@@ -26,6 +26,10 @@ from app.workspaces.auth import KeyResolver
 log = get_logger(__name__)
 
 MAINTENANCE_INTERVAL_SECONDS = 3600.0
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    del conn
 
 
 def resolve_database(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
@@ -48,6 +52,7 @@ class Runtime:
     ingest: IngestService
     stitcher: Stitcher
     embedded: EmbeddedPostgres | None = None
+    read_pool: asyncpg.Pool | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -84,6 +89,12 @@ class Runtime:
 
     async def start(self) -> None:
         """Start background work; tolerate a database that is down (readyz reports it)."""
+        # Read routes use a plain asyncpg pool: one round trip per query, no SQLAlchemy
+        # checkout. Their queries leave no session state, so the reset on release is skipped.
+        self.read_pool = await asyncpg.create_pool(
+            asyncpg_dsn(self.database_url), min_size=0, max_size=self.settings.pool_size,
+            init=init_connection, reset=_no_reset,
+        )
         self.committer.start()
         self._tasks.append(asyncio.create_task(self._maintain(), name="partition-maintenance"))
         if self.settings.inprocess_worker:
@@ -100,9 +111,18 @@ class Runtime:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.read_pool is not None:
+            await self.read_pool.close()
         await self.engine.dispose()
         if self.embedded is not None:
             self.embedded.stop()
+
+    @contextlib.asynccontextmanager
+    async def read_connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for read-only queries (profiles, settings reads)."""
+        assert self.read_pool is not None, "the runtime is not started"
+        async with self.read_pool.acquire() as conn:
+            yield conn
 
     async def maintain_partitions(self) -> None:
         """Keep this week's and next week's partitions ready; drop weeks past retention."""

@@ -39,14 +39,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 @router.get("/{id}", summary="A customer's profile", responses=_ERRORS)
 async def get_profile(id: str, request: Request, workspace_id: ReadWorkspace) -> Response:
     """`{customer_id, identifiers, traits, stage, first_seen, last_seen, event_count}`."""
-    async with raw_connection(runtime(request).engine) as conn:
+    async with runtime(request).read_connection() as conn:
         return _json(await service.profile(conn, workspace_id, id))
 
 
 @router.get("/{id}/stage", summary="A customer's current stage", responses=_ERRORS)
 async def get_stage(id: str, request: Request, workspace_id: ReadWorkspace) -> Response:
     """`{customer_id, stage, entered_at, stage_history: [{stage, entered_at, message_id}]}`."""
-    async with raw_connection(runtime(request).engine) as conn:
+    async with runtime(request).read_connection() as conn:
         return _json(await service.stage(conn, workspace_id, id))
 
 
@@ -62,7 +62,7 @@ async def get_timeline(
     order: Literal["asc", "desc"] = "asc",
 ) -> Response:
     """Events in event-time order with session, channel and stage; `next_cursor` pages on."""
-    async with raw_connection(runtime(request).engine) as conn:
+    async with runtime(request).read_connection() as conn:
         return _json(
             await service.timeline(
                 conn, workspace_id, id, limit=limit, cursor=cursor, since=since, until=until,
@@ -74,7 +74,7 @@ async def get_timeline(
 @router.get("/{id}/identities", summary="Identifiers and the identity ledger", responses=_ERRORS)
 async def get_identities(id: str, request: Request, workspace_id: ReadWorkspace) -> Response:
     """Every identifier with its first sighting, and each ledger decision that concerns them."""
-    async with raw_connection(runtime(request).engine) as conn:
+    async with runtime(request).read_connection() as conn:
         return _json(await service.identities(conn, workspace_id, id))
 
 

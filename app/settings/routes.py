@@ -38,7 +38,7 @@ def _json(body: Any, status: int = 200) -> Response:
 @router.get("/journey-model", summary="The workspace's journey model")
 async def get_model(request: Request, workspace_id: ServerWorkspace) -> Response:
     """`{model, rederive}`: the stages and rules in force, and the latest re-derivation job."""
-    async with raw_connection(runtime(request).engine) as conn:
+    async with runtime(request).read_connection() as conn:
         model = await model_for(conn, workspace_id)
         job = await jobs.latest(conn, workspace_id, jobs.REDERIVE)
     return _json({"model": model_to_dict(model), "rederive": jobs.job_json(job)})
