@@ -23,7 +23,8 @@ async def stage_by_identity(
 ) -> asyncpg.Record | None:
     """Identity and its customer's stage in one round trip (the hot path of automation tools)."""
     row: asyncpg.Record | None = await conn.fetchrow(
-        "SELECT i.customer_id, i.shared_device, c.stage, c.stage_entered_at, c.stage_history "
+        "SELECT i.customer_id, i.shared_device, c.stage, c.stage_entered_at, "
+        "c.stage_history::text AS stage_history "
         "FROM identities i LEFT JOIN customers c "
         "ON c.workspace_id = i.workspace_id AND c.customer_id = i.customer_id "
         "WHERE i.workspace_id = $1 AND i.kind = $2 AND i.value = $3",
@@ -102,7 +103,7 @@ async def timeline(
     args.append(limit)
     rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT message_id, type, event, timestamp, received_at, channel, session_id, stage, "
-        f"properties FROM journey_events WHERE {' AND '.join(clauses)} "
+        f"properties::text AS properties FROM journey_events WHERE {' AND '.join(clauses)} "
         f"ORDER BY timestamp {order}, message_id {order} LIMIT ${len(args)}",
         *args,
     )
