@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     pool_size: int = Field(default=10, ge=1)
     commit_max_events: int = Field(default=5_000, ge=1, description="events per group commit")
     commit_max_wait_ms: float = Field(
-        default=2.0, ge=0, description="how long a commit waits for company"
+        default=0.0, ge=0, description="how long a commit waits for company"
     )
     commit_concurrency: int = Field(default=3, ge=1, description="group commits in flight")
 
