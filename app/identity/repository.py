@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -278,25 +278,29 @@ async def block_link(
     )
 
 
-async def replace_ledger(
-    conn: asyncpg.Connection, workspace_id: int, cluster_id: int, entries: Sequence[LedgerEntry]
+async def replace_ledgers(
+    conn: asyncpg.Connection, workspace_id: int, ledgers: Mapping[int, Sequence[LedgerEntry]]
 ) -> None:
-    """Rewrite a cluster's ledger from its latest resolution."""
-    await conn.execute(
-        "DELETE FROM identity_ledger WHERE workspace_id = $1 AND cluster_id = $2",
-        workspace_id, cluster_id,
-    )
-    if not entries:
+    """Rewrite clusters' ledgers from their latest resolutions."""
+    if not ledgers:
         return
-    await conn.executemany(
-        "INSERT INTO identity_ledger (workspace_id, cluster_id, position, at, message_id, action,"
-        " rule, identifiers, \"into\", reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        [
-            (workspace_id, cluster_id, i, e.at, e.message_id, e.action, e.rule,
-             [str(x) for x in e.identifiers], e.into, e.reason)
-            for i, e in enumerate(entries)
-        ],
+    await conn.execute(
+        "DELETE FROM identity_ledger WHERE workspace_id = $1 AND cluster_id = ANY($2::bigint[])",
+        workspace_id, sorted(ledgers),
     )
+    rows = [
+        (workspace_id, cluster_id, i, e.at, e.message_id, e.action, e.rule,
+         [str(x) for x in e.identifiers], e.into, e.reason)
+        for cluster_id, entries in sorted(ledgers.items())
+        for i, e in enumerate(entries)
+    ]
+    if rows:
+        await conn.executemany(
+            "INSERT INTO identity_ledger (workspace_id, cluster_id, position, at, message_id,"
+            " action, rule, identifiers, \"into\", reason)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            rows,
+        )
 
 
 async def ledger_for(

@@ -229,9 +229,7 @@ class WorkspaceStitcher:
         self.batch = events
         stats.events = len(events)
         dirty = await self._update_identities(events)
-        old_customers: set[str] = set()
-        for cluster in sorted(dirty):
-            old_customers |= await self._resolve_cluster(cluster)
+        old_customers = await self._resolve_clusters(dirty)
         stats.resolved_clusters = len(dirty)
 
         new_rows: list[journeys.TimelineRow] = []
@@ -249,9 +247,7 @@ class WorkspaceStitcher:
 
     async def restitch(self, cluster_ids: Sequence[int]) -> set[str]:
         """Resolve clusters again from their evidence (after an unmerge or a model change)."""
-        old_customers: set[str] = set()
-        for cluster in sorted(set(cluster_ids)):
-            old_customers |= await self._resolve_cluster(cluster)
+        old_customers = await self._resolve_clusters(set(cluster_ids))
         moved = await self._reassign(set(cluster_ids), old_customers)
         await journeys.set_customers(self.conn, self.ws, sorted(moved.items()))
         touched = old_customers | {c for c in moved.values() if c is not None}
@@ -385,15 +381,17 @@ class WorkspaceStitcher:
         await ids.upsert_identities(self.conn, self.ws, new_rows + updated_rows)
         return dirty
 
-    async def _resolve_cluster(self, cluster_id: int) -> set[str]:
-        """Resolve a cluster from its evidence; returns the customer ids it had before."""
-        rows = await ids.load_cluster_identities(self.conn, self.ws, [cluster_id])
-        before = {row.customer_id for row in rows}
-        idents = [row.ident for row in rows]
-        links = await ids.load_links(self.conn, self.ws, idents)
+    async def _resolve_clusters(self, cluster_ids: set[int]) -> set[str]:
+        """Resolve clusters from their evidence, loading and writing for all of them at once
+        (a handful of round trips per batch, not per cluster); returns their former customers."""
+        if not cluster_ids:
+            return set()
+        rows = await ids.load_cluster_identities(self.conn, self.ws, sorted(cluster_ids))
+        home = {row.ident: row.cluster_id for row in rows}
+        links = await ids.load_links(self.conn, self.ws, list(home))
         # Alias previousIds may not be stored identities yet: include what the links name.
-        link_idents = {link.a for link in links} | {link.b for link in links}
-        blocked = await ids.blocked_pairs(self.conn, self.ws, set(idents) | link_idents)
+        named = {link.a for link in links} | {link.b for link in links}
+        blocked = await ids.blocked_pairs(self.conn, self.ws, set(home) | named)
         partners: dict[str, set[str]] = {}
         for link in links:
             if link.rule == IDENTIFY:
@@ -412,9 +410,55 @@ class WorkspaceStitcher:
             for e in self.batch
             if e.user_id is not None and e.anonymous_id in wanted
         ]
-        resolution = resolve(_evidence_events(rows, links, occurrences), blocked=blocked)
-        self.resolutions[cluster_id] = resolution
 
+        def cluster_of(*idents: Identifier) -> int:
+            return next(home[i] for i in idents if i in home)
+
+        rows_of: dict[int, list[ids.IdentityRow]] = {c: [] for c in cluster_ids}
+        for row in rows:
+            rows_of[row.cluster_id].append(row)
+        links_of_cluster: dict[int, list[ids.LinkRow]] = {c: [] for c in cluster_ids}
+        for link in links:
+            links_of_cluster[cluster_of(link.a, link.b)].append(link)
+        blocked_of: dict[int, set[tuple[Identifier, Identifier]]] = {c: set() for c in cluster_ids}
+        for pair in blocked:
+            if pair[0] in home or pair[1] in home:
+                blocked_of[cluster_of(*pair)].add(pair)
+        occurrences_of: dict[int, list[Mapping[str, Any]]] = {c: [] for c in cluster_ids}
+        for occ in occurrences:
+            anon = Identifier(ANONYMOUS_ID, occ["anonymous_id"])
+            if anon in home:
+                occurrences_of[home[anon]].append(occ)
+
+        before: set[str] = {row.customer_id for row in rows}
+        writes: list[ids.IdentityRow] = []
+        stale: list[Identifier] = []
+        ledgers: dict[int, list[LedgerEntry]] = {}
+        for cluster_id in sorted(cluster_ids):
+            resolution = resolve(
+                _evidence_events(rows_of[cluster_id], links_of_cluster[cluster_id],
+                                 occurrences_of[cluster_id]),
+                blocked=frozenset(blocked_of[cluster_id]),
+            )
+            self.resolutions[cluster_id] = resolution
+            writes += self._identity_writes(cluster_id, rows_of[cluster_id], resolution)
+            # An alias's previousId stored as a user id before the anonymous id it named was
+            # sighted: the resolver now links the anonymous id instead, so the user id is no more.
+            for row in rows_of[cluster_id]:
+                if row.ident not in resolution.customer_by_identifier:
+                    stale.append(row.ident)
+                    self.customer_of.pop(row.ident, None)
+                    self.cluster_of.pop(row.ident, None)
+            ledgers[cluster_id] = _dedupe_ledger(resolution.ledger)
+        await ids.upsert_identities(self.conn, self.ws, writes)
+        await ids.delete_identities(self.conn, self.ws, stale)
+        await ids.replace_ledgers(self.conn, self.ws, ledgers)
+        return before
+
+    def _identity_writes(
+        self, cluster_id: int, rows: Sequence[ids.IdentityRow], resolution: Resolution
+    ) -> list[ids.IdentityRow]:
+        """Identity rows that the resolution changed (or created)."""
         by_ident = {row.ident: row for row in rows}
         writes: list[ids.IdentityRow] = []
         for ident, customer in resolution.customer_by_identifier.items():
@@ -437,18 +481,7 @@ class WorkspaceStitcher:
                 writes.append(row)
             self.customer_of[ident] = customer
             self.cluster_of[ident] = cluster_id
-        await ids.upsert_identities(self.conn, self.ws, writes)
-        # An alias's previousId stored as a user id before the anonymous id it named was
-        # sighted: the resolver now links the anonymous id instead, so the user id is no more.
-        stale = [row.ident for row in rows if row.ident not in resolution.customer_by_identifier]
-        for ident in stale:
-            self.customer_of.pop(ident, None)
-            self.cluster_of.pop(ident, None)
-        await ids.delete_identities(self.conn, self.ws, stale)
-        await ids.replace_ledger(
-            self.conn, self.ws, cluster_id, _dedupe_ledger(resolution.ledger)
-        )
-        return before
+        return writes
 
     # ---- assignment
 
