@@ -220,8 +220,12 @@ def keys_rotate(
         except workspaces.WorkspaceNotFound:
             console.print(f"[red]no workspace {workspace!r}[/]")
             raise typer.Exit(1) from None
-    body = {"workspace_id": workspace_id, "kind": kind.value, "key": key,
-            "old_keys_expire_in_hours": overlap_hours}
+    body = {
+        "workspace_id": workspace_id,
+        "kind": kind.value,
+        "key": key,
+        "old_keys_expire_in_hours": overlap_hours,
+    }
     if as_json:
         _print_json(body)
     else:

@@ -57,8 +57,9 @@ class Runtime:
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
-    def build(cls, settings: Settings, *, database_url: str,
-              embedded: EmbeddedPostgres | None = None) -> Runtime:
+    def build(
+        cls, settings: Settings, *, database_url: str, embedded: EmbeddedPostgres | None = None
+    ) -> Runtime:
         """Wire the services together (no I/O yet)."""
         engine = make_engine(database_url, pool_size=settings.pool_size)
 
@@ -92,8 +93,11 @@ class Runtime:
         # Read routes use a plain asyncpg pool: one round trip per query, no SQLAlchemy
         # checkout. Their queries leave no session state, so the reset on release is skipped.
         self.read_pool = await asyncpg.create_pool(
-            asyncpg_dsn(self.database_url), min_size=0, max_size=self.settings.pool_size,
-            init=init_connection, reset=_no_reset,
+            asyncpg_dsn(self.database_url),
+            min_size=0,
+            max_size=self.settings.pool_size,
+            init=init_connection,
+            reset=_no_reset,
         )
         self.committer.start()
         self._tasks.append(asyncio.create_task(self._maintain(), name="partition-maintenance"))

@@ -157,13 +157,20 @@ class LiveServer:
     def __init__(self, database_url: str, *, extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "JOURNEYS_DATABASE_URL": database_url,
-               "JOURNEYS_LOG_LEVEL": "warning", **(extra_env or {})}
+        env = {
+            **os.environ,
+            "JOURNEYS_DATABASE_URL": database_url,
+            "JOURNEYS_LOG_LEVEL": "warning",
+            **(extra_env or {}),
+        }
         fd, self.log_path = tempfile.mkstemp(prefix="journeys-serve-", suffix=".log")
         with os.fdopen(fd, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         self.wait_ready()
 

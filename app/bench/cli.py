@@ -23,8 +23,9 @@ class ProfileFormat(StrEnum):
     SPEEDSCOPE = "speedscope"
 
 
-bench_cli = typer.Typer(help="Benchmarks (ratios to a baseline measured in the same run).",
-                        no_args_is_help=True)
+bench_cli = typer.Typer(
+    help="Benchmarks (ratios to a baseline measured in the same run).", no_args_is_help=True
+)
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:
@@ -39,34 +40,54 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
 
 @bench_cli.command("ingest")
 def ingest(
-    database_url: Annotated[str | None, typer.Option(
-        help="postgresql://… [JOURNEYS_DATABASE_URL; else the embedded PostgreSQL]")] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="postgresql://… [JOURNEYS_DATABASE_URL; else the embedded PostgreSQL]"),
+    ] = None,
     duration: Annotated[int, typer.Option(help="seconds per HTTP phase", min=2, max=60)] = 15,
-    batch_connections: Annotated[int, typer.Option(
-        help="wrk connections for /v1/batch", min=1, max=1024)] = 32,
-    track_connections: Annotated[int, typer.Option(
-        help="wrk connections for /v1/track", min=1, max=1024)] = 64,
-    batch_size: Annotated[int, typer.Option(help="events per /v1/batch request",
-                                            min=2, max=500)] = 100,
-    copy_events: Annotated[int, typer.Option(
-        help="events in the COPY baseline", min=10_000, max=2_000_000)] = 200_000,
-    copy_batch: Annotated[int, typer.Option(
-        help="events per COPY (one transaction each)", min=100, max=100_000)] = 10_000,
-    workers: Annotated[int | None, typer.Option(
-        help="server processes", min=1, max=16)] = 2,
-    env: Annotated[list[str] | None, typer.Option(
-        "--env", help="extra server setting, KEY=VALUE (repeatable), "
-                      "e.g. JOURNEYS_COMMIT_MAX_WAIT_MS=1")] = None,
+    batch_connections: Annotated[
+        int, typer.Option(help="wrk connections for /v1/batch", min=1, max=1024)
+    ] = 32,
+    track_connections: Annotated[
+        int, typer.Option(help="wrk connections for /v1/track", min=1, max=1024)
+    ] = 64,
+    batch_size: Annotated[
+        int, typer.Option(help="events per /v1/batch request", min=2, max=500)
+    ] = 100,
+    copy_events: Annotated[
+        int, typer.Option(help="events in the COPY baseline", min=10_000, max=2_000_000)
+    ] = 200_000,
+    copy_batch: Annotated[
+        int, typer.Option(help="events per COPY (one transaction each)", min=100, max=100_000)
+    ] = 10_000,
+    workers: Annotated[int | None, typer.Option(help="server processes", min=1, max=16)] = 2,
+    env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--env",
+            help="extra server setting, KEY=VALUE (repeatable), e.g. JOURNEYS_COMMIT_MAX_WAIT_MS=1",
+        ),
+    ] = None,
     wrk_threads: Annotated[int, typer.Option(help="wrk threads", min=1, max=16)] = 2,
-    profile: Annotated[Path | None, typer.Option(
-        help="record the server with py-spy during each HTTP phase into this directory "
-             "(slows the server down: don't compare its numbers)")] = None,
-    profile_format: Annotated[ProfileFormat, typer.Option(
-        help="py-spy output: raw (summarised: top functions), flamegraph (SVG) or speedscope")]
-    = ProfileFormat.RAW,
-    keep_events: Annotated[bool, typer.Option(
-        help="keep the bench workspace and its events (default: deleted after the count)")]
-    = False,
+    profile: Annotated[
+        Path | None,
+        typer.Option(
+            help="record the server with py-spy during each HTTP phase into this directory "
+            "(slows the server down: don't compare its numbers)"
+        ),
+    ] = None,
+    profile_format: Annotated[
+        ProfileFormat,
+        typer.Option(
+            help="py-spy output: raw (summarised: top functions), flamegraph (SVG) or speedscope"
+        ),
+    ] = ProfileFormat.RAW,
+    keep_events: Annotated[
+        bool,
+        typer.Option(
+            help="keep the bench workspace and its events (default: deleted after the count)"
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
     output: Annotated[Path | None, typer.Option(help="write the markdown table here")] = None,
 ) -> None:
@@ -86,10 +107,18 @@ def ingest(
         console.log("no database URL: starting the embedded PostgreSQL")
         url, embedded = resolve_database(get_settings())
     opts = bench.IngestBenchOptions(
-        database_url=url, duration=duration, batch_connections=batch_connections,
-        track_connections=track_connections, batch_size=batch_size, copy_events=copy_events,
-        copy_batch=copy_batch, wrk_threads=wrk_threads, workers=workers,
-        server_env=server_env, profile_dir=profile, profile_format=profile_format.value,
+        database_url=url,
+        duration=duration,
+        batch_connections=batch_connections,
+        track_connections=track_connections,
+        batch_size=batch_size,
+        copy_events=copy_events,
+        copy_batch=copy_batch,
+        wrk_threads=wrk_threads,
+        workers=workers,
+        server_env=server_env,
+        profile_dir=profile,
+        profile_format=profile_format.value,
         keep_events=keep_events,
         embedded=embedded is not None,
     )
@@ -106,13 +135,15 @@ def ingest(
     if output is not None:
         output.write_text(text)
     if as_json:
-        sys.stdout.write(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2,
-                                      default=str).decode() + "\n")
+        sys.stdout.write(
+            orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2, default=str).decode() + "\n"
+        )
     else:
         _print_human(report, text)
     if not report.ok:
-        console.print(Panel("\n".join(report.failures), title="BENCHMARK RUN FAILED",
-                            style="bold red"))
+        console.print(
+            Panel("\n".join(report.failures), title="BENCHMARK RUN FAILED", style="bold red")
+        )
         raise typer.Exit(1)
 
 
@@ -122,13 +153,19 @@ def _print_human(report: object, text: str) -> None:
     assert isinstance(report, IngestBenchReport)
     out = Console()
     table = Table(title="journeys bench ingest")
-    for name, justify in (("phase", "left"), ("events/s", "right"), ("p50 ms", "right"),
-                          ("p99 ms", "right"), ("ratio to COPY", "right")):
+    for name, justify in (
+        ("phase", "left"),
+        ("events/s", "right"),
+        ("p50 ms", "right"),
+        ("p99 ms", "right"),
+        ("ratio to COPY", "right"),
+    ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for p in report.phases:
         ratio = "-" if p.ratio_to_copy is None else f"{p.ratio_to_copy:.2f}"
-        table.add_row(p.label, f"{p.events_per_s:,.0f}", f"{p.p50_ms:.1f}", f"{p.p99_ms:.1f}",
-                      ratio)
+        table.add_row(
+            p.label, f"{p.events_per_s:,.0f}", f"{p.p50_ms:.1f}", f"{p.p99_ms:.1f}", ratio
+        )
     out.print(table)
     # Everything below the table in the markdown: machine, CPU, verification, targets.
     out.print(text.split("\n\n", 1)[1], markup=False, highlight=False)

@@ -63,8 +63,15 @@ Kind = Literal["raw", "full"]
 
 PH = "{C}"  # the customer token's placeholder in the archetype templates
 _TEMPLATE_TOKEN = re.compile(r"zq(\d{6})")
-_DERIVED_TABLES = ("journey_events", "customers", "identities", "identity_links",
-                   "identity_ledger", "customer_changes", "blocked_links")
+_DERIVED_TABLES = (
+    "journey_events",
+    "customers",
+    "identities",
+    "identity_links",
+    "identity_ledger",
+    "customer_changes",
+    "blocked_links",
+)
 
 
 def template_token(a: int) -> str:
@@ -98,8 +105,10 @@ class DatasetSpec:
 
     def prefix(self, kind: Kind) -> str:
         """Workspace name prefix (the name adds a timestamp)."""
-        return (f"bench-{kind}-c{self.customers}-e{self.events_per_customer}-"
-                f"k{self.archetypes}-s{self.seed}-")
+        return (
+            f"bench-{kind}-c{self.customers}-e{self.events_per_customer}-"
+            f"k{self.archetypes}-s{self.seed}-"
+        )
 
 
 @dataclass(slots=True)
@@ -129,16 +138,74 @@ class Dataset:
 
 # --------------------------------------------------------------------------- archetypes
 
-_CATEGORIES = ("Tents", "Backpacks", "Jackets", "Shoes", "Sleeping Bags", "Headlamps",
-               "Stoves", "Socks")
-_ADJECTIVES = ("Alpine", "Summit", "Trail", "Ridge", "Canyon", "Glacier", "Forest", "Coastal",
-               "Desert", "Storm")
-_FIRST_NAMES = ("Alex", "Sam", "Jordan", "Taylor", "Morgan", "Casey", "Jamie", "Robin", "Avery",
-                "Riley", "Quinn", "Charlie", "Kim", "Lee", "Noor", "Mia", "Luca", "Ana")
-_LAST_NAMES = ("Smith", "Garcia", "Müller", "Rossi", "Dubois", "Kowalski", "Silva", "Jensen",
-               "Novak", "Tanaka", "Okafor", "Ivanova", "Brown", "Nguyen")
-_SEARCHES = ("2 person tent", "waterproof jacket", "trail runners", "down sleeping bag",
-             "headlamp rechargeable", "merino socks", "ultralight backpack", "camp stove")
+_CATEGORIES = (
+    "Tents",
+    "Backpacks",
+    "Jackets",
+    "Shoes",
+    "Sleeping Bags",
+    "Headlamps",
+    "Stoves",
+    "Socks",
+)
+_ADJECTIVES = (
+    "Alpine",
+    "Summit",
+    "Trail",
+    "Ridge",
+    "Canyon",
+    "Glacier",
+    "Forest",
+    "Coastal",
+    "Desert",
+    "Storm",
+)
+_FIRST_NAMES = (
+    "Alex",
+    "Sam",
+    "Jordan",
+    "Taylor",
+    "Morgan",
+    "Casey",
+    "Jamie",
+    "Robin",
+    "Avery",
+    "Riley",
+    "Quinn",
+    "Charlie",
+    "Kim",
+    "Lee",
+    "Noor",
+    "Mia",
+    "Luca",
+    "Ana",
+)
+_LAST_NAMES = (
+    "Smith",
+    "Garcia",
+    "Müller",
+    "Rossi",
+    "Dubois",
+    "Kowalski",
+    "Silva",
+    "Jensen",
+    "Novak",
+    "Tanaka",
+    "Okafor",
+    "Ivanova",
+    "Brown",
+    "Nguyen",
+)
+_SEARCHES = (
+    "2 person tent",
+    "waterproof jacket",
+    "trail runners",
+    "down sleeping bag",
+    "headlamp rechargeable",
+    "merino socks",
+    "ultralight backpack",
+    "camp stove",
+)
 _USER_AGENTS = (
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/124.0.0.0 Safari/537.36",
@@ -154,19 +221,37 @@ _SITE = "https://shop.example.com"
 _VISIT_SOURCES: tuple[tuple[int, str | None, tuple[str, str, str] | None, str], ...] = (
     (30, None, None, ""),
     (20, "https://www.google.com/", None, ""),
-    (12, "https://www.google.com/", ("google", "cpc", "spring_sale"),
-     "?utm_source=google&utm_medium=cpc&utm_campaign=spring_sale&gclid=Cj0KCQjwxYOiBhC9"),
+    (
+        12,
+        "https://www.google.com/",
+        ("google", "cpc", "spring_sale"),
+        "?utm_source=google&utm_medium=cpc&utm_campaign=spring_sale&gclid=Cj0KCQjwxYOiBhC9",
+    ),
     (4, "https://www.bing.com/", None, ""),
-    (8, "https://l.facebook.com/", ("facebook", "paid_social", "retargeting_q2"),
-     "?utm_source=facebook&utm_medium=paid_social&utm_campaign=retargeting_q2"),
+    (
+        8,
+        "https://l.facebook.com/",
+        ("facebook", "paid_social", "retargeting_q2"),
+        "?utm_source=facebook&utm_medium=paid_social&utm_campaign=retargeting_q2",
+    ),
     (6, "https://www.instagram.com/", None, ""),
-    (10, None, ("newsletter", "email", "weekly_digest"),
-     "?utm_source=newsletter&utm_medium=email&utm_campaign=weekly_digest"),
+    (
+        10,
+        None,
+        ("newsletter", "email", "weekly_digest"),
+        "?utm_source=newsletter&utm_medium=email&utm_campaign=weekly_digest",
+    ),
     (10, "https://www.outdoorgearlab.com/reviews/best-tents", None, ""),
 )
-_BROWSE = (("page", 20), ("Product List Viewed", 15), ("Product Viewed", 32),
-           ("Products Searched", 8), ("Product Added", 12), ("Cart Viewed", 8),
-           ("Checkout Started", 5))
+_BROWSE = (
+    ("page", 20),
+    ("Product List Viewed", 15),
+    ("Product Viewed", 32),
+    ("Products Searched", 8),
+    ("Product Added", 12),
+    ("Cart Viewed", 8),
+    ("Checkout Started", 5),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,9 +305,11 @@ def _plans(spec: DatasetSpec, rng: random.Random) -> list[_Plan]:
     light_total = target - sum(p.count for p in plans)
     light = k - heavy
     if light_total < light:
-        raise ValueError(f"{spec.events_per_customer} events per customer leave less than one "
-                         f"per light customer with a heavy share of {spec.heavy_share}; lower "
-                         "--heavy-share")
+        raise ValueError(
+            f"{spec.events_per_customer} events per customer leave less than one "
+            f"per light customer with a heavy share of {spec.heavy_share}; lower "
+            "--heavy-share"
+        )
     mean = light_total / light if light else 1.0
     cap = 45
     for _ in range(light):
@@ -261,8 +348,9 @@ def _plans(spec: DatasetSpec, rng: random.Random) -> list[_Plan]:
         p.orders = rng.randint(2, max(2, min(4, (p.count - 3) // 2)))
     for p in pick([p for p in buyers if p.count >= 5], len(buyers), spec.survey_share):
         p.survey = True
-    for p in pick([p for p in identified if p.count >= 5], len(identified),
-                  spec.second_device_share):
+    for p in pick(
+        [p for p in identified if p.count >= 5], len(identified), spec.second_device_share
+    ):
         p.second_device = True
     for p in plans:  # enough browsing around the special events
         while p.identified and p.count - _specials(p) < 1 + p.orders:
@@ -303,8 +391,16 @@ def _steps(p: _Plan, rng: random.Random) -> list[str]:
 class _Archetype:
     """Builds one customer's events as wire JSON with arrival times."""
 
-    def __init__(self, a: int, plan: _Plan, rng: random.Random, products: list[_Product],
-                 *, anchor: datetime, days: int) -> None:
+    def __init__(
+        self,
+        a: int,
+        plan: _Plan,
+        rng: random.Random,
+        products: list[_Product],
+        *,
+        anchor: datetime,
+        days: int,
+    ) -> None:
         self.a = a
         self.plan = plan
         self.rng = rng
@@ -312,8 +408,11 @@ class _Archetype:
         self.anchor = anchor
         self.days = days
         tok = template_token(a)
-        self.anon = [f"{_hex(rng, 8)}-{_hex(rng, 4)}-4{_hex(rng, 3)}-"
-                     f"{rng.choice('89ab')}{_hex(rng, 3)}-{tok}{_hex(rng, 4)}" for _ in range(2)]
+        self.anon = [
+            f"{_hex(rng, 8)}-{_hex(rng, 4)}-4{_hex(rng, 3)}-"
+            f"{rng.choice('89ab')}{_hex(rng, 3)}-{tok}{_hex(rng, 4)}"
+            for _ in range(2)
+        ]
         self.user_id = f"usr_{tok}"
         self.email = f"customer.{tok}@example.com"
         self.tok = tok
@@ -333,8 +432,13 @@ class _Archetype:
         limit = 0
         for i, step in enumerate(steps):
             prev = steps[i - 1] if i else None
-            new = (not visits or step in ("ID2", "SURVEY") or prev == "SURVEY"
-                   or (prev == "ORD" and rng.random() < 0.6) or len(visits[-1]) >= limit)
+            new = (
+                not visits
+                or step in ("ID2", "SURVEY")
+                or prev == "SURVEY"
+                or (prev == "ORD" and rng.random() < 0.6)
+                or len(visits[-1]) >= limit
+            )
             if new:
                 visits.append([])
                 limit = rng.choice((1, 1, 2, 2, 3, 3, 4, 5, 6, 8))
@@ -344,8 +448,11 @@ class _Archetype:
         at = 0.0
         for v, visit in enumerate(visits):
             if v:
-                at += (rng.uniform(2, 10) * 86400 if visit[0] == "SURVEY"
-                       else max(1900.0, rng.expovariate(1 / gap_mean)))
+                at += (
+                    rng.uniform(2, 10) * 86400
+                    if visit[0] == "SURVEY"
+                    else max(1900.0, rng.expovariate(1 / gap_mean))
+                )
             for j in range(len(visit)):
                 if j:
                     at += rng.uniform(8, 150)
@@ -355,8 +462,12 @@ class _Archetype:
         if span > room:  # compress (keeps order and visits apart by > 30 min mostly)
             rel = [r * room / span for r in rel]
             span = room
-        start = (self.anchor - timedelta(days=self.days) + timedelta(hours=1)
-                 + timedelta(seconds=rng.uniform(0, room - span)))
+        start = (
+            self.anchor
+            - timedelta(days=self.days)
+            + timedelta(hours=1)
+            + timedelta(seconds=rng.uniform(0, room - span))
+        )
         out: list[tuple[dict[str, Any], datetime, str | None]] = []
         device = 0
         known = [False, False]
@@ -381,10 +492,16 @@ class _Archetype:
                 if step == "SURVEY":
                     score = rng.choices(range(11), weights=(2, 1, 1, 2, 2, 4, 6, 9, 14, 17, 18))[0]
                     wire: dict[str, Any] = {
-                        "type": "track", "event": "Survey Responded", "userId": self.user_id,
-                        "messageId": mid, "timestamp": _iso_ms(moment),
-                        "properties": {"survey_id": "nps-2024", "score": score,
-                                       "comment": "" if score < 9 else "Great gear"},
+                        "type": "track",
+                        "event": "Survey Responded",
+                        "userId": self.user_id,
+                        "messageId": mid,
+                        "timestamp": _iso_ms(moment),
+                        "properties": {
+                            "survey_id": "nps-2024",
+                            "score": score,
+                            "comment": "" if score < 9 else "Great gear",
+                        },
                         "context": {"library": {"name": "analytics-node", "version": "2.1.0"}},
                     }
                     out.append((wire, _received(rng, moment, server=True), "10.20.0.7"))
@@ -396,46 +513,90 @@ class _Archetype:
                 if j:
                     prev_url = page_url
                 wire, page_url = self._client_event(
-                    step, j, mid, moment, page_url=page_url if j == 0 else None,
-                    referrer=prev_url, campaign=campaign if j == 0 else None, device=device,
-                    known=known[device], focus=focus, cart=cart, signed_up=signed_up,
+                    step,
+                    j,
+                    mid,
+                    moment,
+                    page_url=page_url if j == 0 else None,
+                    referrer=prev_url,
+                    campaign=campaign if j == 0 else None,
+                    device=device,
+                    known=known[device],
+                    focus=focus,
+                    cart=cart,
+                    signed_up=signed_up,
                 )
                 if wire.get("event") == "Signed Up":
                     signed_up = True
                 out.append((wire, _received(rng, moment, server=False), self.ip[device]))
         return out
 
-    def _client_event(self, step: str, j: int, mid: str, moment: datetime, *,
-                      page_url: str | None, referrer: str | None,
-                      campaign: tuple[str, str, str] | None, device: int, known: bool,
-                      focus: str, cart: list[_Product], signed_up: bool,
-                      ) -> tuple[dict[str, Any], str]:
+    def _client_event(
+        self,
+        step: str,
+        j: int,
+        mid: str,
+        moment: datetime,
+        *,
+        page_url: str | None,
+        referrer: str | None,
+        campaign: tuple[str, str, str] | None,
+        device: int,
+        known: bool,
+        focus: str,
+        cart: list[_Product],
+        signed_up: bool,
+    ) -> tuple[dict[str, Any], str]:
         rng = self.rng
-        wire: dict[str, Any] = {"anonymousId": self.anon[device], "messageId": mid,
-                                "timestamp": _iso_ms(moment)}
+        wire: dict[str, Any] = {
+            "anonymousId": self.anon[device],
+            "messageId": mid,
+            "timestamp": _iso_ms(moment),
+        }
         if known:
             wire["userId"] = self.user_id
         products = [p for p in self.products if p.category == focus]
         product = rng.choice(products)
         slug = focus.lower().replace(" ", "-")
         if step in ("ID", "ID2"):
-            wire.update(type="identify", userId=self.user_id, traits={
-                "email": self.email, "first_name": self.name[0], "last_name": self.name[1],
-                "marketing_opt_in": rng.random() < 0.6,
-            })
+            wire.update(
+                type="identify",
+                userId=self.user_id,
+                traits={
+                    "email": self.email,
+                    "first_name": self.name[0],
+                    "last_name": self.name[1],
+                    "marketing_opt_in": rng.random() < 0.6,
+                },
+            )
             path = "/account/login"
         elif step == "ORD":
             items = cart[-3:] or [product]
             total = round(sum(p.price for p in items), 2)
-            wire.update(type="track", event="Order Completed", properties={
-                "order_id": f"ord_{_hex(rng, 10)}", "checkout_id": f"chk_{_hex(rng, 8)}",
-                "total": total, "revenue": round(total / 1.19, 2),
-                "tax": round(total - total / 1.19, 2),
-                "shipping": 0 if total > 100 else 6.9, "currency": "EUR",
-                "products": [{"product_id": p.sku, "sku": p.sku, "name": p.name,
-                              "category": p.category, "price": p.price, "quantity": 1}
-                             for p in items],
-            })
+            wire.update(
+                type="track",
+                event="Order Completed",
+                properties={
+                    "order_id": f"ord_{_hex(rng, 10)}",
+                    "checkout_id": f"chk_{_hex(rng, 8)}",
+                    "total": total,
+                    "revenue": round(total / 1.19, 2),
+                    "tax": round(total - total / 1.19, 2),
+                    "shipping": 0 if total > 100 else 6.9,
+                    "currency": "EUR",
+                    "products": [
+                        {
+                            "product_id": p.sku,
+                            "sku": p.sku,
+                            "name": p.name,
+                            "category": p.category,
+                            "price": p.price,
+                            "quantity": 1,
+                        }
+                        for p in items
+                    ],
+                },
+            )
             cart.clear()
             path = "/checkout/thank-you"
         elif j == 0 or (step == "B" and _browse(rng) == "page"):
@@ -452,42 +613,63 @@ class _Archetype:
                 props = {"query": rng.choice(_SEARCHES)}
                 path = "/search"
             elif name == "Product List Viewed":
-                props = {"list_id": slug, "category": focus,
-                         "products": [{"product_id": p.sku, "position": i + 1}
-                                      for i, p in enumerate(products[:4])]}
+                props = {
+                    "list_id": slug,
+                    "category": focus,
+                    "products": [
+                        {"product_id": p.sku, "position": i + 1} for i, p in enumerate(products[:4])
+                    ],
+                }
                 path = f"/collections/{slug}"
             elif name in ("Cart Viewed", "Checkout Started"):
                 items = cart[-3:] or [product]
-                props = {"cart_id": f"cart_{_hex(rng, 8)}", "currency": "EUR",
-                         "value": round(sum(p.price for p in items), 2),
-                         "products": [{"product_id": p.sku, "price": p.price} for p in items]}
+                props = {
+                    "cart_id": f"cart_{_hex(rng, 8)}",
+                    "currency": "EUR",
+                    "value": round(sum(p.price for p in items), 2),
+                    "products": [{"product_id": p.sku, "price": p.price} for p in items],
+                }
                 path = "/cart" if name == "Cart Viewed" else "/checkout"
             elif name == "Signed Up":
                 props = {"method": rng.choice(("email", "google", "apple"))}
                 path = "/account/welcome"
             else:
-                props = {"product_id": product.sku, "sku": product.sku, "name": product.name,
-                         "category": product.category, "price": product.price,
-                         "currency": "EUR"}
+                props = {
+                    "product_id": product.sku,
+                    "sku": product.sku,
+                    "name": product.name,
+                    "category": product.category,
+                    "price": product.price,
+                    "currency": "EUR",
+                }
                 if name == "Product Added":
                     props["quantity"] = 1
                     cart.append(product)
                 path = f"/products/{product.sku}"
             wire.update(type="track", event=name, properties=props)
         url = page_url if page_url is not None else f"{_SITE}{path}"
-        page = {"path": path, "url": url, "referrer": referrer or "",
-                "title": f"{path.strip('/').split('/')[-1] or 'Home'} | Example Outdoor",
-                "search": url.partition("?")[2] and "?" + url.partition("?")[2]}
+        page = {
+            "path": path,
+            "url": url,
+            "referrer": referrer or "",
+            "title": f"{path.strip('/').split('/')[-1] or 'Home'} | Example Outdoor",
+            "search": url.partition("?")[2] and "?" + url.partition("?")[2],
+        }
         if wire["type"] == "page":
             wire["properties"] = {**page, **wire["properties"]}
         context: dict[str, Any] = {
             "library": {"name": "analytics.js", "version": "npm:next-1.70.0"},
-            "page": page, "userAgent": self.ua[device], "locale": "de-DE",
+            "page": page,
+            "userAgent": self.ua[device],
+            "locale": "de-DE",
             "timezone": "Europe/Berlin",
         }
         if campaign is not None:
-            context["campaign"] = {"source": campaign[0], "medium": campaign[1],
-                                   "name": campaign[2]}
+            context["campaign"] = {
+                "source": campaign[0],
+                "medium": campaign[1],
+                "name": campaign[2],
+            }
         wire["context"] = context
         wire["integrations"] = {}
         return wire, url
@@ -523,8 +705,9 @@ def _catalog(rng: random.Random) -> list[_Product]:
     return products
 
 
-def make_archetypes(spec: DatasetSpec, anchor: datetime
-                    ) -> tuple[list[TemplateEvent], dict[int, tuple[str, Any]], dict[str, Any]]:
+def make_archetypes(
+    spec: DatasetSpec, anchor: datetime
+) -> tuple[list[TemplateEvent], dict[int, tuple[str, Any]], dict[str, Any]]:
     """The archetypes' stored events (placeholder form), their raw rows for stitching
     (keyed by k-order), and statistics."""
     rng = random.Random(spec.seed)
@@ -540,13 +723,21 @@ def make_archetypes(spec: DatasetSpec, anchor: datetime
             ev = segment.normalise_event(wire, type_hint=None, meta=meta)
             if ev.timestamp.microsecond == 0 or ev.received_at.microsecond == 0:
                 raise AssertionError("archetype times need non-zero microseconds")
-            rows.append(TemplateEvent(
-                a=a, k=k, message_id=ev.message_id.replace(tok, PH), type=ev.type,
-                event=ev.event, user_id=_ph(ev.user_id, tok),
-                anonymous_id=_ph(ev.anonymous_id, tok),
-                timestamp=ev.timestamp, received_at=ev.received_at, flags=ev.flags,
-                payload=ev.payload.replace(tok, PH),
-            ))
+            rows.append(
+                TemplateEvent(
+                    a=a,
+                    k=k,
+                    message_id=ev.message_id.replace(tok, PH),
+                    type=ev.type,
+                    event=ev.event,
+                    user_id=_ph(ev.user_id, tok),
+                    anonymous_id=_ph(ev.anonymous_id, tok),
+                    timestamp=ev.timestamp,
+                    received_at=ev.received_at,
+                    flags=ev.flags,
+                    payload=ev.payload.replace(tok, PH),
+                )
+            )
             meta_ip[len(rows) - 1] = (tok, ev)
     n = len(plans)
     stats = {
@@ -585,8 +776,10 @@ _ISO_OFFSET = """to_char(({x}) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+
 
 def _cid(tok: str, kind: str, value: str) -> str:
     """SQL: the customer id named after identifier kind:value (placeholder form)."""
-    return (f"CASE WHEN {kind} IS NULL THEN NULL ELSE 'cus_' || left(encode(sha256(convert_to("
-            f"{kind} || ':' || replace({value}, '{PH}', {tok}), 'UTF8')), 'hex'), 20) END")
+    return (
+        f"CASE WHEN {kind} IS NULL THEN NULL ELSE 'cus_' || left(encode(sha256(convert_to("
+        f"{kind} || ':' || replace({value}, '{PH}', {tok}), 'UTF8')), 'hex'), 20) END"
+    )
 
 
 def _rep(col: str, tok: str = "s.tok") -> str:
@@ -596,16 +789,16 @@ def _rep(col: str, tok: str = "s.tok") -> str:
 _RAW_INSERT = f"""
 INSERT INTO events (workspace_id, received_week, message_id, type, event, user_id, anonymous_id,
                     timestamp, received_at, flags, payload)
-SELECT $1, date_trunc('week', (t.rcv + s.off) AT TIME ZONE 'UTC')::date, {_rep('t.mid')},
-       t.type, t.event, {_rep('t.user_id')}, {_rep('t.anon')}, t.ts + s.off, t.rcv + s.off,
+SELECT $1, date_trunc('week', (t.rcv + s.off) AT TIME ZONE 'UTC')::date, {_rep("t.mid")},
+       t.type, t.event, {_rep("t.user_id")}, {_rep("t.anon")}, t.ts + s.off, t.rcv + s.off,
        t.flags,
        CASE WHEN t.email IS NULL THEN t.payload
-            ELSE jsonb_set(t.payload, '{{traits,email}}', to_jsonb({_rep('t.email')})) END
+            ELSE jsonb_set(t.payload, '{{traits,email}}', to_jsonb({_rep("t.email")})) END
        || jsonb_strip_nulls(jsonb_build_object(
-           'messageId', {_rep('t.mid')}, 'userId', {_rep('t.user_id')},
-           'anonymousId', {_rep('t.anon')},
-           'timestamp', {_ISO_Z.format(x='t.ts + s.off')},
-           'receivedAt', {_ISO_Z.format(x='t.rcv + s.off')}))
+           'messageId', {_rep("t.mid")}, 'userId', {_rep("t.user_id")},
+           'anonymousId', {_rep("t.anon")},
+           'timestamp', {_ISO_Z.format(x="t.ts + s.off")},
+           'receivedAt', {_ISO_Z.format(x="t.rcv + s.off")}))
 FROM b_sched s JOIN b_tmpl t ON t.a = s.a AND t.k = s.k
 WHERE s.pos > $2 AND s.pos <= $3
 ORDER BY s.pos
@@ -615,12 +808,12 @@ _JE_INSERT = f"""
 INSERT INTO journey_events (workspace_id, message_id, customer_id, timestamp, received_at, type,
     event, user_id, anonymous_id, trait_identifier, source_channel, channel, session_id, stage,
     flags, properties, traits, campaign)
-SELECT $1, {_rep('j.mid')}, {_cid('s.tok', 'j.ckind', 'j.cvalue')}, j.ts + s.off,
-       j.rcv + s.off, j.type, j.event, {_rep('j.user_id')}, {_rep('j.anon')},
-       {_rep('j.trait')}, j.source_channel, j.channel,
+SELECT $1, {_rep("j.mid")}, {_cid("s.tok", "j.ckind", "j.cvalue")}, j.ts + s.off,
+       j.rcv + s.off, j.type, j.event, {_rep("j.user_id")}, {_rep("j.anon")},
+       {_rep("j.trait")}, j.source_channel, j.channel,
        CASE WHEN j.smid IS NULL THEN NULL ELSE 'ses_' || left(encode(sha256(convert_to(
-           {_rep('j.smid')}, 'UTF8')), 'hex'), 16) END,
-       j.stage, j.flags, j.properties, {_rep('j.traits')}::jsonb, j.campaign
+           {_rep("j.smid")}, 'UTF8')), 'hex'), 16) END,
+       j.stage, j.flags, j.properties, {_rep("j.traits")}::jsonb, j.campaign
 FROM b_sched s JOIN b_je j ON j.a = s.a AND j.k = s.k
 WHERE s.pos > $2 AND s.pos <= $3
 ORDER BY s.pos
@@ -629,13 +822,13 @@ ORDER BY s.pos
 _CUSTOMERS_INSERT = f"""
 INSERT INTO customers (workspace_id, customer_id, first_seen, last_seen, event_count, stage,
     stage_entered_at, stage_history, traits, updated_at)
-SELECT $1, {_cid('c.tok', 't.ckind', 't.cvalue')}, t.first_seen + c.off, t.last_seen + c.off,
+SELECT $1, {_cid("c.tok", "t.ckind", "t.cvalue")}, t.first_seen + c.off, t.last_seen + c.off,
        t.event_count, t.stage, t.stage_entered_at + c.off,
        coalesce((SELECT jsonb_agg(jsonb_build_object(
-                    'stage', h.stage, 'entered_at', {_ISO_OFFSET.format(x='h.at + c.off')},
-                    'message_id', {_rep('h.mid', 'c.tok')}) ORDER BY h.ord)
+                    'stage', h.stage, 'entered_at', {_ISO_OFFSET.format(x="h.at + c.off")},
+                    'message_id', {_rep("h.mid", "c.tok")}) ORDER BY h.ord)
                  FROM b_hist h WHERE h.a = t.a AND h.ci = t.ci), '[]'::jsonb),
-       {_rep('t.traits', 'c.tok')}::jsonb, now()
+       {_rep("t.traits", "c.tok")}::jsonb, now()
 FROM b_copies c JOIN b_cust t ON t.a = c.a
 WHERE c.n >= $2 AND c.n < $3
 """
@@ -643,16 +836,16 @@ WHERE c.n >= $2 AND c.n < $3
 _IDENTITIES_INSERT = f"""
 INSERT INTO identities (workspace_id, kind, value, customer_id, cluster_id, first_seen,
                         first_message_id, shared_device)
-SELECT $1, i.kind, {_rep('i.value', 'c.tok')}, {_cid('c.tok', 'i.ckind', 'i.cvalue')},
-       $4 + c.n::bigint * $5 + i.cl, i.first_seen + c.off, {_rep('i.mid', 'c.tok')}, i.shared
+SELECT $1, i.kind, {_rep("i.value", "c.tok")}, {_cid("c.tok", "i.ckind", "i.cvalue")},
+       $4 + c.n::bigint * $5 + i.cl, i.first_seen + c.off, {_rep("i.mid", "c.tok")}, i.shared
 FROM b_copies c JOIN b_ident i ON i.a = c.a
 WHERE c.n >= $2 AND c.n < $3
 """
 
 _LINKS_INSERT = f"""
 INSERT INTO identity_links (workspace_id, a_kind, a_value, b_kind, b_value, rule, at, message_id)
-SELECT $1, l.a_kind, {_rep('l.a_value', 'c.tok')}, l.b_kind, {_rep('l.b_value', 'c.tok')},
-       l.rule, l.at + c.off, {_rep('l.mid', 'c.tok')}
+SELECT $1, l.a_kind, {_rep("l.a_value", "c.tok")}, l.b_kind, {_rep("l.b_value", "c.tok")},
+       l.rule, l.at + c.off, {_rep("l.mid", "c.tok")}
 FROM b_copies c JOIN b_links l ON l.a = c.a
 WHERE c.n >= $2 AND c.n < $3
 """
@@ -660,9 +853,9 @@ WHERE c.n >= $2 AND c.n < $3
 _LEDGER_INSERT = f"""
 INSERT INTO identity_ledger (workspace_id, cluster_id, position, at, message_id, action, rule,
                              identifiers, "into", reason)
-SELECT $1, $4 + c.n::bigint * $5 + l.cl, l.position, l.at + c.off, {_rep('l.mid', 'c.tok')},
-       l.action, l.rule, string_to_array({_rep('l.idents', 'c.tok')}, E'\\x1f'),
-       {_cid('c.tok', 'l.ikind', 'l.ivalue')}, {_rep('l.reason', 'c.tok')}
+SELECT $1, $4 + c.n::bigint * $5 + l.cl, l.position, l.at + c.off, {_rep("l.mid", "c.tok")},
+       l.action, l.rule, string_to_array({_rep("l.idents", "c.tok")}, E'\\x1f'),
+       {_cid("c.tok", "l.ikind", "l.ivalue")}, {_rep("l.reason", "c.tok")}
 FROM b_copies c JOIN b_ledger l ON l.a = c.a
 WHERE c.n >= $2 AND c.n < $3
 """
@@ -673,9 +866,14 @@ WHERE c.n >= $2 AND c.n < $3
 
 @contextmanager
 def _progress(console: Console) -> Iterator[Progress]:
-    with Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                  console=console) as bar:
+    with Progress(
+        TextColumn("{task.description:<34}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
         yield bar
 
 
@@ -711,7 +909,9 @@ async def new_read_key(conn: asyncpg.Connection, workspace_id: int) -> str:
     key = new_key(KeyKind.READ)
     await conn.execute(
         "INSERT INTO api_keys (workspace_id, kind, key_hash) VALUES ($1, $2, $3)",
-        workspace_id, KeyKind.READ.value, hash_key(key),
+        workspace_id,
+        KeyKind.READ.value,
+        hash_key(key),
     )
     return key
 
@@ -733,17 +933,30 @@ async def find_dataset(dsn: str, spec: DatasetSpec, kind: Kind) -> Dataset | Non
     finally:
         await conn.close()
     return Dataset(
-        workspace_id=row["id"], name=row["name"], kind=kind, spec=spec,
-        customers=info["customers"], events=info["events"], read_key=key, reused=True,
-        derived=info.get("derived", "none"), archetype_stats=info.get("archetype_stats", {}),
-        timings=info.get("timings", {}), rows_per_s=info.get("rows_per_s", {}),
+        workspace_id=row["id"],
+        name=row["name"],
+        kind=kind,
+        spec=spec,
+        customers=info["customers"],
+        events=info["events"],
+        read_key=key,
+        reused=True,
+        derived=info.get("derived", "none"),
+        archetype_stats=info.get("archetype_stats", {}),
+        timings=info.get("timings", {}),
+        rows_per_s=info.get("rows_per_s", {}),
         anchor=info.get("anchor", ""),
     )
 
 
-async def drop_workspace_data(dsn: str, workspace_id: int, *, events: bool = True,
-                              workspace: bool = True,
-                              progress: Callable[[str], None] | None = None) -> None:
+async def drop_workspace_data(
+    dsn: str,
+    workspace_id: int,
+    *,
+    events: bool = True,
+    workspace: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> None:
     """Delete a bench workspace's derived rows (and raw events, and the workspace)."""
     conn = await asyncpg.connect(dsn)
     try:
@@ -786,17 +999,37 @@ async def _load_template(conn: asyncpg.Connection, rows: Sequence[TemplateEvent]
     for r in rows:
         doc = orjson.loads(r.payload)
         email = doc.get("traits", {}).get("email") if r.type == "identify" else None
-        rest = {k: v for k, v in doc.items()
-                if k not in ("messageId", "userId", "anonymousId", "timestamp", "receivedAt")}
+        rest = {
+            k: v
+            for k, v in doc.items()
+            if k not in ("messageId", "userId", "anonymousId", "timestamp", "receivedAt")
+        }
         if email is not None:
             rest["traits"] = {**rest["traits"], "email": ""}
         if PH in orjson.dumps(rest).decode():
             raise AssertionError(f"customer token in an unexpected field: {r.payload}")
-        if (doc.get("messageId") != r.message_id or doc.get("userId") != r.user_id
-                or doc.get("anonymousId") != r.anonymous_id):
+        if (
+            doc.get("messageId") != r.message_id
+            or doc.get("userId") != r.user_id
+            or doc.get("anonymousId") != r.anonymous_id
+        ):
             raise AssertionError(f"payload ids differ from the columns: {r.payload}")
-        records.append((r.a, r.k, r.message_id, r.type, r.event, r.user_id, r.anonymous_id,
-                        r.timestamp, r.received_at, r.flags, r.payload, email))
+        records.append(
+            (
+                r.a,
+                r.k,
+                r.message_id,
+                r.type,
+                r.event,
+                r.user_id,
+                r.anonymous_id,
+                r.timestamp,
+                r.received_at,
+                r.flags,
+                r.payload,
+                email,
+            )
+        )
     await conn.copy_records_to_table("b_tmpl", records=records)
     await conn.execute("ALTER TABLE b_tmpl ALTER COLUMN payload TYPE jsonb USING payload::jsonb")
     await conn.execute("ANALYZE b_tmpl")
@@ -812,7 +1045,8 @@ async def _schedule(conn: asyncpg.Connection, spec: DatasetSpec, anchor: datetim
                extract(epoch FROM ($2::timestamptz - max(rcv))) AS hi
         FROM b_tmpl GROUP BY a
         """,
-        anchor - timedelta(days=spec.days), anchor,
+        anchor - timedelta(days=spec.days),
+        anchor,
     )
     # Offsets in whole seconds: the archetypes' microseconds (never zero) carry over.
     await conn.execute(
@@ -824,7 +1058,9 @@ async def _schedule(conn: asyncpg.Connection, spec: DatasetSpec, anchor: datetim
         FROM (SELECT n, n % $2 AS a FROM generate_series(0, $1 - 1) AS n) c
         JOIN b_bounds b USING (a)
         """,
-        spec.customers, spec.archetypes, spec.seed,
+        spec.customers,
+        spec.archetypes,
+        spec.seed,
     )
     await conn.execute("CREATE UNIQUE INDEX ON b_copies (n)")
     await conn.execute("ANALYZE b_copies")
@@ -841,8 +1077,7 @@ async def _schedule(conn: asyncpg.Connection, spec: DatasetSpec, anchor: datetim
     return int(await conn.fetchval("SELECT count(*) FROM b_sched"))
 
 
-async def _stitch_template(url: str, workspace_id: int, meta: dict[int, tuple[str, Any]]
-                           ) -> None:
+async def _stitch_template(url: str, workspace_id: int, meta: dict[int, tuple[str, Any]]) -> None:
     """Stitch the archetypes with the real WorkspaceStitcher, in receipt order, batches of 2,000,
     without going through the feed (their raw rows are never stored in `events`)."""
     from app.journeys.stitch import WorkspaceStitcher
@@ -855,13 +1090,20 @@ async def _stitch_template(url: str, workspace_id: int, meta: dict[int, tuple[st
             model = await model_for(conn, workspace_id)
             for start in range(0, len(order), 2_000):
                 records: list[Any] = []
-                for i in order[start:start + 2_000]:
+                for i in order[start : start + 2_000]:
                     ev = meta[i][1]
-                    records.append({
-                        "workspace_id": workspace_id, "message_id": ev.message_id, "tx": 1,
-                        "seq": i, "timestamp": ev.timestamp, "received_at": ev.received_at,
-                        "flags": ev.flags, "payload": orjson.loads(ev.payload),
-                    })
+                    records.append(
+                        {
+                            "workspace_id": workspace_id,
+                            "message_id": ev.message_id,
+                            "tx": 1,
+                            "seq": i,
+                            "timestamp": ev.timestamp,
+                            "received_at": ev.received_at,
+                            "flags": ev.flags,
+                            "payload": orjson.loads(ev.payload),
+                        }
+                    )
                 async with conn.transaction():
                     await WorkspaceStitcher(conn, workspace_id, model).stitch(records)
     finally:
@@ -903,20 +1145,19 @@ def _json_text(value: Any) -> str | None:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
-async def _template_derived(dsn: str, template_ws: int, rows: Sequence[TemplateEvent]
-                            ) -> _Derived:
+async def _template_derived(dsn: str, template_ws: int, rows: Sequence[TemplateEvent]) -> _Derived:
     """The archetypes' stitched state in placeholder form, checked to be copyable."""
     conn = await asyncpg.connect(dsn)
     try:
         idents = await conn.fetch("SELECT * FROM identities WHERE workspace_id = $1", template_ws)
-        links = await conn.fetch("SELECT * FROM identity_links WHERE workspace_id = $1",
-                                 template_ws)
-        ledger = await conn.fetch("SELECT * FROM identity_ledger WHERE workspace_id = $1",
-                                  template_ws)
-        customers = await conn.fetch("SELECT * FROM customers WHERE workspace_id = $1",
-                                     template_ws)
-        je = await conn.fetch("SELECT * FROM journey_events WHERE workspace_id = $1",
-                              template_ws)
+        links = await conn.fetch(
+            "SELECT * FROM identity_links WHERE workspace_id = $1", template_ws
+        )
+        ledger = await conn.fetch(
+            "SELECT * FROM identity_ledger WHERE workspace_id = $1", template_ws
+        )
+        customers = await conn.fetch("SELECT * FROM customers WHERE workspace_id = $1", template_ws)
+        je = await conn.fetch("SELECT * FROM journey_events WHERE workspace_id = $1", template_ws)
     finally:
         await conn.close()
     out = _Derived()
@@ -941,28 +1182,71 @@ async def _template_derived(dsn: str, template_ws: int, rows: Sequence[TemplateE
     for r in idents:
         a = _arch(r["value"])
         ckind, cvalue = owner(r["customer_id"], a)
-        out.ident.append((a, r["kind"], _phs(r["value"], a), ckind, cvalue,
-                          clusters[a][r["cluster_id"]], r["first_seen"],
-                          _phs(r["first_message_id"], a), r["shared_device"]))
+        out.ident.append(
+            (
+                a,
+                r["kind"],
+                _phs(r["value"], a),
+                ckind,
+                cvalue,
+                clusters[a][r["cluster_id"]],
+                r["first_seen"],
+                _phs(r["first_message_id"], a),
+                r["shared_device"],
+            )
+        )
     for r in links:
         a = _arch(r["a_value"], r["b_value"])
-        out.links.append((a, r["a_kind"], _phs(r["a_value"], a), r["b_kind"],
-                          _phs(r["b_value"], a), r["rule"], r["at"], _phs(r["message_id"], a)))
+        out.links.append(
+            (
+                a,
+                r["a_kind"],
+                _phs(r["a_value"], a),
+                r["b_kind"],
+                _phs(r["b_value"], a),
+                r["rule"],
+                r["at"],
+                _phs(r["message_id"], a),
+            )
+        )
     for r in ledger:
         a = _arch(*r["identifiers"])
         if "cus_" in r["reason"]:
             raise AssertionError(f"a ledger reason names customers: {r['reason']!r}")
         ikind, ivalue = owner(r["into"], a)
-        out.ledger.append((a, clusters[a][r["cluster_id"]], r["position"], r["at"],
-                           _phs(r["message_id"], a), r["action"], r["rule"],
-                           "\x1f".join(_phs(x, a) or "" for x in r["identifiers"]), ikind, ivalue,
-                           _phs(r["reason"], a)))
+        out.ledger.append(
+            (
+                a,
+                clusters[a][r["cluster_id"]],
+                r["position"],
+                r["at"],
+                _phs(r["message_id"], a),
+                r["action"],
+                r["rule"],
+                "\x1f".join(_phs(x, a) or "" for x in r["identifiers"]),
+                ikind,
+                ivalue,
+                _phs(r["reason"], a),
+            )
+        )
     for ci, r in enumerate(customers):
         ckind, cvalue = owner(r["customer_id"], named[r["customer_id"]][0])
         a = named[r["customer_id"]][0]
         traits = _json_text(r["traits"]) or "{}"
-        out.cust.append((a, ci, ckind, cvalue, r["first_seen"], r["last_seen"], r["event_count"],
-                         r["stage"], r["stage_entered_at"], _phs(traits, a)))
+        out.cust.append(
+            (
+                a,
+                ci,
+                ckind,
+                cvalue,
+                r["first_seen"],
+                r["last_seen"],
+                r["event_count"],
+                r["stage"],
+                r["stage_entered_at"],
+                _phs(traits, a),
+            )
+        )
         for ord_, h in enumerate(orjson.loads(r["stage_history"])):
             at = datetime.fromisoformat(h["entered_at"])
             if at.isoformat() != h["entered_at"] or at.microsecond == 0:
@@ -984,11 +1268,30 @@ async def _template_derived(dsn: str, template_ws: int, rows: Sequence[TemplateE
         mid = _phs(r["message_id"], a) or ""
         ckind, cvalue = owner(r["customer_id"], a)
         smid = _phs(firsts[r["session_id"]][1], a) if r["session_id"] is not None else None
-        out.je.append((a, k_of[(a, mid)], mid, ckind, cvalue, r["timestamp"], r["received_at"],
-                       r["type"], r["event"], _phs(r["user_id"], a), _phs(r["anonymous_id"], a),
-                       _phs(r["trait_identifier"], a), r["source_channel"], r["channel"], smid,
-                       r["stage"], r["flags"], _json_text(r["properties"]),
-                       _phs(_json_text(r["traits"]), a), _json_text(r["campaign"])))
+        out.je.append(
+            (
+                a,
+                k_of[(a, mid)],
+                mid,
+                ckind,
+                cvalue,
+                r["timestamp"],
+                r["received_at"],
+                r["type"],
+                r["event"],
+                _phs(r["user_id"], a),
+                _phs(r["anonymous_id"], a),
+                _phs(r["trait_identifier"], a),
+                r["source_channel"],
+                r["channel"],
+                smid,
+                r["stage"],
+                r["flags"],
+                _json_text(r["properties"]),
+                _phs(_json_text(r["traits"]), a),
+                _json_text(r["campaign"]),
+            )
+        )
     if len(out.je) != len(rows):
         raise AssertionError(f"{len(rows)} archetype events but {len(out.je)} timeline rows")
     return out
@@ -997,54 +1300,81 @@ async def _template_derived(dsn: str, template_ws: int, rows: Sequence[TemplateE
 async def _load_derived(conn: asyncpg.Connection, d: _Derived) -> None:
     ddl = {
         "b_ident": "a int, kind text, value text, ckind text, cvalue text, cl int, "
-                   "first_seen timestamptz, mid text, shared bool",
+        "first_seen timestamptz, mid text, shared bool",
         "b_links": "a int, a_kind text, a_value text, b_kind text, b_value text, rule text, "
-                   "at timestamptz, mid text",
+        "at timestamptz, mid text",
         "b_ledger": "a int, cl int, position int, at timestamptz, mid text, action text, "
-                    "rule text, idents text, ikind text, ivalue text, reason text",
+        "rule text, idents text, ikind text, ivalue text, reason text",
         "b_cust": "a int, ci int, ckind text, cvalue text, first_seen timestamptz, "
-                  "last_seen timestamptz, event_count int, stage text, "
-                  "stage_entered_at timestamptz, traits text",
+        "last_seen timestamptz, event_count int, stage text, "
+        "stage_entered_at timestamptz, traits text",
         "b_hist": "a int, ci int, ord int, stage text, at timestamptz, mid text",
         "b_je": "a int, k int, mid text, ckind text, cvalue text, ts timestamptz, "
-                "rcv timestamptz, type text, event text, user_id text, anon text, trait text, "
-                "source_channel text, channel text, smid text, stage text, flags int2, "
-                "properties text, traits text, campaign text",
+        "rcv timestamptz, type text, event text, user_id text, anon text, trait text, "
+        "source_channel text, channel text, smid text, stage text, flags int2, "
+        "properties text, traits text, campaign text",
     }
-    data = {"b_ident": d.ident, "b_links": d.links, "b_ledger": d.ledger, "b_cust": d.cust,
-            "b_hist": d.hist, "b_je": d.je}
+    data = {
+        "b_ident": d.ident,
+        "b_links": d.links,
+        "b_ledger": d.ledger,
+        "b_cust": d.cust,
+        "b_hist": d.hist,
+        "b_je": d.je,
+    }
     for table, columns in ddl.items():
         await conn.execute(f"CREATE TEMP TABLE {table} ({columns})")
         await conn.copy_records_to_table(table, records=data[table])
-    await conn.execute("ALTER TABLE b_je ALTER COLUMN properties TYPE jsonb USING "
-                       "properties::jsonb, ALTER COLUMN campaign TYPE jsonb USING campaign::jsonb")
+    await conn.execute(
+        "ALTER TABLE b_je ALTER COLUMN properties TYPE jsonb USING "
+        "properties::jsonb, ALTER COLUMN campaign TYPE jsonb USING campaign::jsonb"
+    )
     await conn.execute("CREATE INDEX ON b_je (a, k)")
     await conn.execute("CREATE INDEX ON b_hist (a, ci)")
     for table in ddl:
         await conn.execute(f"ANALYZE {table}")
 
 
-async def generate(url: str, spec: DatasetSpec, kind: Kind, console: Console, *,
-                   chunk_events: int = 100_000, chunk_customers: int = 25_000) -> Dataset:
+async def generate(
+    url: str,
+    spec: DatasetSpec,
+    kind: Kind,
+    console: Console,
+    *,
+    chunk_events: int = 100_000,
+    chunk_customers: int = 25_000,
+) -> Dataset:
     """Generate a dataset into a new workspace (see the module docstring)."""
     dsn = asyncpg_dsn(url)
     started = time.perf_counter()
     anchor = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     name = spec.prefix(kind) + f"{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(2)}"
     workspace_id, read_key = await _new_workspace(url, name)
-    ds = Dataset(workspace_id=workspace_id, name=name, kind=kind, spec=spec,
-                 customers=spec.customers, events=0, read_key=read_key, anchor=anchor.isoformat())
-    console.log(f"dataset workspace {workspace_id} ({name}): {spec.customers:,} customers x "
-                f"{spec.events_per_customer} events, {spec.archetypes:,} archetypes, "
-                f"{spec.days} days, kind={kind}")
+    ds = Dataset(
+        workspace_id=workspace_id,
+        name=name,
+        kind=kind,
+        spec=spec,
+        customers=spec.customers,
+        events=0,
+        read_key=read_key,
+        anchor=anchor.isoformat(),
+    )
+    console.log(
+        f"dataset workspace {workspace_id} ({name}): {spec.customers:,} customers x "
+        f"{spec.events_per_customer} events, {spec.archetypes:,} archetypes, "
+        f"{spec.days} days, kind={kind}"
+    )
     t0 = time.perf_counter()
     rows, meta, stats = make_archetypes(spec, anchor)
     ds.archetype_stats = stats
     ds.timings["archetypes_s"] = round(time.perf_counter() - t0, 2)
-    console.log(f"archetypes: {len(rows):,} events in {ds.timings['archetypes_s']:.1f} s; "
-                f"identified {stats['identified_pct']}%, buyers {stats['buyers_pct']}%, "
-                f"repeat buyers {stats['repeat_buyers_pct']}%, surveys {stats['survey_pct']}%, "
-                f"heavy {stats['heavy_pct']}%")
+    console.log(
+        f"archetypes: {len(rows):,} events in {ds.timings['archetypes_s']:.1f} s; "
+        f"identified {stats['identified_pct']}%, buyers {stats['buyers_pct']}%, "
+        f"repeat buyers {stats['repeat_buyers_pct']}%, surveys {stats['survey_pct']}%, "
+        f"heavy {stats['heavy_pct']}%"
+    )
     derived: _Derived | None = None
     template_ws: int | None = None
     if kind == "full":
@@ -1054,8 +1384,9 @@ async def generate(url: str, spec: DatasetSpec, kind: Kind, console: Console, *,
         derived = await _template_derived(dsn, template_ws, rows)
         await drop_workspace_data(dsn, template_ws, events=False)
         ds.timings["template_stitch_s"] = round(time.perf_counter() - t0, 2)
-        console.log(f"archetypes stitched by the real stitcher in "
-                    f"{ds.timings['template_stitch_s']:.1f} s")
+        console.log(
+            f"archetypes stitched by the real stitcher in {ds.timings['template_stitch_s']:.1f} s"
+        )
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("SET temp_buffers = '512MB'")
@@ -1066,16 +1397,19 @@ async def generate(url: str, spec: DatasetSpec, kind: Kind, console: Console, *,
         total = await _schedule(conn, spec, anchor)
         weeks = await _ensure_partitions(conn, anchor - timedelta(days=spec.days + 1), anchor)
         ds.timings["schedule_s"] = round(time.perf_counter() - t0, 2)
-        console.log(f"schedule of {total:,} events ({weeks} weekly partitions) in "
-                    f"{ds.timings['schedule_s']:.1f} s")
+        console.log(
+            f"schedule of {total:,} events ({weeks} weekly partitions) in "
+            f"{ds.timings['schedule_s']:.1f} s"
+        )
         if derived is not None:
             await _load_derived(conn, derived)
         cluster_base = 0
         if derived is not None:
             per = derived.clusters_per_customer
             cluster_base = int(await conn.fetchval("SELECT nextval('identity_cluster_seq')"))
-            await conn.execute("SELECT setval('identity_cluster_seq', $1)",
-                               cluster_base + spec.customers * per + 1)
+            await conn.execute(
+                "SELECT setval('identity_cluster_seq', $1)", cluster_base + spec.customers * per + 1
+            )
         with _progress(console) as bar:
             t0 = time.perf_counter()
             what = "raw events + timeline rows" if derived is not None else "raw events"
@@ -1087,34 +1421,54 @@ async def generate(url: str, spec: DatasetSpec, kind: Kind, console: Console, *,
                     await conn.execute(_RAW_INSERT, workspace_id, done, upto)
                     if derived is not None:
                         await conn.execute(_JE_INSERT, workspace_id, done, upto)
-                bar.update(task, advance=upto - done, info=(
-                    f"{_rate(upto, time.perf_counter() - t0):,.0f} events/s"))
+                bar.update(
+                    task,
+                    advance=upto - done,
+                    info=(f"{_rate(upto, time.perf_counter() - t0):,.0f} events/s"),
+                )
                 done = upto
             ds.timings["raw_s"] = round(time.perf_counter() - t0, 2)
             ds.rows_per_s["events" + ("+journey_events" if derived else "")] = round(
-                _rate(total, ds.timings["raw_s"]))
+                _rate(total, ds.timings["raw_s"])
+            )
             ds.events = total
             if derived is not None:
                 t0 = time.perf_counter()
-                task = bar.add_task("insert customers + identities", total=spec.customers,
-                                    info="")
+                task = bar.add_task("insert customers + identities", total=spec.customers, info="")
                 n = 0
                 while n < spec.customers:
                     upto = min(spec.customers, n + chunk_customers)
                     async with conn.transaction():
                         await conn.execute(_CUSTOMERS_INSERT, workspace_id, n, upto)
-                        await conn.execute(_IDENTITIES_INSERT, workspace_id, n, upto,
-                                           cluster_base, derived.clusters_per_customer)
+                        await conn.execute(
+                            _IDENTITIES_INSERT,
+                            workspace_id,
+                            n,
+                            upto,
+                            cluster_base,
+                            derived.clusters_per_customer,
+                        )
                         await conn.execute(_LINKS_INSERT, workspace_id, n, upto)
-                        await conn.execute(_LEDGER_INSERT, workspace_id, n, upto,
-                                           cluster_base, derived.clusters_per_customer)
-                    bar.update(task, advance=upto - n, info=(
-                        f"{_rate(upto, time.perf_counter() - t0):,.0f} customers/s"))
+                        await conn.execute(
+                            _LEDGER_INSERT,
+                            workspace_id,
+                            n,
+                            upto,
+                            cluster_base,
+                            derived.clusters_per_customer,
+                        )
+                    bar.update(
+                        task,
+                        advance=upto - n,
+                        info=(f"{_rate(upto, time.perf_counter() - t0):,.0f} customers/s"),
+                    )
                     n = upto
                 ds.timings["derived_s"] = round(time.perf_counter() - t0, 2)
                 ds.rows_per_s["customers"] = round(_rate(spec.customers, ds.timings["derived_s"]))
-                ds.derived = ("SQL copy of archetypes stitched by the real WorkspaceStitcher "
-                              "(renamed identifiers, shifted times)")
+                ds.derived = (
+                    "SQL copy of archetypes stitched by the real WorkspaceStitcher "
+                    "(renamed identifiers, shifted times)"
+                )
             t0 = time.perf_counter()
             tables = ["events", *(_DERIVED_TABLES[:5] if derived is not None else ())]
             task = bar.add_task("vacuum analyze", total=len(tables), info="")
@@ -1130,25 +1484,30 @@ async def generate(url: str, spec: DatasetSpec, kind: Kind, console: Console, *,
         await conn.execute(
             "UPDATE workspaces SET settings = settings || jsonb_build_object('bench_dataset', "
             "$2::jsonb) WHERE id = $1",
-            workspace_id, orjson.dumps(info).decode(),
+            workspace_id,
+            orjson.dumps(info).decode(),
         )
     finally:
         await conn.close()
         if template_ws is not None:
             await drop_workspace_data(dsn, template_ws, events=False)
-    console.log(f"dataset ready in {ds.timings['total_s']:.1f} s: {ds.events:,} events "
-                f"({ds.rows_per_s})")
+    console.log(
+        f"dataset ready in {ds.timings['total_s']:.1f} s: {ds.events:,} events ({ds.rows_per_s})"
+    )
     return ds
 
 
-async def ensure_dataset(url: str, spec: DatasetSpec, kind: Kind, console: Console, *,
-                         reuse: bool) -> Dataset:
+async def ensure_dataset(
+    url: str, spec: DatasetSpec, kind: Kind, console: Console, *, reuse: bool
+) -> Dataset:
     """A kept dataset of this shape (with `reuse`), else a newly generated one."""
     if reuse:
         found = await find_dataset(asyncpg_dsn(url), spec, kind)
         if found is not None:
-            console.log(f"reusing dataset {found.name} (workspace {found.workspace_id}): "
-                        f"{found.customers:,} customers, {found.events:,} events")
+            console.log(
+                f"reusing dataset {found.name} (workspace {found.workspace_id}): "
+                f"{found.customers:,} customers, {found.events:,} events"
+            )
             return found
         console.log("no kept dataset of this shape: generating one")
     return await generate(url, spec, kind, console)
@@ -1158,28 +1517,41 @@ async def ensure_dataset(url: str, spec: DatasetSpec, kind: Kind, console: Conso
 
 
 _COMPARE = {
-    "customers": ("customer_id", "SELECT customer_id, first_seen, last_seen, event_count, stage, "
-                  "stage_entered_at, stage_history, traits FROM customers "
-                  "WHERE workspace_id = $1 AND customer_id = ANY($2::text[]) "
-                  "ORDER BY customer_id"),
-    "journey_events": ("message_id", "SELECT message_id, customer_id, timestamp, received_at, "
-                       "type, event, user_id, anonymous_id, trait_identifier, source_channel, "
-                       "channel, session_id, stage, flags, properties, traits, campaign "
-                       "FROM journey_events WHERE workspace_id = $1 "
-                       "AND customer_id = ANY($2::text[]) ORDER BY message_id"),
-    "identities": ("value", "SELECT kind, value, customer_id, first_seen, first_message_id, "
-                   "shared_device FROM identities WHERE workspace_id = $1 "
-                   "AND customer_id = ANY($2::text[]) ORDER BY kind, value"),
-    "identity_links": ("a_value", "SELECT l.a_kind, l.a_value, l.b_kind, l.b_value, l.rule, "
-                       "l.at, l.message_id FROM identity_links l JOIN identities i ON "
-                       "i.workspace_id = l.workspace_id AND i.kind = l.b_kind AND "
-                       "i.value = l.b_value WHERE l.workspace_id = $1 "
-                       "AND i.customer_id = ANY($2::text[]) ORDER BY 1, 2, 3, 4, 5"),
+    "customers": (
+        "customer_id",
+        "SELECT customer_id, first_seen, last_seen, event_count, stage, "
+        "stage_entered_at, stage_history, traits FROM customers "
+        "WHERE workspace_id = $1 AND customer_id = ANY($2::text[]) "
+        "ORDER BY customer_id",
+    ),
+    "journey_events": (
+        "message_id",
+        "SELECT message_id, customer_id, timestamp, received_at, "
+        "type, event, user_id, anonymous_id, trait_identifier, source_channel, "
+        "channel, session_id, stage, flags, properties, traits, campaign "
+        "FROM journey_events WHERE workspace_id = $1 "
+        "AND customer_id = ANY($2::text[]) ORDER BY message_id",
+    ),
+    "identities": (
+        "value",
+        "SELECT kind, value, customer_id, first_seen, first_message_id, "
+        "shared_device FROM identities WHERE workspace_id = $1 "
+        "AND customer_id = ANY($2::text[]) ORDER BY kind, value",
+    ),
+    "identity_links": (
+        "a_value",
+        "SELECT l.a_kind, l.a_value, l.b_kind, l.b_value, l.rule, "
+        "l.at, l.message_id FROM identity_links l JOIN identities i ON "
+        "i.workspace_id = l.workspace_id AND i.kind = l.b_kind AND "
+        "i.value = l.b_value WHERE l.workspace_id = $1 "
+        "AND i.customer_id = ANY($2::text[]) ORDER BY 1, 2, 3, 4, 5",
+    ),
 }
 
 
-async def verify_sample(url: str, workspace_id: int, sample: int, console: Console
-                        ) -> dict[str, Any]:
+async def verify_sample(
+    url: str, workspace_id: int, sample: int, console: Console
+) -> dict[str, Any]:
     """Re-stitch the raw events of `sample` random customers with the real stitcher (into a
     scratch workspace, outside the feed) and compare every derived row with the dataset's."""
     from app.journeys.stitch import WorkspaceStitcher
@@ -1191,20 +1563,35 @@ async def verify_sample(url: str, workspace_id: int, sample: int, console: Conso
     result: dict[str, Any] = {"customers": 0, "rows_compared": 0, "mismatches": []}
     try:
         async with raw_connection(engine) as conn:
-            customers = [r["customer_id"] for r in await conn.fetch(
-                "SELECT customer_id FROM customers WHERE workspace_id = $1 "
-                "ORDER BY random() LIMIT $2", workspace_id, sample)]
-            mids = [r["message_id"] for r in await conn.fetch(
-                "SELECT message_id FROM journey_events WHERE workspace_id = $1 "
-                "AND customer_id = ANY($2::text[])", workspace_id, customers)]
+            customers = [
+                r["customer_id"]
+                for r in await conn.fetch(
+                    "SELECT customer_id FROM customers WHERE workspace_id = $1 "
+                    "ORDER BY random() LIMIT $2",
+                    workspace_id,
+                    sample,
+                )
+            ]
+            mids = [
+                r["message_id"]
+                for r in await conn.fetch(
+                    "SELECT message_id FROM journey_events WHERE workspace_id = $1 "
+                    "AND customer_id = ANY($2::text[])",
+                    workspace_id,
+                    customers,
+                )
+            ]
             raw = await conn.fetch(
                 "SELECT workspace_id, message_id, tx::text::bigint AS tx, seq, timestamp, "
                 "received_at, flags, payload FROM events WHERE workspace_id = $1 "
-                "AND message_id = ANY($2::text[]) ORDER BY tx, seq", workspace_id, mids)
+                "AND message_id = ANY($2::text[]) ORDER BY tx, seq",
+                workspace_id,
+                mids,
+            )
             model = await model_for(conn, scratch)
             for start in range(0, len(raw), 2_000):
                 async with conn.transaction():
-                    await WorkspaceStitcher(conn, scratch, model).stitch(raw[start:start + 2_000])
+                    await WorkspaceStitcher(conn, scratch, model).stitch(raw[start : start + 2_000])
             result["customers"] = len(customers)
             result["raw_events"] = len(raw)
             for table, (_, sql) in _COMPARE.items():
@@ -1212,18 +1599,27 @@ async def verify_sample(url: str, workspace_id: int, sample: int, console: Conso
                 real = [dict(r) for r in await conn.fetch(sql, scratch, customers)]
                 result["rows_compared"] += len(real)
                 if mine != real:
-                    diff = next(((a, b) for a, b in zip(mine, real, strict=False) if a != b),
-                                (len(mine), len(real)))
-                    result["mismatches"].append({"table": table, "dataset_rows": len(mine),
-                                                 "stitched_rows": len(real),
-                                                 "first_difference": repr(diff)[:600]})
+                    diff = next(
+                        ((a, b) for a, b in zip(mine, real, strict=False) if a != b),
+                        (len(mine), len(real)),
+                    )
+                    result["mismatches"].append(
+                        {
+                            "table": table,
+                            "dataset_rows": len(mine),
+                            "stitched_rows": len(real),
+                            "first_difference": repr(diff)[:600],
+                        }
+                    )
     finally:
         await engine.dispose()
         await drop_workspace_data(dsn, scratch)
     result["identical"] = not result["mismatches"]
-    console.log(f"verification: {result['customers']} random customers re-stitched from their "
-                f"{result.get('raw_events', 0)} raw events by the real stitcher: "
-                + ("identical" if result["identical"] else f"MISMATCH {result['mismatches']}"))
+    console.log(
+        f"verification: {result['customers']} random customers re-stitched from their "
+        f"{result.get('raw_events', 0)} raw events by the real stitcher: "
+        + ("identical" if result["identical"] else f"MISMATCH {result['mismatches']}")
+    )
     return result
 
 

@@ -20,8 +20,15 @@ from app.ingest import segment
 MESSAGE_ID_PLACEHOLDER: Final = "@@JOURNEYS_MESSAGE_ID@@"
 
 _EVENTS: Final = (
-    "Product Viewed", "Product Viewed", "Product Viewed", "Product List Viewed",
-    "Products Searched", "Product Added", "Cart Viewed", "Checkout Started", "Order Completed",
+    "Product Viewed",
+    "Product Viewed",
+    "Product Viewed",
+    "Product List Viewed",
+    "Products Searched",
+    "Product Added",
+    "Cart Viewed",
+    "Checkout Started",
+    "Order Completed",
     "Signed Up",
 )
 _CATEGORIES: Final = ("Shoes", "Jackets", "Backpacks", "Tents", "Socks", "Headlamps")
@@ -101,8 +108,9 @@ class EventTemplate:
         return before, after
 
 
-def make_templates(count: int, *, seed: int = 7, now: datetime | None = None
-                   ) -> list[EventTemplate]:
+def make_templates(
+    count: int, *, seed: int = 7, now: datetime | None = None
+) -> list[EventTemplate]:
     """`count` distinct events; the stored form comes from the server's own normaliser."""
     rng = random.Random(seed)
     now = now or datetime.now(UTC)

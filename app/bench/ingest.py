@@ -47,8 +47,19 @@ from app.db.engine import asyncpg_dsn, make_engine
 from app.db.partitions import partition_name, week_of
 
 TEMPLATES = 256
-_COPY_COLUMNS = ("workspace_id", "received_week", "message_id", "type", "event", "user_id",
-                 "anonymous_id", "timestamp", "received_at", "flags", "payload")
+_COPY_COLUMNS = (
+    "workspace_id",
+    "received_week",
+    "message_id",
+    "type",
+    "event",
+    "user_id",
+    "anonymous_id",
+    "timestamp",
+    "received_at",
+    "flags",
+    "payload",
+)
 
 
 class BenchFailed(RuntimeError):
@@ -176,7 +187,8 @@ def machine_info() -> dict[str, Any]:
     except (ValueError, OSError):
         pass
     return {
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        "cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),
         "cpu": model,
         "memory_gb": memory_gb,
@@ -253,8 +265,9 @@ class CpuMeter:
         self._start = self._sample()
         self._t0 = time.perf_counter()
 
-    def stop(self, *, load_generator: bool, wall: float | None = None,
-             pg_pids: set[int] | None = None) -> dict[str, float]:
+    def stop(
+        self, *, load_generator: bool, wall: float | None = None, pg_pids: set[int] | None = None
+    ) -> dict[str, float]:
         """End the window: % of one core per consumer (of `wall` seconds if given)."""
         assert self._start is not None
         wall = max(wall or time.perf_counter() - self._t0, 1e-9)
@@ -290,9 +303,11 @@ class CpuMeter:
                 spent = cpu - old_all.get(pid, (name, 0.0))[1]
                 if spent > 0:
                     used[name] = used.get(name, 0.0) + spent
-            self.others = [f"{name} {100 * cpu / wall:.0f}%" for name, cpu in
-                           sorted(used.items(), key=lambda kv: -kv[1])[:3]
-                           if 100 * cpu / wall >= 5]
+            self.others = [
+                f"{name} {100 * cpu / wall:.0f}%"
+                for name, cpu in sorted(used.items(), key=lambda kv: -kv[1])[:3]
+                if 100 * cpu / wall >= 5
+            ]
         return {k: round(v, 1) for k, v in pct.items()}
 
 
@@ -367,9 +382,9 @@ async def _database_info(dsn: str) -> tuple[str, int | None]:
 async def _count_stored(dsn: str, workspace_id: int) -> int:
     conn = await asyncpg.connect(dsn)
     try:
-        return int(await conn.fetchval(
-            "SELECT count(*) FROM events WHERE workspace_id = $1", workspace_id
-        ))
+        return int(
+            await conn.fetchval("SELECT count(*) FROM events WHERE workspace_id = $1", workspace_id)
+        )
     finally:
         await conn.close()
 
@@ -405,8 +420,12 @@ async def _drop_workspace(dsn: str, workspace_id: int, *, keep_events: bool) -> 
         for name in cleaned:
             if name == "events":
                 now = datetime.now(UTC)
-                partitions = sorted({partition_name(week_of(now - timedelta(hours=1))),
-                                     partition_name(week_of(now))})
+                partitions = sorted(
+                    {
+                        partition_name(week_of(now - timedelta(hours=1))),
+                        partition_name(week_of(now)),
+                    }
+                )
             else:
                 partitions = [name]
             for table in partitions:
@@ -417,9 +436,17 @@ async def _drop_workspace(dsn: str, workspace_id: int, *, keep_events: bool) -> 
     return cleaned
 
 
-async def _copy_phase(dsn: str, *, workspace_id: int, templates: list[EventTemplate],
-                      total: int, batch: int, run_tag: str, postmaster: int | None,
-                      advance: Callable[[int], None]) -> PhaseResult:
+async def _copy_phase(
+    dsn: str,
+    *,
+    workspace_id: int,
+    templates: list[EventTemplate],
+    total: int,
+    batch: int,
+    run_tag: str,
+    postmaster: int | None,
+    advance: Callable[[int], None],
+) -> PhaseResult:
     """COPY `total` events in transactions of `batch` into a scratch copy of `events`."""
     table = f"bench_copy_{run_tag}"
     conn = await asyncpg.connect(dsn)
@@ -440,11 +467,21 @@ async def _copy_phase(dsn: str, *, workspace_id: int, templates: list[EventTempl
             for i in range(done, done + count):
                 ev = templates[i % len(templates)].stored
                 message_id = f"{run_tag}-copy-{i}"
-                records.append((
-                    workspace_id, week, message_id, ev.type, ev.event, ev.user_id,
-                    ev.anonymous_id, ev.timestamp, ev.received_at, ev.flags,
-                    ev.payload.replace(MESSAGE_ID_PLACEHOLDER, message_id, 1),
-                ))
+                records.append(
+                    (
+                        workspace_id,
+                        week,
+                        message_id,
+                        ev.type,
+                        ev.event,
+                        ev.user_id,
+                        ev.anonymous_id,
+                        ev.timestamp,
+                        ev.received_at,
+                        ev.flags,
+                        ev.payload.replace(MESSAGE_ID_PLACEHOLDER, message_id, 1),
+                    )
+                )
             started = time.perf_counter()
             async with conn.transaction():
                 await conn.copy_records_to_table(table, records=records, columns=_COPY_COLUMNS)
@@ -452,8 +489,11 @@ async def _copy_phase(dsn: str, *, workspace_id: int, templates: list[EventTempl
             done += count
             advance(count)
         # The window also holds the (untimed) building of records: divide by COPY time.
-        cpu = meter.stop(load_generator=False, wall=sum(latencies),
-                         pg_pids=await _pg_pids(conn, include_self=True))
+        cpu = meter.stop(
+            load_generator=False,
+            wall=sum(latencies),
+            pg_pids=await _pg_pids(conn, include_self=True),
+        )
     finally:
         try:
             await conn.execute(f"DROP TABLE IF EXISTS {table}")
@@ -486,8 +526,12 @@ class ServerProcess:
     def __init__(self, database_url: str, *, workers: int | None, env: dict[str, str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "JOURNEYS_DATABASE_URL": database_url,
-                    "JOURNEYS_LOG_LEVEL": "warning", **env}
+        self.env = {
+            **os.environ,
+            "JOURNEYS_DATABASE_URL": database_url,
+            "JOURNEYS_LOG_LEVEL": "warning",
+            **env,
+        }
         if workers is not None:
             self.env["JOURNEYS_WORKERS"] = str(workers)
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept open for the run)
@@ -503,13 +547,24 @@ class ServerProcess:
 
     def command(self) -> list[str]:
         """What to run (subclasses serve something else the same way)."""
-        return [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1",
-                "--port", str(self.port)]
+        return [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
 
     def start(self, timeout: float = 90.0) -> None:
         """Start and wait for /readyz."""
         self.process = subprocess.Popen(
-            self.command(), env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+            self.command(),
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -560,8 +615,9 @@ def _authorization(write_key: str) -> str:
     return "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()
 
 
-def _sanity_check(url: str, authorization: str, parts: list[tuple[str, str]], run_tag: str,
-                  batch_size: int) -> int:
+def _sanity_check(
+    url: str, authorization: str, parts: list[tuple[str, str]], run_tag: str, batch_size: int
+) -> int:
     """One batch and one track request built like wrk's: must be 200 with nothing rejected."""
     headers = {"Authorization": authorization, "Content-Type": "application/json"}
     items = [
@@ -585,20 +641,49 @@ def _sanity_check(url: str, authorization: str, parts: list[tuple[str, str]], ru
     return stored
 
 
-def _http_phase(*, exe: str, server: ServerProcess, name: str, path: str, connections: int,
-                events_per_request: int, authorization: str, parts: list[tuple[str, str]],
-                run_tag: str, opts: IngestBenchOptions, workdir: Path, postmaster: int | None,
-                progress: Callable[[float], None]) -> tuple[PhaseResult, str]:
+def _http_phase(
+    *,
+    exe: str,
+    server: ServerProcess,
+    name: str,
+    path: str,
+    connections: int,
+    events_per_request: int,
+    authorization: str,
+    parts: list[tuple[str, str]],
+    run_tag: str,
+    opts: IngestBenchOptions,
+    workdir: Path,
+    postmaster: int | None,
+    progress: Callable[[float], None],
+) -> tuple[PhaseResult, str]:
     script = workdir / f"{name}.lua"
-    script.write_text(wrk.lua_script(
-        path=path, authorization=authorization, run_tag=f"{run_tag}{name[0]}",
-        templates=parts, events_per_request=events_per_request,
-        sent_at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-    ))
+    script.write_text(
+        wrk.lua_script(
+            path=path,
+            authorization=authorization,
+            run_tag=f"{run_tag}{name[0]}",
+            templates=parts,
+            events_per_request=events_per_request,
+            sent_at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        )
+    )
     threads = max(1, min(opts.wrk_threads, connections))
-    args = [exe, "--latency", "-t", str(threads), "-c", str(connections),
-            "-d", f"{opts.duration}s", "--timeout", f"{opts.wrk_timeout}s", "-s", str(script),
-            server.url + path]
+    args = [
+        exe,
+        "--latency",
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{opts.duration}s",
+        "--timeout",
+        f"{opts.wrk_timeout}s",
+        "-s",
+        str(script),
+        server.url + path,
+    ]
     meter = CpuMeter(server.pid, postmaster)
     dsn = asyncpg_dsn(opts.database_url)
     meter.start(_pg_pids_now(dsn) if postmaster else None)
@@ -622,8 +707,7 @@ def _http_phase(*, exe: str, server: ServerProcess, name: str, path: str, connec
                 raise BenchFailed(f"wrk did not finish the {name} phase in time")
             time.sleep(0.2)
         output = proc.communicate()[0].decode(errors="replace")
-        cpu = meter.stop(load_generator=True,
-                         pg_pids=_pg_pids_now(dsn) if postmaster else None)
+        cpu = meter.stop(load_generator=True, pg_pids=_pg_pids_now(dsn) if postmaster else None)
     except BaseException:
         for child in (proc, spy):
             if child is not None and child.poll() is None:
@@ -646,9 +730,11 @@ def _http_phase(*, exe: str, server: ServerProcess, name: str, path: str, connec
     result = wrk.parse_output(output)
     progress(float(opts.duration))
     events = result.succeeded * events_per_request
-    label = (f"HTTP {path} ({events_per_request} events/request, {connections} connections)"
-             if events_per_request > 1 else
-             f"HTTP {path} (single events, {connections} connections)")
+    label = (
+        f"HTTP {path} ({events_per_request} events/request, {connections} connections)"
+        if events_per_request > 1
+        else f"HTTP {path} (single events, {connections} connections)"
+    )
     return PhaseResult(
         name=name,
         label=label,
@@ -691,34 +777,48 @@ def run(opts: IngestBenchOptions, console: Console) -> IngestBenchReport:
         machine=machine_info(),
         database=("embedded " if opts.embedded else "") + version,
         event_bytes=round(average_size(templates), 1),
-        server={"workers": opts.workers or int(os.environ.get("JOURNEYS_WORKERS", "1")),
-                "env": dict(opts.server_env), "workspace_id": workspace_id},
+        server={
+            "workers": opts.workers or int(os.environ.get("JOURNEYS_WORKERS", "1")),
+            "env": dict(opts.server_env),
+            "workspace_id": workspace_id,
+        },
         phases=[],
     )
-    console.log(f"workspace {workspace_id}; events ~{report.event_bytes:.0f} bytes; "
-                f"{report.machine['cores']} cores shared by server, PostgreSQL and wrk")
+    console.log(
+        f"workspace {workspace_id}; events ~{report.event_bytes:.0f} bytes; "
+        f"{report.machine['cores']} cores shared by server, PostgreSQL and wrk"
+    )
     authorization = _authorization(write_key)
     acknowledged = 0
     sent = 0
     try:
-        with Progress(TextColumn("{task.description:<28}"), BarColumn(),
-                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                      console=console) as bar:
+        with Progress(
+            TextColumn("{task.description:<28}"),
+            BarColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar:
             task: TaskID = bar.add_task("COPY baseline", total=opts.copy_events, info="")
-            copy = asyncio.run(_copy_phase(
-                dsn, workspace_id=workspace_id, templates=templates, total=opts.copy_events,
-                batch=opts.copy_batch, run_tag=run_tag, postmaster=postmaster,
-                advance=lambda n: bar.advance(task, n),
-            ))
+            copy = asyncio.run(
+                _copy_phase(
+                    dsn,
+                    workspace_id=workspace_id,
+                    templates=templates,
+                    total=opts.copy_events,
+                    batch=opts.copy_batch,
+                    run_tag=run_tag,
+                    postmaster=postmaster,
+                    advance=lambda n: bar.advance(task, n),
+                )
+            )
             bar.update(task, info=f"{copy.events_per_s:,.0f} events/s")
             report.phases.append(copy)
 
             task = bar.add_task("starting server", total=None, info="")
             with _server(opts.database_url, opts) as server:
-                bar.update(task, total=1, completed=1,
-                           info=f"pid {server.pid} on {server.url}")
-                checked = _sanity_check(server.url, authorization, parts, run_tag,
-                                        opts.batch_size)
+                bar.update(task, total=1, completed=1, info=f"pid {server.pid} on {server.url}")
+                checked = _sanity_check(server.url, authorization, parts, run_tag, opts.batch_size)
                 acknowledged += checked
                 sent += checked
                 with tempfile.TemporaryDirectory(prefix="journeys-bench-") as tmp:
@@ -726,17 +826,25 @@ def run(opts: IngestBenchOptions, console: Console) -> IngestBenchReport:
                         ("batch", "/v1/batch", opts.batch_connections, opts.batch_size),
                         ("track", "/v1/track", opts.track_connections, 1),
                     ):
-                        task = bar.add_task(f"HTTP {path} x{conns}", total=opts.duration,
-                                            info="")
+                        task = bar.add_task(f"HTTP {path} x{conns}", total=opts.duration, info="")
 
                         def show(done: float, task: TaskID = task) -> None:
                             bar.update(task, completed=done)
 
                         phase, output = _http_phase(
-                            exe=exe, server=server, name=name, path=path, connections=conns,
-                            events_per_request=per, authorization=authorization, parts=parts,
-                            run_tag=run_tag, opts=opts, workdir=Path(tmp),
-                            postmaster=postmaster, progress=show,
+                            exe=exe,
+                            server=server,
+                            name=name,
+                            path=path,
+                            connections=conns,
+                            events_per_request=per,
+                            authorization=authorization,
+                            parts=parts,
+                            run_tag=run_tag,
+                            opts=opts,
+                            workdir=Path(tmp),
+                            postmaster=postmaster,
+                            progress=show,
                         )
                         bar.update(task, info=f"{phase.events_per_s:,.0f} events/s")
                         report.phases.append(phase)
@@ -757,8 +865,7 @@ def run(opts: IngestBenchOptions, console: Console) -> IngestBenchReport:
             bar.update(task, total=1, completed=1, info=f"exit {code}")
             # After its graceful shutdown uvicorn re-raises SIGTERM (-15, or 143 via a shell).
             if code not in (0, -signal.SIGTERM, 128 + signal.SIGTERM, None):
-                report.failures.append(f"the server exited with {code}: "
-                                       f"{server.output()[-1500:]}")
+                report.failures.append(f"the server exited with {code}: {server.output()[-1500:]}")
         report.stored = asyncio.run(_count_stored(dsn, workspace_id))
         report.acknowledged = acknowledged
         report.sent_upper_bound = sent
@@ -794,23 +901,29 @@ def _judge(report: IngestBenchReport) -> None:
             phase.ratio_to_copy = phase.events_per_s / copy.events_per_s
     batch, track = phases.get("batch"), phases.get("track")
     if copy and batch and batch.ratio_to_copy is not None:
-        report.targets.append({
-            "target": "/v1/batch ≥ 0.5 x COPY ceiling",
-            "met": batch.ratio_to_copy >= 0.5,
-            "measured": f"{batch.ratio_to_copy:.2f}x ({batch.events_per_s:,.0f} vs "
-                        f"{copy.events_per_s:,.0f} events/s)",
-        })
+        report.targets.append(
+            {
+                "target": "/v1/batch ≥ 0.5 x COPY ceiling",
+                "met": batch.ratio_to_copy >= 0.5,
+                "measured": f"{batch.ratio_to_copy:.2f}x ({batch.events_per_s:,.0f} vs "
+                f"{copy.events_per_s:,.0f} events/s)",
+            }
+        )
     if track:
-        report.targets.append({
-            "target": "/v1/track ≥ 4,000 events/s",
-            "met": track.events_per_s >= 4000,
-            "measured": f"{track.events_per_s:,.0f} events/s",
-        })
-        report.targets.append({
-            "target": "/v1/track p99 < 50 ms",
-            "met": track.p99_ms < 50,
-            "measured": f"{track.p99_ms:.1f} ms",
-        })
+        report.targets.append(
+            {
+                "target": "/v1/track ≥ 4,000 events/s",
+                "met": track.events_per_s >= 4000,
+                "measured": f"{track.events_per_s:,.0f} events/s",
+            }
+        )
+        report.targets.append(
+            {
+                "target": "/v1/track p99 < 50 ms",
+                "met": track.p99_ms < 50,
+                "measured": f"{track.p99_ms:.1f} ms",
+            }
+        )
 
 
 # --------------------------------------------------------------------------- output
@@ -828,27 +941,30 @@ def cpu_per_event(phase: PhaseResult) -> dict[str, float]:
         return {}
     return {
         k: round(v / 100 * 1e6 / phase.events_per_s, 1)
-        for k, v in phase.cpu_pct.items() if k in ("server", "postgres", "wrk", "bench")
+        for k, v in phase.cpu_pct.items()
+        if k in ("server", "postgres", "wrk", "bench")
     }
 
 
 def markdown(report: IngestBenchReport) -> str:
     """The results table with the machine, the verification and the targets."""
     m = report.machine
-    in_flight = sum(p.connections * p.events_per_request for p in report.phases
-                    if p.name != "copy")
+    in_flight = sum(p.connections * p.events_per_request for p in report.phases if p.name != "copy")
     lines = [
         "| phase | events/s | p50 ms | p99 ms | ratio to COPY |",
         "|---|---:|---:|---:|---:|",
     ]
     for p in report.phases:
-        lines.append(f"| {p.label} | {_num(p.events_per_s, ',.0f')} | {_num(p.p50_ms, '.1f')} "
-                     f"| {_num(p.p99_ms, '.1f')} | {_num(p.ratio_to_copy, '.2f')} |")
+        lines.append(
+            f"| {p.label} | {_num(p.events_per_s, ',.0f')} | {_num(p.p50_ms, '.1f')} "
+            f"| {_num(p.p99_ms, '.1f')} | {_num(p.ratio_to_copy, '.2f')} |"
+        )
     lines += [
         "",
         f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB, Python {m['python']}; "
         f"{report.database}; server workers: {report.server['workers']}"
-        + (f", env {report.server['env']}" if report.server["env"] else "") + ".",
+        + (f", env {report.server['env']}" if report.server["env"] else "")
+        + ".",
         f"The load generator (wrk) runs on the same {m['cores']} cores as the server and "
         "PostgreSQL. Events are Segment track events of "
         f"~{report.event_bytes:.0f} bytes; every HTTP event has a fresh messageId and goes through "
@@ -858,13 +974,17 @@ def markdown(report: IngestBenchReport) -> str:
         "CPU during each phase (% of one core): "
         + "; ".join(
             f"{p.name}: " + ", ".join(f"{k} {v:.0f}" for k, v in p.cpu_pct.items())
-            for p in report.phases if p.cpu_pct
-        ) + ".",
+            for p in report.phases
+            if p.cpu_pct
+        )
+        + ".",
         "CPU per event (µs; robust to a busy machine, unlike events/s): "
         + "; ".join(
             f"{p.name}: " + ", ".join(f"{k} {v:.0f}" for k, v in cpu_per_event(p).items())
-            for p in report.phases if p.cpu_pct
-        ) + ".",
+            for p in report.phases
+            if p.cpu_pct
+        )
+        + ".",
         "",
         f"Verification: {report.stored:,} events stored for the bench workspace, "
         f"{report.acknowledged:,} acknowledged (2xx), at most {report.sent_upper_bound:,} sent; "
@@ -874,8 +994,10 @@ def markdown(report: IngestBenchReport) -> str:
     ]
     if report.targets:
         lines += ["", "Targets:"]
-        lines += [f"- {'met' if t['met'] else 'MISSED'}: {t['target']} (measured {t['measured']})"
-                  for t in report.targets]
+        lines += [
+            f"- {'met' if t['met'] else 'MISSED'}: {t['target']} (measured {t['measured']})"
+            for t in report.targets
+        ]
     if report.warnings:
         lines += ["", "Warnings:"]
         lines += [f"- {w}" for w in report.warnings]

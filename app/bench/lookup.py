@@ -52,8 +52,9 @@ from app.bench.profile import ProfileSummary, start_recording, summarise
 from app.bench.wrk import LUA_DONE, WrkError, _lua_string, ensure_wrk, parse_output
 from app.db.engine import asyncpg_dsn
 
-BASELINE_SQL = ("SELECT customer_id, stage FROM customers "
-                "WHERE workspace_id = $1 AND customer_id = $2")
+BASELINE_SQL = (
+    "SELECT customer_id, stage FROM customers WHERE workspace_id = $1 AND customer_id = $2"
+)
 STAGE_P99_MS = 5.0
 STAGE_RATIO = 0.8
 TIMELINE_P99_MS = 15.0
@@ -84,8 +85,11 @@ def create_baseline_app() -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = await asyncpg.create_pool(
-            dsn, min_size=pool_size, max_size=pool_size,
-            **({} if reset_on_release else {"reset": no_reset}))
+            dsn,
+            min_size=pool_size,
+            max_size=pool_size,
+            **({} if reset_on_release else {"reset": no_reset}),
+        )
         try:
             yield
         finally:
@@ -97,10 +101,13 @@ def create_baseline_app() -> FastAPI:
     async def lookup(customer_id: str, request: Request) -> Response:
         row = await request.app.state.pool.fetchrow(BASELINE_SQL, workspace_id, customer_id)
         if row is None:
-            return Response(b'{"detail":"not found"}', status_code=404,
-                            media_type="application/json")
-        return Response(orjson.dumps({"customer_id": row["customer_id"], "stage": row["stage"]}),
-                        media_type="application/json")
+            return Response(
+                b'{"detail":"not found"}', status_code=404, media_type="application/json"
+            )
+        return Response(
+            orjson.dumps({"customer_id": row["customer_id"], "stage": row["stage"]}),
+            media_type="application/json",
+        )
 
     @app.get("/readyz")
     async def ready() -> Response:
@@ -112,30 +119,55 @@ def create_baseline_app() -> FastAPI:
 class BaselineServer(ServerProcess):
     """uvicorn serving `create_baseline_app` like `journeys serve` serves the API."""
 
-    def __init__(self, dsn: str, workspace_id: int, *, pool_size: int = 10,
-                 reset_on_release: bool = False) -> None:
-        super().__init__(dsn, workers=None, env={
-            "JOURNEYS_BENCH_DSN": dsn,
-            "JOURNEYS_BENCH_WORKSPACE": str(workspace_id),
-            "JOURNEYS_BENCH_POOL": str(pool_size),
-            "JOURNEYS_BENCH_POOL_RESET": "1" if reset_on_release else "0",
-        })
+    def __init__(
+        self, dsn: str, workspace_id: int, *, pool_size: int = 10, reset_on_release: bool = False
+    ) -> None:
+        super().__init__(
+            dsn,
+            workers=None,
+            env={
+                "JOURNEYS_BENCH_DSN": dsn,
+                "JOURNEYS_BENCH_WORKSPACE": str(workspace_id),
+                "JOURNEYS_BENCH_POOL": str(pool_size),
+                "JOURNEYS_BENCH_POOL_RESET": "1" if reset_on_release else "0",
+            },
+        )
 
     def command(self) -> list[str]:
         """The one-route baseline app, with the same uvicorn settings as `journeys serve`."""
-        return [sys.executable, "-m", "uvicorn", "--factory",
-                "app.bench.lookup:create_baseline_app",
-                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-                "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-                "--no-server-header", "--timeout-keep-alive", "5", "--limit-concurrency", "2000",
-                "--backlog", "2048", "--log-level", "warning"]
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "app.bench.lookup:create_baseline_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--no-server-header",
+            "--timeout-keep-alive",
+            "5",
+            "--limit-concurrency",
+            "2000",
+            "--backlog",
+            "2048",
+            "--log-level",
+            "warning",
+        ]
 
 
 # --------------------------------------------------------------------------- wrk
 
 
-def get_lua_script(*, prefix: str, suffix: str, ids_file: Path, authorization: str | None
-                   ) -> str:
+def get_lua_script(*, prefix: str, suffix: str, ids_file: Path, authorization: str | None) -> str:
     """A wrk script: every request GETs `prefix .. <random id of the file> .. suffix`; `done()`
     prints the same machine-readable line as the ingest bench's script (parsed by
     `wrk.parse_output`)."""
@@ -196,14 +228,38 @@ class LookupPhase:
     profile: ProfileSummary | None = None
 
 
-def _wrk(*, exe: str, name: str, label: str, base_url: str, script: Path, connections: int,
-         threads: int, duration: int, server_pid: int, postmaster: int | None, dsn: str,
-         profile_dir: Path | None = None) -> LookupPhase:
+def _wrk(
+    *,
+    exe: str,
+    name: str,
+    label: str,
+    base_url: str,
+    script: Path,
+    connections: int,
+    threads: int,
+    duration: int,
+    server_pid: int,
+    postmaster: int | None,
+    dsn: str,
+    profile_dir: Path | None = None,
+) -> LookupPhase:
     from app.bench.ingest import CpuMeter, _pg_pids_now
 
-    args = [exe, "--latency", "-t", str(max(1, min(threads, connections))), "-c",
-            str(connections), "-d", f"{duration}s", "--timeout", "10s", "-s", str(script),
-            base_url]
+    args = [
+        exe,
+        "--latency",
+        "-t",
+        str(max(1, min(threads, connections))),
+        "-c",
+        str(connections),
+        "-d",
+        f"{duration}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        base_url,
+    ]
     meter = CpuMeter(server_pid, postmaster)
     meter.start(_pg_pids_now(dsn) if postmaster else None)
     spy = None
@@ -232,10 +288,20 @@ def _wrk(*, exe: str, name: str, label: str, base_url: str, script: Path, connec
         raise LookupBenchFailed(f"wrk exited with {proc.returncode}:\n{output[-2000:]}")
     result = parse_output(output)
     return LookupPhase(
-        name=name, label=label, connections=connections, seconds=round(result.duration_s, 3),
-        requests=result.requests, requests_per_s=result.requests_per_s, p50_ms=result.p50_ms,
-        p90_ms=result.p90_ms, p99_ms=result.p99_ms, max_ms=result.max_ms,
-        non2xx=result.non2xx, socket_errors=result.socket_errors, cpu_pct=cpu, profile=profile,
+        name=name,
+        label=label,
+        connections=connections,
+        seconds=round(result.duration_s, 3),
+        requests=result.requests,
+        requests_per_s=result.requests_per_s,
+        p50_ms=result.p50_ms,
+        p90_ms=result.p90_ms,
+        p99_ms=result.p99_ms,
+        max_ms=result.max_ms,
+        non2xx=result.non2xx,
+        socket_errors=result.socket_errors,
+        cpu_pct=cpu,
+        profile=profile,
         busiest_others=busiest,
     )
 
@@ -296,19 +362,30 @@ async def _id_lists(dsn: str, workspace_id: int, count: int, workdir: Path) -> d
     try:
         users = await conn.fetch(
             "SELECT value, customer_id FROM identities WHERE workspace_id = $1 "
-            "AND kind = 'user_id' ORDER BY random() LIMIT $2", workspace_id, count)
+            "AND kind = 'user_id' ORDER BY random() LIMIT $2",
+            workspace_id,
+            count,
+        )
         heavy = await conn.fetch(
             "SELECT i.value FROM identities i JOIN customers c ON c.workspace_id = i.workspace_id"
             " AND c.customer_id = i.customer_id WHERE i.workspace_id = $1 "
             "AND i.kind = 'user_id' AND c.event_count >= $3 ORDER BY random() LIMIT $2",
-            workspace_id, count, HEAVY_EVENTS)
+            workspace_id,
+            count,
+            HEAVY_EVENTS,
+        )
     finally:
         await conn.close()
     if not users or not heavy:
-        raise LookupBenchFailed(f"the dataset has {len(users)} users and {len(heavy)} customers "
-                                f"with ≥ {HEAVY_EVENTS} events: generate a larger one")
-    files = {"users": workdir / "users.txt", "customers": workdir / "customers.txt",
-             "heavy": workdir / "heavy.txt"}
+        raise LookupBenchFailed(
+            f"the dataset has {len(users)} users and {len(heavy)} customers "
+            f"with ≥ {HEAVY_EVENTS} events: generate a larger one"
+        )
+    files = {
+        "users": workdir / "users.txt",
+        "customers": workdir / "customers.txt",
+        "heavy": workdir / "heavy.txt",
+    }
     files["users"].write_text("".join(f"{r['value']}\n" for r in users))
     files["customers"].write_text("".join(f"{r['customer_id']}\n" for r in users))
     files["heavy"].write_text("".join(f"{r['value']}\n" for r in heavy))
@@ -320,8 +397,9 @@ def _sanity(url: str, path: str, headers: dict[str, str], *, events: int | None 
     if answer.status_code != 200:
         raise LookupBenchFailed(f"GET {path} answered {answer.status_code}: {answer.text[:500]}")
     if events is not None and len(answer.json().get("events", ())) != events:
-        raise LookupBenchFailed(f"GET {path} returned {len(answer.json()['events'])} events, "
-                                f"expected {events}")
+        raise LookupBenchFailed(
+            f"GET {path} returned {len(answer.json()['events'])} events, expected {events}"
+        )
     return len(answer.content)
 
 
@@ -338,64 +416,108 @@ def run(opts: LookupBenchOptions, console: Console) -> LookupBenchReport:
     version, postmaster = asyncio.run(_database_info(dsn))
     data = asyncio.run(ds.ensure_dataset(url, opts.spec, "full", console, reuse=opts.reuse))
     report = LookupBenchReport(
-        started_at=datetime.now(UTC).isoformat(timespec="seconds"), machine=machine_info(),
-        database=version, dataset=data.as_dict(),
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        machine=machine_info(),
+        database=version,
+        dataset=data.as_dict(),
     )
     try:
         if opts.verify:
             report.verification = asyncio.run(
-                ds.verify_sample(url, data.workspace_id, opts.verify, console))
+                ds.verify_sample(url, data.workspace_id, opts.verify, console)
+            )
             if not report.verification["identical"]:
-                report.failures.append("the dataset's derived state differs from what the "
-                                       f"stitcher produces: {report.verification['mismatches']}")
+                report.failures.append(
+                    "the dataset's derived state differs from what the "
+                    f"stitcher produces: {report.verification['mismatches']}"
+                )
         with tempfile.TemporaryDirectory(prefix="journeys-bench-lookup-") as tmp:
             workdir = Path(tmp)
             files = asyncio.run(_id_lists(dsn, data.workspace_id, opts.ids, workdir))
             report.id_lists = {k: len(v.read_text().splitlines()) for k, v in files.items()}
-            _phases(report, opts, exe=exe, url=url, dsn=dsn, workspace_id=data.workspace_id,
-                    read_key=data.read_key, files=files, workdir=workdir,
-                    postmaster=postmaster, console=console, server_cls=ServerProcess)
+            _phases(
+                report,
+                opts,
+                exe=exe,
+                url=url,
+                dsn=dsn,
+                workspace_id=data.workspace_id,
+                read_key=data.read_key,
+                files=files,
+                workdir=workdir,
+                postmaster=postmaster,
+                console=console,
+                server_cls=ServerProcess,
+            )
     finally:
         if not opts.keep and not data.reused:
             console.log(f"deleting the dataset (workspace {data.workspace_id}; --keep keeps it)")
             asyncio.run(ds.drop_workspace_data(dsn, data.workspace_id))
         else:
-            console.log(f"kept dataset {data.name} (workspace {data.workspace_id}); "
-                        "--reuse runs on it again")
+            console.log(
+                f"kept dataset {data.name} (workspace {data.workspace_id}); "
+                "--reuse runs on it again"
+            )
     _judge(report)
     return report
 
 
-def _phases(report: LookupBenchReport, opts: LookupBenchOptions, *, exe: str, url: str,
-            dsn: str, workspace_id: int, read_key: str, files: dict[str, Path], workdir: Path,
-            postmaster: int | None, console: Console, server_cls: Any) -> None:
+def _phases(
+    report: LookupBenchReport,
+    opts: LookupBenchOptions,
+    *,
+    exe: str,
+    url: str,
+    dsn: str,
+    workspace_id: int,
+    read_key: str,
+    files: dict[str, Path],
+    workdir: Path,
+    postmaster: int | None,
+    console: Console,
+    server_cls: Any,
+) -> None:
     auth = f"Bearer {read_key}"
     scripts = {
-        "baseline": get_lua_script(prefix="/v1/customers/", suffix="",
-                                   ids_file=files["customers"], authorization=None),
-        "stage": get_lua_script(prefix="/v1/profiles/user_id:", suffix="/stage",
-                                ids_file=files["users"], authorization=auth),
-        "timeline": get_lua_script(prefix="/v1/profiles/user_id:", suffix="/timeline?limit=50",
-                                   ids_file=files["heavy"], authorization=auth),
+        "baseline": get_lua_script(
+            prefix="/v1/customers/", suffix="", ids_file=files["customers"], authorization=None
+        ),
+        "stage": get_lua_script(
+            prefix="/v1/profiles/user_id:",
+            suffix="/stage",
+            ids_file=files["users"],
+            authorization=auth,
+        ),
+        "timeline": get_lua_script(
+            prefix="/v1/profiles/user_id:",
+            suffix="/timeline?limit=50",
+            ids_file=files["heavy"],
+            authorization=auth,
+        ),
     }
     paths: dict[str, Path] = {}
     for name, text in scripts.items():
         paths[name] = workdir / f"{name}.lua"
         paths[name].write_text(text)
     labels = {
-        "baseline": ("baseline: bare PK lookup (FastAPI + asyncpg pool; 1 query"
-                     + (" + asyncpg's reset on release" if opts.baseline_reset else "") + ")"),
+        "baseline": (
+            "baseline: bare PK lookup (FastAPI + asyncpg pool; 1 query"
+            + (" + asyncpg's reset on release" if opts.baseline_reset else "")
+            + ")"
+        ),
         "stage": "GET /v1/profiles/user_id:…/stage",
         "timeline": f"GET /v1/profiles/user_id:…/timeline?limit=50 (customers ≥ {HEAVY_EVENTS} "
-                    "events)",
+        "events)",
     }
     baseline = BaselineServer(dsn, workspace_id, reset_on_release=opts.baseline_reset)
     journeys = server_cls(url, workers=1, env={"JOURNEYS_INPROCESS_WORKER": "false"})
     try:
         baseline.start()
         journeys.start()
-        console.log(f"baseline pid {baseline.pid} on {baseline.url}; journeys serve pid "
-                    f"{journeys.pid} on {journeys.url} (JOURNEYS_INPROCESS_WORKER=false)")
+        console.log(
+            f"baseline pid {baseline.pid} on {baseline.url}; journeys serve pid "
+            f"{journeys.pid} on {journeys.url} (JOURNEYS_INPROCESS_WORKER=false)"
+        )
         rng = random.Random(1)
         user = rng.choice(files["users"].read_text().split())
         customer = files["customers"].read_text().split()[0]
@@ -404,34 +526,49 @@ def _phases(report: LookupBenchReport, opts: LookupBenchOptions, *, exe: str, ur
         sizes = {
             "baseline": _sanity(baseline.url, f"/v1/customers/{customer}", {}),
             "stage": _sanity(journeys.url, f"/v1/profiles/user_id:{user}/stage", headers),
-            "timeline": _sanity(journeys.url, f"/v1/profiles/user_id:{heavy}/timeline?limit=50",
-                                headers, events=50),
+            "timeline": _sanity(
+                journeys.url, f"/v1/profiles/user_id:{heavy}/timeline?limit=50", headers, events=50
+            ),
         }
         servers = {"baseline": baseline, "stage": journeys, "timeline": journeys}
         order = ["baseline", "stage"] * opts.rounds + ["timeline"]
 
         def phase(name: str, duration: int, *, profile: bool) -> LookupPhase:
             server = servers[name]
-            return _wrk(exe=exe, name=name, label=labels[name], base_url=server.url,
-                        script=paths[name], connections=opts.connections,
-                        threads=opts.wrk_threads, duration=duration, server_pid=server.pid,
-                        postmaster=postmaster, dsn=dsn,
-                        profile_dir=opts.profile_dir if profile else None)
+            return _wrk(
+                exe=exe,
+                name=name,
+                label=labels[name],
+                base_url=server.url,
+                script=paths[name],
+                connections=opts.connections,
+                threads=opts.wrk_threads,
+                duration=duration,
+                server_pid=server.pid,
+                postmaster=postmaster,
+                dsn=dsn,
+                profile_dir=opts.profile_dir if profile else None,
+            )
 
         if opts.warmup:
             for name in ("baseline", "stage", "timeline"):
                 phase(name, opts.warmup, profile=False)
         for i, name in enumerate(order):
-            last_of_kind = name not in order[i + 1:]
+            last_of_kind = name not in order[i + 1 :]
             # Profiled runs are slowed by py-spy: an extra run, not part of the medians.
             result = phase(name, opts.duration, profile=False)
             result.response_bytes = sizes[name]
             report.phases.append(result)
-            console.log(f"{name:<9} {result.requests_per_s:8,.0f} req/s  p50 "
-                        f"{result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  cpu "
-                        f"{result.cpu_pct}")
-            if opts.profile_dir is not None and last_of_kind and name in ("stage", "timeline",
-                                                                          "baseline"):
+            console.log(
+                f"{name:<9} {result.requests_per_s:8,.0f} req/s  p50 "
+                f"{result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  cpu "
+                f"{result.cpu_pct}"
+            )
+            if (
+                opts.profile_dir is not None
+                and last_of_kind
+                and name in ("stage", "timeline", "baseline")
+            ):
                 spied = phase(name, opts.duration, profile=True)
                 report.summary[f"{name}_profiled"] = spied
     finally:
@@ -444,17 +581,22 @@ def _median_phase(phases: list[LookupPhase]) -> LookupPhase:
         return phases[0]
     first = phases[0]
     return LookupPhase(
-        name=first.name, label=first.label + f" (median of {len(phases)} runs)",
-        connections=first.connections, seconds=sum(p.seconds for p in phases),
+        name=first.name,
+        label=first.label + f" (median of {len(phases)} runs)",
+        connections=first.connections,
+        seconds=sum(p.seconds for p in phases),
         requests=sum(p.requests for p in phases),
         requests_per_s=statistics.median(p.requests_per_s for p in phases),
         p50_ms=statistics.median(p.p50_ms for p in phases),
         p90_ms=statistics.median(p.p90_ms for p in phases),
         p99_ms=statistics.median(p.p99_ms for p in phases),
-        max_ms=max(p.max_ms for p in phases), non2xx=sum(p.non2xx for p in phases),
-        socket_errors={k: sum(p.socket_errors.get(k, 0) for p in phases)
-                       for k in first.socket_errors},
-        response_bytes=first.response_bytes, cpu_pct=first.cpu_pct,
+        max_ms=max(p.max_ms for p in phases),
+        non2xx=sum(p.non2xx for p in phases),
+        socket_errors={
+            k: sum(p.socket_errors.get(k, 0) for p in phases) for k in first.socket_errors
+        },
+        response_bytes=first.response_bytes,
+        cpu_pct=first.cpu_pct,
     )
 
 
@@ -463,34 +605,47 @@ def _judge(report: LookupBenchReport) -> None:
     for p in report.phases:
         by_name.setdefault(p.name, []).append(p)
         if p.non2xx:
-            report.failures.append(f"{p.name}: {p.non2xx:,} of {p.requests:,} responses were "
-                                   "not 2xx")
+            report.failures.append(
+                f"{p.name}: {p.non2xx:,} of {p.requests:,} responses were not 2xx"
+            )
         if any(p.socket_errors.values()):
             report.failures.append(f"{p.name}: socket errors {p.socket_errors}")
         other = p.cpu_pct.get("other", 0.0)
         if other >= 25:
-            report.warnings.append(f"{p.name}: other processes used {other:.0f}% of a core "
-                                   "during the phase; the machine was not quiet (busiest: "
-                                   f"{', '.join(p.busiest_others) or '?'})")
+            report.warnings.append(
+                f"{p.name}: other processes used {other:.0f}% of a core "
+                "during the phase; the machine was not quiet (busiest: "
+                f"{', '.join(p.busiest_others) or '?'})"
+            )
     for name, phases in by_name.items():
         report.summary[name] = _median_phase(phases)
     base, stage, timeline = (report.summary.get(k) for k in ("baseline", "stage", "timeline"))
     if stage is not None:
-        report.targets.append({"target": f"stage p99 < {STAGE_P99_MS:g} ms",
-                               "met": stage.p99_ms < STAGE_P99_MS,
-                               "measured": f"{stage.p99_ms:.2f} ms"})
+        report.targets.append(
+            {
+                "target": f"stage p99 < {STAGE_P99_MS:g} ms",
+                "met": stage.p99_ms < STAGE_P99_MS,
+                "measured": f"{stage.p99_ms:.2f} ms",
+            }
+        )
     if stage is not None and base is not None and base.requests_per_s:
         report.ratio = stage.requests_per_s / base.requests_per_s
-        report.targets.append({
-            "target": f"stage ≥ {STAGE_RATIO:.0%} of the bare PK lookup's req/s",
-            "met": report.ratio >= STAGE_RATIO,
-            "measured": f"{report.ratio:.2f}x ({stage.requests_per_s:,.0f} vs "
-                        f"{base.requests_per_s:,.0f} req/s)",
-        })
+        report.targets.append(
+            {
+                "target": f"stage ≥ {STAGE_RATIO:.0%} of the bare PK lookup's req/s",
+                "met": report.ratio >= STAGE_RATIO,
+                "measured": f"{report.ratio:.2f}x ({stage.requests_per_s:,.0f} vs "
+                f"{base.requests_per_s:,.0f} req/s)",
+            }
+        )
     if timeline is not None:
-        report.targets.append({"target": f"timeline (50 events) p99 < {TIMELINE_P99_MS:g} ms",
-                               "met": timeline.p99_ms < TIMELINE_P99_MS,
-                               "measured": f"{timeline.p99_ms:.2f} ms"})
+        report.targets.append(
+            {
+                "target": f"timeline (50 events) p99 < {TIMELINE_P99_MS:g} ms",
+                "met": timeline.p99_ms < TIMELINE_P99_MS,
+                "measured": f"{timeline.p99_ms:.2f} ms",
+            }
+        )
 
 
 # --------------------------------------------------------------------------- output
@@ -502,18 +657,25 @@ def markdown(report: LookupBenchReport) -> str:
     d = report.dataset
     conns = next(iter(report.summary.values())).connections if report.summary else 8
     duration = report.phases[0].seconds if report.phases else 0
-    lines = [f"| endpoint (wrk, {conns} connections, {duration:.0f} s) | req/s | p50 ms | "
-             "p90 ms | p99 ms | ratio to baseline | response bytes |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"| endpoint (wrk, {conns} connections, {duration:.0f} s) | req/s | p50 ms | "
+        "p90 ms | p99 ms | ratio to baseline | response bytes |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     base = report.summary.get("baseline")
     for name in ("baseline", "stage", "timeline"):
         p = report.summary.get(name)
         if p is None:
             continue
-        ratio = (f"{p.requests_per_s / base.requests_per_s:.2f}"
-                 if base is not None and base.requests_per_s else "-")
-        lines.append(f"| {p.label} | {p.requests_per_s:,.0f} | {p.p50_ms:.2f} | {p.p90_ms:.2f} "
-                     f"| {p.p99_ms:.2f} | {ratio} | {p.response_bytes:,} |")
+        ratio = (
+            f"{p.requests_per_s / base.requests_per_s:.2f}"
+            if base is not None and base.requests_per_s
+            else "-"
+        )
+        lines.append(
+            f"| {p.label} | {p.requests_per_s:,.0f} | {p.p50_ms:.2f} | {p.p90_ms:.2f} "
+            f"| {p.p99_ms:.2f} | {ratio} | {p.response_bytes:,} |"
+        )
     stats = d.get("archetype_stats", {})
     lines += [
         "",
@@ -530,23 +692,36 @@ def markdown(report: LookupBenchReport) -> str:
         lines.append(
             f"Verification: {v['customers']} random customers re-stitched from their "
             f"{v.get('raw_events', 0):,} raw events by the real stitcher: "
-            + ("every customer, timeline, identity and link row identical."
-               if v["identical"] else f"**MISMATCH** {v['mismatches']}"))
-    lines.append("Ids: " + ", ".join(f"{v:,} {k}" for k, v in report.id_lists.items())
-                 + " drawn at random per request; the baseline reads the customers of the "
-                   "stage phase's users.")
+            + (
+                "every customer, timeline, identity and link row identical."
+                if v["identical"]
+                else f"**MISMATCH** {v['mismatches']}"
+            )
+        )
+    lines.append(
+        "Ids: "
+        + ", ".join(f"{v:,} {k}" for k, v in report.id_lists.items())
+        + " drawn at random per request; the baseline reads the customers of the "
+        "stage phase's users."
+    )
     for name in ("baseline", "stage", "timeline"):
         p = report.summary.get(name)
         if p is not None and p.cpu_pct:
-            lines.append(f"CPU during {name} (% of one core): "
-                         + ", ".join(f"{k} {v:.0f}" for k, v in p.cpu_pct.items()))
-    lines.append(f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB, Python "
-                 f"{m['python']}; {report.database}; servers (1 worker each), PostgreSQL and wrk "
-                 "share the cores.")
+            lines.append(
+                f"CPU during {name} (% of one core): "
+                + ", ".join(f"{k} {v:.0f}" for k, v in p.cpu_pct.items())
+            )
+    lines.append(
+        f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB, Python "
+        f"{m['python']}; {report.database}; servers (1 worker each), PostgreSQL and wrk "
+        "share the cores."
+    )
     if report.targets:
         lines += ["", "Targets:"]
-        lines += [f"- {'met' if t['met'] else 'MISSED'}: {t['target']} (measured {t['measured']})"
-                  for t in report.targets]
+        lines += [
+            f"- {'met' if t['met'] else 'MISSED'}: {t['target']} (measured {t['measured']})"
+            for t in report.targets
+        ]
     if report.warnings:
         lines += ["", "Warnings:"] + [f"- {w}" for w in report.warnings]
     if report.failures:
@@ -558,31 +733,52 @@ def markdown(report: LookupBenchReport) -> str:
 
 
 def bench_lookup(
-    database_url: Annotated[str | None, typer.Option(
-        help="postgresql://… [JOURNEYS_DATABASE_URL; else the embedded PostgreSQL]")] = None,
-    customers: Annotated[int, typer.Option(help="customers in the dataset",
-                                           min=1_000, max=100_000_000)] = 1_000_000,
-    events_per_customer: Annotated[int, typer.Option(help="average events per customer",
-                                                     min=2, max=200)] = 10,
-    archetypes: Annotated[int, typer.Option(help="distinct journeys the customers copy",
-                                            min=100, max=100_000)] = 2_000,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="postgresql://… [JOURNEYS_DATABASE_URL; else the embedded PostgreSQL]"),
+    ] = None,
+    customers: Annotated[
+        int, typer.Option(help="customers in the dataset", min=1_000, max=100_000_000)
+    ] = 1_000_000,
+    events_per_customer: Annotated[
+        int, typer.Option(help="average events per customer", min=2, max=200)
+    ] = 10,
+    archetypes: Annotated[
+        int, typer.Option(help="distinct journeys the customers copy", min=100, max=100_000)
+    ] = 2_000,
     duration: Annotated[int, typer.Option(help="seconds per wrk phase", min=2, max=300)] = 15,
-    warmup: Annotated[int, typer.Option(help="seconds of unmeasured warm-up per endpoint",
-                                        min=0, max=60)] = 3,
+    warmup: Annotated[
+        int, typer.Option(help="seconds of unmeasured warm-up per endpoint", min=0, max=60)
+    ] = 3,
     connections: Annotated[int, typer.Option(help="wrk connections", min=1, max=1024)] = 8,
-    rounds: Annotated[int, typer.Option(
-        help="alternate baseline and stage this many times; report medians", min=1, max=10)] = 1,
-    verify: Annotated[int, typer.Option(
-        help="re-stitch this many random customers and compare (0: skip)", min=0,
-        max=10_000)] = 200,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            help="alternate baseline and stage this many times; report medians", min=1, max=10
+        ),
+    ] = 1,
+    verify: Annotated[
+        int,
+        typer.Option(
+            help="re-stitch this many random customers and compare (0: skip)", min=0, max=10_000
+        ),
+    ] = 200,
     reuse: Annotated[bool, typer.Option(help="use a kept dataset of the same shape")] = False,
     keep: Annotated[bool, typer.Option(help="keep the dataset for --reuse")] = False,
-    profile: Annotated[Path | None, typer.Option(
-        help="also record each server with py-spy (an extra, unreported run per endpoint) "
-             "into this directory")] = None,
-    baseline_reset: Annotated[bool, typer.Option(
-        help="let the baseline's asyncpg pool reset connections on release (its default: one "
-             "more round trip per request)")] = False,
+    profile: Annotated[
+        Path | None,
+        typer.Option(
+            help="also record each server with py-spy (an extra, unreported run per endpoint) "
+            "into this directory"
+        ),
+    ] = None,
+    baseline_reset: Annotated[
+        bool,
+        typer.Option(
+            help="let the baseline's asyncpg pool reset connections on release (its default: one "
+            "more round trip per request)"
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="dataset seed")] = 7,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
     output: Annotated[Path | None, typer.Option(help="write the markdown table here")] = None,
@@ -595,10 +791,21 @@ def bench_lookup(
     url, embedded = ds.resolve_url(database_url, console)
     opts = LookupBenchOptions(
         database_url=url,
-        spec=ds.DatasetSpec(customers=customers, events_per_customer=events_per_customer,
-                            archetypes=min(archetypes, customers), seed=seed),
-        reuse=reuse, keep=keep, duration=duration, warmup=warmup, connections=connections,
-        rounds=rounds, verify=verify, profile_dir=profile, baseline_reset=baseline_reset,
+        spec=ds.DatasetSpec(
+            customers=customers,
+            events_per_customer=events_per_customer,
+            archetypes=min(archetypes, customers),
+            seed=seed,
+        ),
+        reuse=reuse,
+        keep=keep,
+        duration=duration,
+        warmup=warmup,
+        connections=connections,
+        rounds=rounds,
+        verify=verify,
+        profile_dir=profile,
+        baseline_reset=baseline_reset,
     )
     try:
         report = run(opts, console)
@@ -612,8 +819,9 @@ def bench_lookup(
     if output is not None:
         output.write_text(text)
     if as_json:
-        sys.stdout.write(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2,
-                                      default=str).decode() + "\n")
+        sys.stdout.write(
+            orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2, default=str).decode() + "\n"
+        )
     else:
         out = Console()
         out.print(text, markup=False, highlight=False)

@@ -36,15 +36,28 @@ def py_spy_path() -> str | None:
     return str(local) if local.exists() else shutil.which("py-spy")
 
 
-def start_recording(pid: int, output: Path, duration: int, *, fmt: str = "raw"
-                    ) -> subprocess.Popen[bytes]:
+def start_recording(
+    pid: int, output: Path, duration: int, *, fmt: str = "raw"
+) -> subprocess.Popen[bytes]:
     """Sample `pid` and its children for `duration` seconds (non-blocking sampling, so the
     server is not paused; idle threads are left out)."""
     exe = py_spy_path()
     if exe is None:
         raise RuntimeError("py-spy is not installed (pip install py-spy, or the dev extra)")
-    args = [exe, "record", "--pid", str(pid), "--subprocesses", "--nonblocking",
-            "--duration", str(duration), "--format", fmt, "--output", str(output)]
+    args = [
+        exe,
+        "record",
+        "--pid",
+        str(pid),
+        "--subprocesses",
+        "--nonblocking",
+        "--duration",
+        str(duration),
+        "--format",
+        fmt,
+        "--output",
+        str(output),
+    ]
     if fmt == "raw":
         args.append("--nolineno")
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -85,7 +98,5 @@ def summarise(raw: Path, top: int = 15) -> ProfileSummary:
     # sample and says nothing; the framework's layers wrap everything too. By total time, rank
     # the project's own functions (app/…) below the trunk: where each request's time goes.
     trunk = 0.9 * max(total.values())
-    branches: Counter[str] = Counter(
-        {k: v for k, v in total.items() if v < trunk and "(app/" in k}
-    )
+    branches: Counter[str] = Counter({k: v for k, v in total.items() if v < trunk and "(app/" in k})
     return ProfileSummary(samples, str(raw), share(own), share(branches))

@@ -162,6 +162,7 @@ def timed_queries() -> Iterator[dict[str, list[float]]]:
                 entry = record.setdefault(name, [0, 0.0])
                 entry[0] += 1
                 entry[1] += time.perf_counter() - started
+
         return wrapper
 
     for module in (journeys_repo, ids_repo):
@@ -191,7 +192,8 @@ async def rewind_feed(dsn: str, workspace_id: int) -> int:
         first = await conn.fetchrow(
             "SELECT tx::text::bigint AS tx, seq FROM events WHERE workspace_id % 16 = $1 "
             "AND workspace_id = $2 ORDER BY workspace_id % 16, tx, seq LIMIT 1",
-            shard, workspace_id,
+            shard,
+            workspace_id,
         )
         if first is None:
             raise StitchBenchFailed(f"workspace {workspace_id} has no events")
@@ -207,7 +209,9 @@ async def rewind_feed(dsn: str, workspace_id: int) -> int:
               AND (e.tx, e.seq) < ($2::text::xid8, $3::bigint)
             GROUP BY 1, 2
             """,
-            shard, str(first["tx"]), first["seq"],
+            shard,
+            str(first["tx"]),
+            first["seq"],
         )
         foreign = [r for r in skipped if not (r["name"] or "bench-").startswith("bench-")]
         if foreign:
@@ -218,15 +222,18 @@ async def rewind_feed(dsn: str, workspace_id: int) -> int:
             )
         await conn.execute(
             "UPDATE stitch_progress SET tx = $2::text::xid8, seq = $3 WHERE shard = $1",
-            shard, str(first["tx"]), first["seq"] - 1,
+            shard,
+            str(first["tx"]),
+            first["seq"] - 1,
         )
         return int(sum(r["events"] for r in skipped))
     finally:
         await conn.close()
 
 
-async def _stitch_phase(url: str, workspace_id: int, opts: StitchBenchOptions,
-                        postmaster: int | None, console: Console) -> StitchPhase:
+async def _stitch_phase(
+    url: str, workspace_id: int, opts: StitchBenchOptions, postmaster: int | None, console: Console
+) -> StitchPhase:
     from app.bench.ingest import CpuMeter, _pg_pids
     from app.journeys.stitcher import LOCK_BASE, Stitcher
 
@@ -243,9 +250,13 @@ async def _stitch_phase(url: str, workspace_id: int, opts: StitchBenchOptions,
                 "`journeys worker` on this database): stop it for the benchmark"
             )
         stitcher = Stitcher(engine, batch_size=opts.batch_size, shards=(shard,))
-        backlog = int(await lock.fetchval(
-            "SELECT count(*) FROM events e JOIN stitch_progress p ON p.shard = $1 "
-            "WHERE e.workspace_id % 16 = $1 AND (e.tx, e.seq) > (p.tx, p.seq)", shard))
+        backlog = int(
+            await lock.fetchval(
+                "SELECT count(*) FROM events e JOIN stitch_progress p ON p.shard = $1 "
+                "WHERE e.workspace_id % 16 = $1 AND (e.tx, e.seq) > (p.tx, p.seq)",
+                shard,
+            )
+        )
         # Warm-up: pool, plans, and a first slice of derived state; then ANALYZE, as autovacuum
         # soon would on a live system (a brand-new workspace has no statistics: its first
         # batches run on stale plans, reported separately).
@@ -281,8 +292,9 @@ async def _stitch_phase(url: str, workspace_id: int, opts: StitchBenchOptions,
                 latencies.append(time.perf_counter() - t0)
                 events += done
             elapsed = time.perf_counter() - started
-            cpu = meter.stop(load_generator=False, wall=elapsed,
-                             pg_pids=await _pg_pids(lock, include_self=False))
+            cpu = meter.stop(
+                load_generator=False, wall=elapsed, pg_pids=await _pg_pids(lock, include_self=False)
+            )
             busiest = list(meter.others)
         await lock.execute("SELECT pg_advisory_unlock($1)", LOCK_BASE + shard)
         row = await lock.fetchrow(
@@ -293,11 +305,14 @@ async def _stitch_phase(url: str, workspace_id: int, opts: StitchBenchOptions,
             """,
             workspace_id,
         )
-        remaining = int(await lock.fetchval(
-            "SELECT count(*) FROM events e JOIN stitch_progress p ON p.shard = $1 "
-            "WHERE e.workspace_id = $2 AND (e.tx, e.seq) > (p.tx, p.seq)",
-            shard, workspace_id,
-        ))
+        remaining = int(
+            await lock.fetchval(
+                "SELECT count(*) FROM events e JOIN stitch_progress p ON p.shard = $1 "
+                "WHERE e.workspace_id = $2 AND (e.tx, e.seq) > (p.tx, p.seq)",
+                shard,
+                workspace_id,
+            )
+        )
     finally:
         await engine.dispose()
         await lock.close()
@@ -314,10 +329,15 @@ async def _stitch_phase(url: str, workspace_id: int, opts: StitchBenchOptions,
         warmup_events=warm,
         db_share_pct=round(100 * waited / elapsed, 1) if elapsed else 0.0,
         queries_per_batch=round(sum(v[0] for v in queries.values()) / per, 1),
-        queries=[{"function": name, "calls_per_batch": round(c / per, 1),
-                  "ms_per_batch": round(1000 * t / per, 1),
-                  "ms_per_call": round(1000 * t / c, 3) if c else 0.0}
-                 for name, (c, t) in top],
+        queries=[
+            {
+                "function": name,
+                "calls_per_batch": round(c / per, 1),
+                "ms_per_batch": round(1000 * t / per, 1),
+                "ms_per_call": round(1000 * t / c, 3) if c else 0.0,
+            }
+            for name, (c, t) in top
+        ],
         events=events,
         workspace_events=int(row["rows"]),
         batches=batches,
@@ -341,8 +361,9 @@ async def _stitch_phase(url: str, workspace_id: int, opts: StitchBenchOptions,
 # --------------------------------------------------------------------------- ingest
 
 
-def _ingest_phase(url: str, opts: StitchBenchOptions, postmaster: int | None,
-                  console: Console) -> dict[str, Any]:
+def _ingest_phase(
+    url: str, opts: StitchBenchOptions, postmaster: int | None, console: Console
+) -> dict[str, Any]:
     """The ingest bench's own `/v1/batch` phase (same server, same wrk script)."""
     from app.bench import ingest as ib
     from app.bench import wrk
@@ -352,8 +373,10 @@ def _ingest_phase(url: str, opts: StitchBenchOptions, postmaster: int | None,
     dsn = asyncpg_dsn(url)
     run_tag = secrets.token_hex(4)
     iopts = ib.IngestBenchOptions(
-        database_url=url, duration=opts.ingest_duration,
-        batch_connections=opts.batch_connections, batch_size=opts.batch_events,
+        database_url=url,
+        duration=opts.ingest_duration,
+        batch_connections=opts.batch_connections,
+        batch_size=opts.batch_events,
         wrk_threads=opts.wrk_threads,
         # Measured with the machine to itself, like the stitcher: no in-process stitching.
         server_env={"JOURNEYS_INPROCESS_WORKER": "false"},
@@ -363,21 +386,36 @@ def _ingest_phase(url: str, opts: StitchBenchOptions, postmaster: int | None,
     workspace_id, write_key = asyncio.run(ib._create_workspace(url))
     authorization = ib._authorization(write_key)
     try:
-        with ib._server(url, iopts) as server, \
-                tempfile.TemporaryDirectory(prefix="journeys-bench-") as tmp:
-            console.log(f"ingest: journeys serve pid {server.pid} on {server.url} "
-                        "(JOURNEYS_INPROCESS_WORKER=false); wrk /v1/batch, "
-                        f"{opts.batch_connections} connections, {opts.ingest_duration} s")
+        with (
+            ib._server(url, iopts) as server,
+            tempfile.TemporaryDirectory(prefix="journeys-bench-") as tmp,
+        ):
+            console.log(
+                f"ingest: journeys serve pid {server.pid} on {server.url} "
+                "(JOURNEYS_INPROCESS_WORKER=false); wrk /v1/batch, "
+                f"{opts.batch_connections} connections, {opts.ingest_duration} s"
+            )
             ib._sanity_check(server.url, authorization, parts, run_tag, opts.batch_events)
             phase, output = ib._http_phase(
-                exe=exe, server=server, name="batch", path="/v1/batch",
-                connections=opts.batch_connections, events_per_request=opts.batch_events,
-                authorization=authorization, parts=parts, run_tag=run_tag, opts=iopts,
-                workdir=Path(tmp), postmaster=postmaster, progress=lambda _: None,
+                exe=exe,
+                server=server,
+                name="batch",
+                path="/v1/batch",
+                connections=opts.batch_connections,
+                events_per_request=opts.batch_events,
+                authorization=authorization,
+                parts=parts,
+                run_tag=run_tag,
+                opts=iopts,
+                workdir=Path(tmp),
+                postmaster=postmaster,
+                progress=lambda _: None,
             )
         if phase.non2xx or any(phase.socket_errors.values()):
-            raise StitchBenchFailed(f"/v1/batch: {phase.non2xx} non-2xx responses, socket errors "
-                                    f"{phase.socket_errors}:\n{output[-1500:]}")
+            raise StitchBenchFailed(
+                f"/v1/batch: {phase.non2xx} non-2xx responses, socket errors "
+                f"{phase.socket_errors}:\n{output[-1500:]}"
+            )
     finally:
         asyncio.run(ib._drop_workspace(dsn, workspace_id, keep_events=False))
     body = asdict(phase)
@@ -400,24 +438,32 @@ def run(opts: StitchBenchOptions, console: Console) -> StitchBenchReport:
     version, postmaster = asyncio.run(_database_info(dsn))
     data = asyncio.run(ds.ensure_dataset(url, opts.spec, "raw", console, reuse=opts.reuse))
     report = StitchBenchReport(
-        started_at=datetime.now(UTC).isoformat(timespec="seconds"), machine=machine_info(),
-        database=version, dataset=data.as_dict(),
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        machine=machine_info(),
+        database=version,
+        dataset=data.as_dict(),
     )
     try:
         if data.reused:
             console.log("resetting the kept dataset's derived state")
-            asyncio.run(ds.drop_workspace_data(dsn, data.workspace_id, events=False,
-                                               workspace=False))
+            asyncio.run(
+                ds.drop_workspace_data(dsn, data.workspace_id, events=False, workspace=False)
+            )
         skipped = asyncio.run(rewind_feed(dsn, data.workspace_id))
         if skipped:
-            report.warnings.append(f"the feed position skipped {skipped:,} unstitched events of "
-                                   "other bench workspaces in the same shard")
-        report.stitch = asyncio.run(_stitch_phase(url, data.workspace_id, opts, postmaster,
-                                                  console))
+            report.warnings.append(
+                f"the feed position skipped {skipped:,} unstitched events of "
+                "other bench workspaces in the same shard"
+            )
+        report.stitch = asyncio.run(
+            _stitch_phase(url, data.workspace_id, opts, postmaster, console)
+        )
         s = report.stitch
-        console.log(f"stitched {s.events:,} events in {s.seconds:.1f} s: "
-                    f"{s.events_per_s:,.0f} events/s (batch p50 {s.batch_p50_ms:.0f} ms, "
-                    f"p99 {s.batch_p99_ms:.0f} ms)")
+        console.log(
+            f"stitched {s.events:,} events in {s.seconds:.1f} s: "
+            f"{s.events_per_s:,.0f} events/s (batch p50 {s.batch_p50_ms:.0f} ms, "
+            f"p99 {s.batch_p99_ms:.0f} ms)"
+        )
         if not opts.skip_ingest:
             report.ingest = _ingest_phase(url, opts, postmaster, console)
             console.log(f"ingest /v1/batch: {report.ingest['events_per_s']:,.0f} events/s")
@@ -426,8 +472,10 @@ def run(opts: StitchBenchOptions, console: Console) -> StitchBenchReport:
             console.log(f"deleting the dataset (workspace {data.workspace_id}; --keep keeps it)")
             asyncio.run(ds.drop_workspace_data(dsn, data.workspace_id))
         else:
-            console.log(f"kept dataset {data.name} (workspace {data.workspace_id}); "
-                        "--reuse runs on it again")
+            console.log(
+                f"kept dataset {data.name} (workspace {data.workspace_id}); "
+                "--reuse runs on it again"
+            )
     _judge(report)
     return report
 
@@ -438,24 +486,33 @@ def _judge(report: StitchBenchReport) -> None:
         return
     other = s.cpu_pct.get("other", 0.0)
     if other >= 25:
-        report.warnings.append(f"stitch: other processes used {other:.0f}% of a core during "
-                               "the window; the machine was not quiet (busiest: "
-                               f"{', '.join(s.busiest_others) or '?'})")
+        report.warnings.append(
+            f"stitch: other processes used {other:.0f}% of a core during "
+            "the window; the machine was not quiet (busiest: "
+            f"{', '.join(s.busiest_others) or '?'})"
+        )
     if s.events == 0:
-        report.failures.append("the stitcher consumed no events (feed empty or held back by a "
-                               "long-running transaction: see pg_stat_activity)")
+        report.failures.append(
+            "the stitcher consumed no events (feed empty or held back by a "
+            "long-running transaction: see pg_stat_activity)"
+        )
     if report.ingest is not None:
         other = report.ingest.get("cpu_pct", {}).get("other", 0.0)
         if other >= 25:
             report.warnings.append(f"ingest: other processes used {other:.0f}% of a core")
         rate = float(report.ingest["events_per_s"])
         report.ratio = s.events_per_s / rate if rate else None
-        report.targets.append({
-            "target": "stitch events/s > end-to-end /v1/batch ingest events/s (ratio > 1)",
-            "met": report.ratio is not None and report.ratio > 1,
-            "measured": (f"{report.ratio:.2f}x ({s.events_per_s:,.0f} vs {rate:,.0f} events/s)"
-                         if report.ratio is not None else "-"),
-        })
+        report.targets.append(
+            {
+                "target": "stitch events/s > end-to-end /v1/batch ingest events/s (ratio > 1)",
+                "met": report.ratio is not None and report.ratio > 1,
+                "measured": (
+                    f"{report.ratio:.2f}x ({s.events_per_s:,.0f} vs {rate:,.0f} events/s)"
+                    if report.ratio is not None
+                    else "-"
+                ),
+            }
+        )
 
 
 # --------------------------------------------------------------------------- output
@@ -474,16 +531,20 @@ def markdown(report: StitchBenchReport) -> str:
     lines = ["| phase | events/s | p50 ms | p99 ms | latency of |", "|---|---:|---:|---:|---|"]
     s = report.stitch
     if s is not None:
-        lines.append(f"| stitch: `Stitcher.stitch_shard`, 1 process, batches of {s.batch_size:,} "
-                     f"({s.events:,} events in {s.seconds:.0f} s) | {s.events_per_s:,.0f} | "
-                     f"{_num(s.batch_p50_ms, ',.0f')} | {_num(s.batch_p99_ms, ',.0f')} | "
-                     "one batch (transaction) |")
+        lines.append(
+            f"| stitch: `Stitcher.stitch_shard`, 1 process, batches of {s.batch_size:,} "
+            f"({s.events:,} events in {s.seconds:.0f} s) | {s.events_per_s:,.0f} | "
+            f"{_num(s.batch_p50_ms, ',.0f')} | {_num(s.batch_p99_ms, ',.0f')} | "
+            "one batch (transaction) |"
+        )
     if report.ingest is not None:
         i = report.ingest
-        lines.append(f"| ingest: HTTP /v1/batch ({i['events_per_request']} events/request, "
-                     f"{i['connections']} connections, in-process stitcher off) | "
-                     f"{i['events_per_s']:,.0f} | {_num(i['p50_ms'], '.1f')} | "
-                     f"{_num(i['p99_ms'], '.1f')} | one request |")
+        lines.append(
+            f"| ingest: HTTP /v1/batch ({i['events_per_request']} events/request, "
+            f"{i['connections']} connections, in-process stitcher off) | "
+            f"{i['events_per_s']:,.0f} | {_num(i['p50_ms'], '.1f')} | "
+            f"{_num(i['p99_ms'], '.1f')} | one request |"
+        )
     if report.ratio is not None:
         lines.append(f"| **ratio stitch / ingest** | **{report.ratio:.2f}** | | | |")
     stats = d.get("archetype_stats", {})
@@ -509,27 +570,39 @@ def markdown(report: StitchBenchReport) -> str:
         lines.append(
             f"Feed backlog of the shard when the window opened: {s.feed_backlog:,} events; "
             f"{s.warmup_events:,} events were stitched in an unmeasured warm-up, then the derived "
-            "tables were ANALYZEd (as autovacuum would soon do for a new workspace).")
+            "tables were ANALYZEd (as autovacuum would soon do for a new workspace)."
+        )
         lines.append(
             f"Where a batch's time goes: {s.db_share_pct:.0f}% awaiting SQL "
-            f"({s.queries_per_batch:,.0f} round trips per batch), the rest Python:")
-        lines += ["", "| SQL function | calls/batch | ms/batch | ms/call |",
-                  "|---|---:|---:|---:|"]
-        lines += [f"| {q['function']} | {q['calls_per_batch']:,.1f} | {q['ms_per_batch']:,.1f} "
-                  f"| {q['ms_per_call']:.2f} |" for q in s.queries[:10]]
+            f"({s.queries_per_batch:,.0f} round trips per batch), the rest Python:"
+        )
+        lines += ["", "| SQL function | calls/batch | ms/batch | ms/call |", "|---|---:|---:|---:|"]
+        lines += [
+            f"| {q['function']} | {q['calls_per_batch']:,.1f} | {q['ms_per_batch']:,.1f} "
+            f"| {q['ms_per_call']:.2f} |"
+            for q in s.queries[:10]
+        ]
         lines.append("")
-        lines.append("CPU during the stitch window (% of one core): "
-                     + ", ".join(f"{k} {v:.0f}" for k, v in s.cpu_pct.items()))
+        lines.append(
+            "CPU during the stitch window (% of one core): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in s.cpu_pct.items())
+        )
     if report.ingest is not None:
-        lines.append("CPU during the ingest window (% of one core): "
-                     + ", ".join(f"{k} {v:.0f}" for k, v in report.ingest["cpu_pct"].items()))
-    lines.append(f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB, Python "
-                 f"{m['python']}; {report.database}; stitcher, server, PostgreSQL and wrk share "
-                 "the cores.")
+        lines.append(
+            "CPU during the ingest window (% of one core): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in report.ingest["cpu_pct"].items())
+        )
+    lines.append(
+        f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB, Python "
+        f"{m['python']}; {report.database}; stitcher, server, PostgreSQL and wrk share "
+        "the cores."
+    )
     if report.targets:
         lines += ["", "Targets:"]
-        lines += [f"- {'met' if t['met'] else 'MISSED'}: {t['target']} (measured {t['measured']})"
-                  for t in report.targets]
+        lines += [
+            f"- {'met' if t['met'] else 'MISSED'}: {t['target']} (measured {t['measured']})"
+            for t in report.targets
+        ]
     if report.warnings:
         lines += ["", "Warnings:"] + [f"- {w}" for w in report.warnings]
     if report.failures:
@@ -561,29 +634,41 @@ def print_profile(out: Console, title: str, profile: ProfileSummary | None) -> N
 
 
 def bench_stitch(
-    database_url: Annotated[str | None, typer.Option(
-        help="postgresql://… [JOURNEYS_DATABASE_URL; else the embedded PostgreSQL]")] = None,
-    customers: Annotated[int, typer.Option(help="customers in the dataset",
-                                           min=1_000, max=100_000_000)] = 1_000_000,
-    events_per_customer: Annotated[int, typer.Option(help="average events per customer",
-                                                     min=2, max=200)] = 10,
-    archetypes: Annotated[int, typer.Option(help="distinct journeys the customers copy",
-                                            min=100, max=100_000)] = 2_000,
-    seconds: Annotated[float, typer.Option(help="how long to stitch (a bounded sample)",
-                                           min=5, max=3_600)] = 60.0,
-    batch_size: Annotated[int, typer.Option(help="stitcher batch size", min=1,
-                                            max=100_000)] = 2_000,
-    ingest_duration: Annotated[int, typer.Option(help="seconds of the /v1/batch phase",
-                                                 min=2, max=120)] = 15,
-    batch_connections: Annotated[int, typer.Option(help="wrk connections for /v1/batch",
-                                                   min=1, max=1024)] = 32,
-    warmup_seconds: Annotated[float, typer.Option(
-        help="unmeasured stitching before the window (then ANALYZE)", min=0, max=600)] = 10.0,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="postgresql://… [JOURNEYS_DATABASE_URL; else the embedded PostgreSQL]"),
+    ] = None,
+    customers: Annotated[
+        int, typer.Option(help="customers in the dataset", min=1_000, max=100_000_000)
+    ] = 1_000_000,
+    events_per_customer: Annotated[
+        int, typer.Option(help="average events per customer", min=2, max=200)
+    ] = 10,
+    archetypes: Annotated[
+        int, typer.Option(help="distinct journeys the customers copy", min=100, max=100_000)
+    ] = 2_000,
+    seconds: Annotated[
+        float, typer.Option(help="how long to stitch (a bounded sample)", min=5, max=3_600)
+    ] = 60.0,
+    batch_size: Annotated[
+        int, typer.Option(help="stitcher batch size", min=1, max=100_000)
+    ] = 2_000,
+    ingest_duration: Annotated[
+        int, typer.Option(help="seconds of the /v1/batch phase", min=2, max=120)
+    ] = 15,
+    batch_connections: Annotated[
+        int, typer.Option(help="wrk connections for /v1/batch", min=1, max=1024)
+    ] = 32,
+    warmup_seconds: Annotated[
+        float,
+        typer.Option(help="unmeasured stitching before the window (then ANALYZE)", min=0, max=600),
+    ] = 10.0,
     skip_ingest: Annotated[bool, typer.Option(help="stitch phase only")] = False,
     reuse: Annotated[bool, typer.Option(help="use a kept dataset of the same shape")] = False,
     keep: Annotated[bool, typer.Option(help="keep the dataset for --reuse")] = False,
-    profile: Annotated[Path | None, typer.Option(
-        help="record the stitcher with py-spy into this directory")] = None,
+    profile: Annotated[
+        Path | None, typer.Option(help="record the stitcher with py-spy into this directory")
+    ] = None,
     seed: Annotated[int, typer.Option(help="dataset seed")] = 7,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
     output: Annotated[Path | None, typer.Option(help="write the markdown table here")] = None,
@@ -593,11 +678,21 @@ def bench_stitch(
     url, embedded = ds.resolve_url(database_url, console)
     opts = StitchBenchOptions(
         database_url=url,
-        spec=ds.DatasetSpec(customers=customers, events_per_customer=events_per_customer,
-                            archetypes=min(archetypes, customers), seed=seed),
-        reuse=reuse, keep=keep, seconds=seconds, batch_size=batch_size,
-        ingest_duration=ingest_duration, batch_connections=batch_connections,
-        profile_dir=profile, skip_ingest=skip_ingest, warmup_seconds=warmup_seconds,
+        spec=ds.DatasetSpec(
+            customers=customers,
+            events_per_customer=events_per_customer,
+            archetypes=min(archetypes, customers),
+            seed=seed,
+        ),
+        reuse=reuse,
+        keep=keep,
+        seconds=seconds,
+        batch_size=batch_size,
+        ingest_duration=ingest_duration,
+        batch_connections=batch_connections,
+        profile_dir=profile,
+        skip_ingest=skip_ingest,
+        warmup_seconds=warmup_seconds,
     )
     try:
         report = run(opts, console)
@@ -616,8 +711,9 @@ def bench_stitch(
     if output is not None:
         output.write_text(text)
     if as_json:
-        sys.stdout.write(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2,
-                                      default=str).decode() + "\n")
+        sys.stdout.write(
+            orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2, default=str).decode() + "\n"
+        )
     else:
         out = Console()
         out.print(text, markup=False, highlight=False)

@@ -30,8 +30,10 @@ def ensure_wrk() -> str:
     if found:
         return found
     if shutil.which("apt-get") is None:
-        raise WrkError("wrk is not installed and apt-get is not available: install wrk "
-                       "(https://github.com/wg/wrk) and run the benchmark again")
+        raise WrkError(
+            "wrk is not installed and apt-get is not available: install wrk "
+            "(https://github.com/wg/wrk) and run the benchmark again"
+        )
     prefix: list[str] = []
     if os.geteuid() != 0:
         if shutil.which("sudo") is None:
@@ -39,13 +41,16 @@ def ensure_wrk() -> str:
         prefix = ["sudo", "-n"]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for args in (["apt-get", "update"], ["apt-get", "install", "-y", "wrk"]):
-        proc = subprocess.run([*prefix, *args], env=env, capture_output=True, text=True,
-                              timeout=300, check=False)
+        proc = subprocess.run(
+            [*prefix, *args], env=env, capture_output=True, text=True, timeout=300, check=False
+        )
         if proc.returncode != 0:
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
-            raise WrkError(f"wrk is not installed and `{' '.join(args)}` failed "
-                           f"(exit {proc.returncode}):\n{tail}\n"
-                           "install wrk (Debian/Ubuntu: apt-get install wrk) and run again")
+            raise WrkError(
+                f"wrk is not installed and `{' '.join(args)}` failed "
+                f"(exit {proc.returncode}):\n{tail}\n"
+                "install wrk (Debian/Ubuntu: apt-get install wrk) and run again"
+            )
     found = shutil.which("wrk")
     if not found:
         raise WrkError("apt-get install wrk succeeded but `wrk` is still not on PATH")
@@ -78,9 +83,15 @@ def _lua_string(text: str) -> str:
     return f"[{eq}[{text}]{eq}]"
 
 
-def lua_script(*, path: str, authorization: str, run_tag: str,
-               templates: Sequence[tuple[str, str]], events_per_request: int,
-               sent_at: str) -> str:
+def lua_script(
+    *,
+    path: str,
+    authorization: str,
+    run_tag: str,
+    templates: Sequence[tuple[str, str]],
+    events_per_request: int,
+    sent_at: str,
+) -> str:
     """The wrk script: `events_per_request` == 1 posts single events, otherwise batches."""
     if events_per_request < 1 or not templates:
         raise ValueError("need templates and at least one event per request")
@@ -178,9 +189,13 @@ def parse_output(text: str) -> WrkResult:
     sockets = re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
     )
-    errors = dict(zip(("connect", "read", "write", "timeout"),
-                      (int(x) for x in sockets.groups()) if sockets else (0, 0, 0, 0),
-                      strict=True))
+    errors = dict(
+        zip(
+            ("connect", "read", "write", "timeout"),
+            (int(x) for x in sockets.groups()) if sockets else (0, 0, 0, 0),
+            strict=True,
+        )
+    )
     non2xx_match = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     non2xx = int(non2xx_match.group(1)) if non2xx_match else 0
     requests = int(total.group(1))
@@ -191,8 +206,11 @@ def parse_output(text: str) -> WrkResult:
         duration_s = exact["duration_us"] / 1e6
         non2xx = int(exact["non2xx"])
         errors = {k: int(exact[k]) for k in ("connect", "read", "write", "timeout")}
-        latency = {50: exact["p50_us"] / 1000, 90: exact["p90_us"] / 1000,
-                   99: exact["p99_us"] / 1000}
+        latency = {
+            50: exact["p50_us"] / 1000,
+            90: exact["p90_us"] / 1000,
+            99: exact["p99_us"] / 1000,
+        }
     if 50 not in latency or 99 not in latency:
         raise WrkError(f"wrk printed no latency distribution (run it with --latency):\n{text}")
     return WrkResult(

@@ -102,8 +102,12 @@ def unexpected_error_response(exc: Exception) -> Response:
 
     if is_unavailable(exc):
         return problem_response(
-            ProblemError(503, "database_unavailable", "the database is unavailable; retry later",
-                         headers={"Retry-After": "5"})
+            ProblemError(
+                503,
+                "database_unavailable",
+                "the database is unavailable; retry later",
+                headers={"Retry-After": "5"},
+            )
         )
     log.exception("unhandled_error", error=repr(exc))
     return problem_response(ProblemError(500, "internal_error", "an unexpected error occurred"))

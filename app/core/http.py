@@ -25,21 +25,40 @@ _ID_COUNTER = itertools.count(1)
 INGEST_PATHS = frozenset(
     f"/v1/{name}"
     for name in (
-        "track", "identify", "page", "screen", "group", "alias", "batch",
-        "t", "i", "p", "s", "g", "a", "b", "m",
+        "track",
+        "identify",
+        "page",
+        "screen",
+        "group",
+        "alias",
+        "batch",
+        "t",
+        "i",
+        "p",
+        "s",
+        "g",
+        "a",
+        "b",
+        "m",
     )
 )
 _PREFLIGHT_MAX_AGE = b"86400"
 
 
 async def _too_large_headers(send: Send, limit: int) -> None:
-    body = orjson.dumps(problem_body(
-        431, "headers_too_large", f"request headers exceed {limit} bytes"
-    ))
-    await send({"type": "http.response.start", "status": 431, "headers": [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", str(len(body)).encode()),
-    ]})
+    body = orjson.dumps(
+        problem_body(431, "headers_too_large", f"request headers exceed {limit} bytes")
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 431,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -70,15 +89,21 @@ class RequestMiddleware:
 
         if origin is not None and scope["method"] == "OPTIONS":
             requested = headers.get(b"access-control-request-headers", b"content-type")
-            await send({"type": "http.response.start", "status": 204, "headers": [
-                (b"access-control-allow-origin", origin),
-                (b"access-control-allow-methods", b"POST, OPTIONS"),
-                (b"access-control-allow-headers", requested),
-                (b"access-control-allow-credentials", b"true"),
-                (b"access-control-max-age", _PREFLIGHT_MAX_AGE),
-                (b"vary", b"Origin"),
-                (b"x-request-id", request_id.encode()),
-            ]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 204,
+                    "headers": [
+                        (b"access-control-allow-origin", origin),
+                        (b"access-control-allow-methods", b"POST, OPTIONS"),
+                        (b"access-control-allow-headers", requested),
+                        (b"access-control-allow-credentials", b"true"),
+                        (b"access-control-max-age", _PREFLIGHT_MAX_AGE),
+                        (b"vary", b"Origin"),
+                        (b"x-request-id", request_id.encode()),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": b""})
             self._log(scope, 204, started, request_id)
             return

@@ -70,7 +70,9 @@ async def load_identities(
         f"SELECT {_IDENTITY_COLUMNS} FROM identities i "
         "JOIN unnest($2::text[], $3::text[]) AS q(kind, value) USING (kind, value) "
         "WHERE i.workspace_id = $1",
-        workspace_id, kinds, values,
+        workspace_id,
+        kinds,
+        values,
     )
     return {row.ident: row for row in map(_identity, rows)}
 
@@ -82,7 +84,8 @@ async def load_cluster_identities(
     rows = await conn.fetch(
         f"SELECT {_IDENTITY_COLUMNS} FROM identities "
         "WHERE workspace_id = $1 AND cluster_id = ANY($2::bigint[])",
-        workspace_id, list(cluster_ids),
+        workspace_id,
+        list(cluster_ids),
     )
     return [_identity(r) for r in rows]
 
@@ -94,7 +97,8 @@ async def identities_of_customer(
     rows = await conn.fetch(
         f"SELECT {_IDENTITY_COLUMNS} FROM identities WHERE workspace_id = $1 AND customer_id = $2 "
         "ORDER BY first_seen, kind, value",
-        workspace_id, customer_id,
+        workspace_id,
+        customer_id,
     )
     return [_identity(r) for r in rows]
 
@@ -127,9 +131,13 @@ async def upsert_identities(
             first_seen = excluded.first_seen, first_message_id = excluded.first_message_id,
             shared_device = excluded.shared_device
         """,
-        workspace_id, kinds, values,
-        [r.customer_id for r in rows], [r.cluster_id for r in rows],
-        [r.first_seen for r in rows], [r.first_message_id for r in rows],
+        workspace_id,
+        kinds,
+        values,
+        [r.customer_id for r in rows],
+        [r.cluster_id for r in rows],
+        [r.first_seen for r in rows],
+        [r.first_message_id for r in rows],
         [r.shared_device for r in rows],
     )
 
@@ -144,7 +152,9 @@ async def delete_identities(
     await conn.execute(
         "DELETE FROM identities i USING unnest($2::text[], $3::text[]) AS q(kind, value) "
         "WHERE i.workspace_id = $1 AND (i.kind, i.value) = (q.kind, q.value)",
-        workspace_id, kinds, values,
+        workspace_id,
+        kinds,
+        values,
     )
 
 
@@ -156,11 +166,14 @@ async def move_clusters(
         return
     await conn.execute(
         "UPDATE identities SET cluster_id = $2 WHERE workspace_id = $1 AND cluster_id = ANY($3)",
-        workspace_id, into, list(absorbed),
+        workspace_id,
+        into,
+        list(absorbed),
     )
     await conn.execute(
         "DELETE FROM identity_ledger WHERE workspace_id = $1 AND cluster_id = ANY($2)",
-        workspace_id, list(absorbed),
+        workspace_id,
+        list(absorbed),
     )
 
 
@@ -180,7 +193,9 @@ async def load_links(
         SELECT l.* FROM identity_links l JOIN q ON (l.b_kind, l.b_value) = (q.kind, q.value)
         WHERE l.workspace_id = $1
         """,
-        workspace_id, kinds, values,
+        workspace_id,
+        kinds,
+        values,
     )
     return [
         LinkRow(
@@ -203,11 +218,17 @@ async def aliases_naming(
     rows = await conn.fetch(
         "SELECT * FROM identity_links WHERE workspace_id = $1 AND a_kind = 'user_id' "
         "AND a_value = ANY($2::text[]) AND rule = 'alias'",
-        workspace_id, list(values),
+        workspace_id,
+        list(values),
     )
     return [
-        LinkRow(Identifier(r["a_kind"], r["a_value"]), Identifier(r["b_kind"], r["b_value"]),
-                r["rule"], r["at"], r["message_id"])
+        LinkRow(
+            Identifier(r["a_kind"], r["a_value"]),
+            Identifier(r["b_kind"], r["b_value"]),
+            r["rule"],
+            r["at"],
+            r["message_id"],
+        )
         for r in rows
     ]
 
@@ -230,9 +251,12 @@ async def upsert_links(
                 < (identity_links.at, identity_links.message_id)
         """,
         workspace_id,
-        [link.a.kind for link in links], [link.a.value for link in links],
-        [link.b.kind for link in links], [link.b.value for link in links],
-        [link.rule for link in links], [link.at for link in links],
+        [link.a.kind for link in links],
+        [link.a.value for link in links],
+        [link.b.kind for link in links],
+        [link.b.value for link in links],
+        [link.rule for link in links],
+        [link.at for link in links],
         [link.message_id for link in links],
     )
 
@@ -246,7 +270,8 @@ async def identify_occurrences(
     rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT message_id, timestamp, user_id, anonymous_id FROM journey_events "
         "WHERE workspace_id = $1 AND anonymous_id = ANY($2::text[]) AND user_id IS NOT NULL",
-        workspace_id, list(anonymous_ids),
+        workspace_id,
+        list(anonymous_ids),
     )
     return rows
 
@@ -261,7 +286,8 @@ async def blocked_pairs(
     rows = await conn.fetch(
         "SELECT a, b FROM blocked_links WHERE workspace_id = $1 "
         "AND (a = ANY($2::text[]) OR b = ANY($2::text[]))",
-        workspace_id, names,
+        workspace_id,
+        names,
     )
     return frozenset((Identifier.parse(r["a"]), Identifier.parse(r["b"])) for r in rows)
 
@@ -274,7 +300,10 @@ async def block_link(
     await conn.execute(
         "INSERT INTO blocked_links (workspace_id, a, b, reason) VALUES ($1, $2, $3, $4) "
         "ON CONFLICT DO NOTHING",
-        workspace_id, first, second, reason,
+        workspace_id,
+        first,
+        second,
+        reason,
     )
 
 
@@ -286,18 +315,29 @@ async def replace_ledgers(
         return
     await conn.execute(
         "DELETE FROM identity_ledger WHERE workspace_id = $1 AND cluster_id = ANY($2::bigint[])",
-        workspace_id, sorted(ledgers),
+        workspace_id,
+        sorted(ledgers),
     )
     rows = [
-        (workspace_id, cluster_id, i, e.at, e.message_id, e.action, e.rule,
-         [str(x) for x in e.identifiers], e.into, e.reason)
+        (
+            workspace_id,
+            cluster_id,
+            i,
+            e.at,
+            e.message_id,
+            e.action,
+            e.rule,
+            [str(x) for x in e.identifiers],
+            e.into,
+            e.reason,
+        )
         for cluster_id, entries in sorted(ledgers.items())
         for i, e in enumerate(entries)
     ]
     if rows:
         await conn.executemany(
             "INSERT INTO identity_ledger (workspace_id, cluster_id, position, at, message_id,"
-            " action, rule, identifiers, \"into\", reason)"
+            ' action, rule, identifiers, "into", reason)'
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             rows,
         )
@@ -308,9 +348,10 @@ async def ledger_for(
 ) -> list[asyncpg.Record]:
     """Ledger rows of clusters, in decision order."""
     rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT at, message_id, action, rule, identifiers, \"into\", reason FROM identity_ledger "
+        'SELECT at, message_id, action, rule, identifiers, "into", reason FROM identity_ledger '
         "WHERE workspace_id = $1 AND cluster_id = ANY($2::bigint[]) "
         "ORDER BY at, message_id, position",
-        workspace_id, list(cluster_ids),
+        workspace_id,
+        list(cluster_ids),
     )
     return rows

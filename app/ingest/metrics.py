@@ -4,9 +4,7 @@ from prometheus_client import Counter, Histogram
 
 EVENTS_ACCEPTED = Counter("journeys_events_accepted_total", "Events stored (after dedupe)")
 EVENTS_DUPLICATE = Counter("journeys_events_duplicate_total", "Retried events already stored")
-EVENTS_REJECTED = Counter(
-    "journeys_events_rejected_total", "Events refused, by reason", ["code"]
-)
+EVENTS_REJECTED = Counter("journeys_events_rejected_total", "Events refused, by reason", ["code"])
 REQUESTS_REFUSED = Counter(
     "journeys_ingest_requests_refused_total", "Ingest requests answered 4xx/5xx", ["status"]
 )

@@ -96,13 +96,15 @@ class RequestMeta:
 # --------------------------------------------------------------------------- body decoding
 
 
-def decode_body(raw: bytes, *, content_type: str | None, content_encoding: str | None,
-                limit: int) -> bytes:
+def decode_body(
+    raw: bytes, *, content_type: str | None, content_encoding: str | None, limit: int
+) -> bytes:
     """Check the media type and inflate gzip, refusing anything that inflates past `limit`."""
     media = (content_type or "application/json").split(";", 1)[0].strip().lower()
     if media not in ("application/json", "text/plain", "", "application/x-json"):
         raise IngestError(
-            415, "unsupported_media_type",
+            415,
+            "unsupported_media_type",
             f"Content-Type {media!r} is not supported; send application/json or text/plain",
         )
     encoding = (content_encoding or "identity").strip().lower()
@@ -112,7 +114,8 @@ def decode_body(raw: bytes, *, content_type: str | None, content_encoding: str |
         body = _gunzip(raw, limit)
     else:
         raise IngestError(
-            415, "unsupported_content_encoding",
+            415,
+            "unsupported_content_encoding",
             f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding",
         )
     if len(body) > limit:
@@ -128,9 +131,7 @@ def _gunzip(raw: bytes, limit: int) -> bytes:
     except zlib.error as exc:
         raise IngestError(400, "invalid_gzip", f"body is not valid gzip: {exc}") from None
     if len(out) > limit or inflater.unconsumed_tail:
-        raise IngestError(
-            413, "body_too_large", f"body inflates to more than {limit // 1024} KB"
-        )
+        raise IngestError(413, "body_too_large", f"body inflates to more than {limit // 1024} KB")
     if not inflater.eof:
         raise IngestError(400, "invalid_gzip", "body is not valid gzip: truncated stream")
     return out
@@ -304,8 +305,9 @@ def normalise_event(
     if not isinstance(item, dict):
         raise IngestError(400, "invalid_event", "event must be a JSON object", field or None)
     if not depth_checked and _depth_exceeds(item, MAX_DEPTH):
-        raise IngestError(400, "too_deep", f"event is nested deeper than {MAX_DEPTH} levels",
-                          field or None)
+        raise IngestError(
+            400, "too_deep", f"event is nested deeper than {MAX_DEPTH} levels", field or None
+        )
     # SDKs send explicit nulls for optional fields: they mean "absent".
     event: dict[str, Any] = {k: v for k, v in item.items() if v is not None}
     for key in _SERVER_OWNED:
@@ -314,8 +316,10 @@ def normalise_event(
     kind = type_hint or event.get("type")
     if not isinstance(kind, str) or kind not in EVENT_TYPES:
         raise IngestError(
-            400, "invalid_type",
-            "type must be one of " + ", ".join(sorted(EVENT_TYPES)), prefix + "type",
+            400,
+            "invalid_type",
+            "type must be one of " + ", ".join(sorted(EVENT_TYPES)),
+            prefix + "type",
         )
     event["type"] = kind
 
@@ -331,8 +335,9 @@ def normalise_event(
     user_id = _identifier(event.get("userId"), prefix + "userId")
     anonymous_id = _identifier(event.get("anonymousId"), prefix + "anonymousId")
     if user_id is None and anonymous_id is None:
-        raise IngestError(400, "missing_identity", "userId or anonymousId is required",
-                          prefix + "userId")
+        raise IngestError(
+            400, "missing_identity", "userId or anonymousId is required", prefix + "userId"
+        )
     for key, value in (("userId", user_id), ("anonymousId", anonymous_id)):
         if value is None:
             event.pop(key, None)
@@ -343,16 +348,19 @@ def normalise_event(
     if kind == "track":
         name = event.get("event")
         if not isinstance(name, str) or not name.strip():
-            raise IngestError(400, "missing_event", "track needs a non-empty event name",
-                              prefix + "event")
+            raise IngestError(
+                400, "missing_event", "track needs a non-empty event name", prefix + "event"
+            )
         if len(name) > 512:
-            raise IngestError(400, "invalid_field", "is longer than 512 characters",
-                              prefix + "event")
+            raise IngestError(
+                400, "invalid_field", "is longer than 512 characters", prefix + "event"
+            )
     elif kind == "alias":
         previous = _identifier(event.get("previousId"), prefix + "previousId")
         if previous is None:
-            raise IngestError(400, "missing_previous_id", "alias needs previousId",
-                              prefix + "previousId")
+            raise IngestError(
+                400, "missing_previous_id", "alias needs previousId", prefix + "previousId"
+            )
         event["previousId"] = previous
     elif kind == "group":
         group = _identifier(event.get("groupId"), prefix + "groupId")
@@ -370,8 +378,12 @@ def normalise_event(
     if not isinstance(message_id, str):
         raise IngestError(400, "invalid_field", "must be a string", prefix + "messageId")
     if len(message_id) > MAX_MESSAGE_ID:
-        raise IngestError(400, "invalid_field",
-                          f"is longer than {MAX_MESSAGE_ID} characters", prefix + "messageId")
+        raise IngestError(
+            400,
+            "invalid_field",
+            f"is longer than {MAX_MESSAGE_ID} characters",
+            prefix + "messageId",
+        )
     event["messageId"] = message_id
 
     if "sentAt" not in event and defaults and defaults.get("sentAt") is not None:
@@ -392,9 +404,12 @@ def normalise_event(
         except OverflowError:
             when = _UNSTORABLE
         if when == _UNSTORABLE:
-            raise IngestError(400, "invalid_timestamp",
-                              "sentAt and originalTimestamp are too far apart",
-                              prefix + "originalTimestamp")
+            raise IngestError(
+                400,
+                "invalid_timestamp",
+                "sentAt and originalTimestamp are too far apart",
+                prefix + "originalTimestamp",
+            )
     elif "originalTimestamp" in times:
         when = times["originalTimestamp"]
     else:
@@ -411,9 +426,11 @@ def normalise_event(
     if ip is None and meta.client_ip:
         ip = truncate_ip(meta.client_ip)
     if isinstance(context, dict) or ip:
-        event["context"] = {**(context or {}), "ip": ip} if ip else {
-            k: v for k, v in (context or {}).items() if k != "ip"
-        }
+        event["context"] = (
+            {**(context or {}), "ip": ip}
+            if ip
+            else {k: v for k, v in (context or {}).items() if k != "ip"}
+        )
 
     try:
         payload = orjson.dumps(event)
@@ -461,8 +478,9 @@ def parse_single(body: bytes, *, type_hint: str, meta: RequestMeta) -> tuple[Nor
     return normalise_event(doc, type_hint=type_hint, meta=meta), doc
 
 
-def parse_batch(body: bytes, *, meta: RequestMeta
-                ) -> tuple[list[NormalisedEvent], list[Rejection], Any]:
+def parse_batch(
+    body: bytes, *, meta: RequestMeta
+) -> tuple[list[NormalisedEvent], list[Rejection], Any]:
     """A batch body → accepted events and per-item rejections (one bad item never costs the
     others). Errors of the envelope itself raise IngestError."""
     doc = parse_json(body)
@@ -472,9 +490,12 @@ def parse_batch(body: bytes, *, meta: RequestMeta
     if not isinstance(items, list):
         raise IngestError(400, "invalid_batch", "batch must be an array of events", "batch")
     if len(items) > MAX_BATCH_ITEMS:
-        raise IngestError(413, "too_many_events",
-                          f"batch has {len(items)} events; at most {MAX_BATCH_ITEMS} are accepted",
-                          "batch")
+        raise IngestError(
+            413,
+            "too_many_events",
+            f"batch has {len(items)} events; at most {MAX_BATCH_ITEMS} are accepted",
+            "batch",
+        )
     defaults: dict[str, Any] = {}
     for name in ("context", "integrations"):
         value = doc.get(name)
@@ -500,19 +521,26 @@ def parse_batch(body: bytes, *, meta: RequestMeta
         try:
             # Depth first: measuring the size of an absurdly deep item would recurse too far.
             if _depth_exceeds(item, MAX_DEPTH):
-                raise IngestError(400, "too_deep",
-                                  f"event is nested deeper than {MAX_DEPTH} levels", field)
-            event = normalise_event(item, type_hint=None, meta=meta, defaults=defaults,
-                                    field=field, depth_checked=True)
+                raise IngestError(
+                    400, "too_deep", f"event is nested deeper than {MAX_DEPTH} levels", field
+                )
+            event = normalise_event(
+                item, type_hint=None, meta=meta, defaults=defaults, field=field, depth_checked=True
+            )
             # The stored form holds the item, so only an event whose stored form could be over
             # the limit (a UTF-8 character is at most 4 bytes) needs the exact size of the item.
             if len(event.payload) * 4 > MAX_EVENT_BYTES and _item_size(item) > MAX_EVENT_BYTES:
-                raise IngestError(413, "event_too_large",
-                                  f"event is larger than {MAX_EVENT_BYTES // 1024} KB", field)
+                raise IngestError(
+                    413,
+                    "event_too_large",
+                    f"event is larger than {MAX_EVENT_BYTES // 1024} KB",
+                    field,
+                )
             events.append(event)
         except IngestError as exc:
-            rejected.append(Rejection(index=index, code=exc.code, detail=exc.detail,
-                                      field=exc.field))
+            rejected.append(
+                Rejection(index=index, code=exc.code, detail=exc.detail, field=exc.field)
+            )
     return events, rejected, doc
 
 

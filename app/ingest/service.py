@@ -90,7 +90,8 @@ class IngestService:
         )
         if wait:
             raise ProblemError(
-                429, "rate_limited",
+                429,
+                "rate_limited",
                 "this workspace sends more events than its rate limit allows; retry later",
                 headers={"Retry-After": retry_after(wait)},
             )
@@ -99,7 +100,8 @@ class IngestService:
             stored = await self._committer.submit(rows)
         except DatabaseUnavailable:
             raise ProblemError(
-                503, "database_unavailable",
+                503,
+                "database_unavailable",
                 "events could not be stored right now; retry later",
                 headers={"Retry-After": str(UNAVAILABLE_RETRY_SECONDS)},
             ) from None

@@ -40,7 +40,8 @@ async def enqueue(conn: asyncpg.Connection, workspace_id: int, kind: str) -> asy
     row = await conn.fetchrow(
         "INSERT INTO jobs (workspace_id, kind, total) VALUES "
         "($1, $2, (SELECT count(*) FROM customers WHERE workspace_id = $1)) RETURNING *",
-        workspace_id, kind,
+        workspace_id,
+        kind,
     )
     assert row is not None
     return row
@@ -50,7 +51,8 @@ async def latest(conn: asyncpg.Connection, workspace_id: int, kind: str) -> asyn
     """The newest job of a kind."""
     row: asyncpg.Record | None = await conn.fetchrow(
         "SELECT * FROM jobs WHERE workspace_id = $1 AND kind = $2 ORDER BY id DESC LIMIT 1",
-        workspace_id, kind,
+        workspace_id,
+        kind,
     )
     return row
 
@@ -74,26 +76,39 @@ async def run_one_chunk(conn: asyncpg.Connection, shards: Iterable[int]) -> bool
         if job["kind"] != REDERIVE:
             await conn.execute(
                 "UPDATE jobs SET status = 'failed', error = 'unknown job kind', updated_at = now()"
-                " WHERE workspace_id = $1 AND id = $2", workspace_id, job["id"],
+                " WHERE workspace_id = $1 AND id = $2",
+                workspace_id,
+                job["id"],
             )
             return True
         # A newer job of the same kind supersedes this one (the model changed again).
         newer = await conn.fetchval(
             "SELECT 1 FROM jobs WHERE workspace_id = $1 AND kind = $2 AND id > $3",
-            workspace_id, job["kind"], job["id"],
+            workspace_id,
+            job["kind"],
+            job["id"],
         )
-        ids = [] if newer else [
-            r["customer_id"]
-            for r in await conn.fetch(
-                "SELECT customer_id FROM customers WHERE workspace_id = $1 AND customer_id > $2 "
-                "ORDER BY customer_id LIMIT $3",
-                workspace_id, job["cursor"], CHUNK,
-            )
-        ]
+        ids = (
+            []
+            if newer
+            else [
+                r["customer_id"]
+                for r in await conn.fetch(
+                    "SELECT customer_id FROM customers "
+                    "WHERE workspace_id = $1 AND customer_id > $2 "
+                    "ORDER BY customer_id LIMIT $3",
+                    workspace_id,
+                    job["cursor"],
+                    CHUNK,
+                )
+            ]
+        )
         if not ids:
             await conn.execute(
                 "UPDATE jobs SET status = 'done', updated_at = now() "
-                "WHERE workspace_id = $1 AND id = $2", workspace_id, job["id"],
+                "WHERE workspace_id = $1 AND id = $2",
+                workspace_id,
+                job["id"],
             )
             return True
         model = await model_for(conn, workspace_id)
@@ -101,6 +116,9 @@ async def run_one_chunk(conn: asyncpg.Connection, shards: Iterable[int]) -> bool
         await conn.execute(
             "UPDATE jobs SET status = 'running', done = done + $3, cursor = $4, updated_at = now()"
             " WHERE workspace_id = $1 AND id = $2",
-            workspace_id, job["id"], len(ids), ids[-1],
+            workspace_id,
+            job["id"],
+            len(ids),
+            ids[-1],
         )
         return True

@@ -26,7 +26,9 @@ async def rebuild_workspace(
         total = await conn.fetchval(
             "SELECT count(*) FROM events WHERE workspace_id = $1 "
             "AND (tx, seq) <= ($2::text::xid8, $3::bigint)",
-            workspace_id, str(position[0]), position[1],
+            workspace_id,
+            str(position[0]),
+            position[1],
         )
         task = progress.add_task(f"workspace {workspace_id}", total=total) if progress else None
         model = await model_for(conn, workspace_id)
@@ -39,7 +41,12 @@ async def rebuild_workspace(
                 "AND (tx, seq) > ($2::text::xid8, $3::bigint) "
                 "AND (tx, seq) <= ($4::text::xid8, $5::bigint) "
                 "ORDER BY events.tx, events.seq LIMIT $6",
-                workspace_id, str(after[0]), after[1], str(position[0]), position[1], BATCH,
+                workspace_id,
+                str(after[0]),
+                after[1],
+                str(position[0]),
+                position[1],
+                BATCH,
             )
             if not rows:
                 break
@@ -65,8 +72,12 @@ async def rebuild_workspaces(url: str, workspace: str | None, *, console: Consol
                 console.print(f"[red]no workspace {workspace!r}[/]")
                 raise SystemExit(1)
             ids = [found]
-        columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
-                   TimeRemainingColumn())
+        columns = (
+            *Progress.get_default_columns()[:1],
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+        )
         with Progress(*columns, console=console) as progress:
             for workspace_id in ids:
                 await rebuild_workspace(conn, workspace_id, progress)

@@ -57,7 +57,10 @@ async def read_feed(
         ORDER BY events.workspace_id % 16, events.tx, events.seq
         LIMIT $4
         """,
-        shard, str(after[0]), after[1], limit,
+        shard,
+        str(after[0]),
+        after[1],
+        limit,
     )
     return rows
 
@@ -82,7 +85,10 @@ async def save_progress(
     await conn.execute(
         "UPDATE stitch_progress SET tx = $2::text::xid8, seq = $3, events = events + $4, "
         "updated_at = now() WHERE shard = $1",
-        shard, str(position[0]), position[1], events,
+        shard,
+        str(position[0]),
+        position[1],
+        events,
     )
 
 
@@ -107,7 +113,8 @@ async def existing_message_ids(
     rows = await conn.fetch(
         "SELECT message_id FROM journey_events WHERE workspace_id = $1 "
         "AND message_id = ANY($2::text[])",
-        workspace_id, list(message_ids),
+        workspace_id,
+        list(message_ids),
     )
     return {r["message_id"] for r in rows}
 
@@ -130,13 +137,22 @@ async def insert_timeline(
         RETURNING message_id
         """,
         workspace_id,
-        [r.message_id for r in rows], [r.customer_id for r in rows],
-        [r.timestamp for r in rows], [r.received_at for r in rows],
-        [r.type for r in rows], [r.event for r in rows], [r.user_id for r in rows],
-        [r.anonymous_id for r in rows], [r.trait_identifier for r in rows],
-        [r.source_channel for r in rows], [r.channel for r in rows],
-        [r.session_id for r in rows], [r.stage for r in rows], [r.flags for r in rows],
-        [_json(r.properties) for r in rows], [_json(r.traits) for r in rows],
+        [r.message_id for r in rows],
+        [r.customer_id for r in rows],
+        [r.timestamp for r in rows],
+        [r.received_at for r in rows],
+        [r.type for r in rows],
+        [r.event for r in rows],
+        [r.user_id for r in rows],
+        [r.anonymous_id for r in rows],
+        [r.trait_identifier for r in rows],
+        [r.source_channel for r in rows],
+        [r.channel for r in rows],
+        [r.session_id for r in rows],
+        [r.stage for r in rows],
+        [r.flags for r in rows],
+        [_json(r.properties) for r in rows],
+        [_json(r.traits) for r in rows],
         [_json(r.campaign) for r in rows],
     )
     return {r["message_id"] for r in inserted}
@@ -167,7 +183,10 @@ async def events_to_reassign(
         FROM journey_events WHERE workspace_id = $1 AND trait_identifier = ANY($4::text[])
           AND user_id IS NULL AND anonymous_id IS NULL
         """,
-        workspace_id, list(user_ids), list(anonymous_ids), list(trait_identifiers),
+        workspace_id,
+        list(user_ids),
+        list(anonymous_ids),
+        list(trait_identifiers),
         list(customer_ids),
     )
     return rows
@@ -183,7 +202,9 @@ async def set_customers(
         "UPDATE journey_events j SET customer_id = c.customer_id "
         "FROM unnest($2::text[], $3::text[]) AS c(message_id, customer_id) "
         "WHERE j.workspace_id = $1 AND j.message_id = c.message_id",
-        workspace_id, [m for m, _ in changes], [c for _, c in changes],
+        workspace_id,
+        [m for m, _ in changes],
+        [c for _, c in changes],
     )
 
 
@@ -195,7 +216,8 @@ async def load_customer_events(
         "SELECT customer_id, message_id, timestamp, type, event, user_id, anonymous_id, flags, "
         "properties, traits, campaign, source_channel, channel, session_id, stage "
         "FROM journey_events WHERE workspace_id = $1 AND customer_id = ANY($2::text[])",
-        workspace_id, list(customer_ids),
+        workspace_id,
+        list(customer_ids),
     )
     return rows
 
@@ -213,7 +235,10 @@ async def update_derived(
         "stage = d.stage FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) "
         "AS d(message_id, channel, session_id, stage) "
         "WHERE j.workspace_id = $1 AND j.message_id = d.message_id",
-        workspace_id, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+        workspace_id,
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
         [r[3] for r in rows],
     )
 
@@ -251,8 +276,11 @@ async def upsert_customers(
             traits = excluded.traits, updated_at = now()
         """,
         workspace_id,
-        [r.customer_id for r in rows], [r.first_seen for r in rows], [r.last_seen for r in rows],
-        [r.event_count for r in rows], [r.stage for r in rows],
+        [r.customer_id for r in rows],
+        [r.first_seen for r in rows],
+        [r.last_seen for r in rows],
+        [r.event_count for r in rows],
+        [r.stage for r in rows],
         [r.stage_entered_at for r in rows],
         [orjson.dumps(r.stage_history).decode() for r in rows],
         [orjson.dumps(r.traits).decode() for r in rows],
@@ -266,7 +294,8 @@ async def delete_customers(
     if customer_ids:
         await conn.execute(
             "DELETE FROM customers WHERE workspace_id = $1 AND customer_id = ANY($2::text[])",
-            workspace_id, list(customer_ids),
+            workspace_id,
+            list(customer_ids),
         )
 
 
@@ -278,5 +307,7 @@ async def record_changes(
         await conn.execute(
             "INSERT INTO customer_changes (workspace_id, customer_id, kind) "
             "SELECT $1, * FROM unnest($2::text[], $3::text[])",
-            workspace_id, [c for c, _ in changes], [k for _, k in changes],
+            workspace_id,
+            [c for c, _ in changes],
+            [k for _, k in changes],
         )

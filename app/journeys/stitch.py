@@ -117,8 +117,13 @@ def _light_event(row: Mapping[str, Any]) -> StitchEvent:
         else:
             external = ((ident.kind, ident.value),)
     return StitchEvent(
-        message_id=row["message_id"], type=row["type"], event=None, timestamp=row["timestamp"],
-        user_id=row["user_id"], anonymous_id=row["anonymous_id"], email=email,
+        message_id=row["message_id"],
+        type=row["type"],
+        event=None,
+        timestamp=row["timestamp"],
+        user_id=row["user_id"],
+        anonymous_id=row["anonymous_id"],
+        email=email,
         external_ids=external,
     )
 
@@ -140,15 +145,29 @@ def _evidence_events(
         events.append(_carrying(row.first_message_id, row.first_seen, [row.ident]))
     for link in links:
         if link.rule == ALIAS:
-            events.append(StitchEvent(message_id=link.message_id, type="alias", event=None,
-                                      timestamp=link.at, user_id=link.b.value,
-                                      previous_id=link.a.value))
+            events.append(
+                StitchEvent(
+                    message_id=link.message_id,
+                    type="alias",
+                    event=None,
+                    timestamp=link.at,
+                    user_id=link.b.value,
+                    previous_id=link.a.value,
+                )
+            )
         else:
             events.append(_carrying(link.message_id, link.at, [link.a, link.b]))
     for occ in occurrences:
-        events.append(StitchEvent(message_id=occ["message_id"], type="track", event=None,
-                                  timestamp=occ["timestamp"], user_id=occ["user_id"],
-                                  anonymous_id=occ["anonymous_id"]))
+        events.append(
+            StitchEvent(
+                message_id=occ["message_id"],
+                type="track",
+                event=None,
+                timestamp=occ["timestamp"],
+                user_id=occ["user_id"],
+                anonymous_id=occ["anonymous_id"],
+            )
+        )
     return events
 
 
@@ -156,10 +175,19 @@ def _carrying(message_id: str, at: datetime, idents: Sequence[Identifier]) -> St
     user = next((i.value for i in idents if i.kind == USER_ID), None)
     anon = next((i.value for i in idents if i.kind == ANONYMOUS_ID), None)
     email = next((i.value for i in idents if i.kind == EMAIL), None)
-    external = tuple((i.kind, i.value) for i in idents
-                     if i.kind not in (USER_ID, ANONYMOUS_ID, EMAIL))
-    return StitchEvent(message_id=message_id, type="track", event=None, timestamp=at,
-                       user_id=user, anonymous_id=anon, email=email, external_ids=external)
+    external = tuple(
+        (i.kind, i.value) for i in idents if i.kind not in (USER_ID, ANONYMOUS_ID, EMAIL)
+    )
+    return StitchEvent(
+        message_id=message_id,
+        type="track",
+        event=None,
+        timestamp=at,
+        user_id=user,
+        anonymous_id=anon,
+        email=email,
+        external_ids=external,
+    )
 
 
 def _dedupe_ledger(entries: Iterable[LedgerEntry]) -> list[LedgerEntry]:
@@ -272,11 +300,13 @@ class WorkspaceStitcher:
                     sightings[ident] = key
             touched |= affected_identifiers(e)
             for evidence in links_of(e):
-                found = ids.LinkRow(evidence.a, evidence.b, evidence.rule, evidence.timestamp,
-                                    evidence.message_id)
+                found = ids.LinkRow(
+                    evidence.a, evidence.b, evidence.rule, evidence.timestamp, evidence.message_id
+                )
                 k = (found.a, found.b, found.rule)
                 if k not in links or (found.at, found.message_id) < (
-                    links[k].at, links[k].message_id
+                    links[k].at,
+                    links[k].message_id,
                 ):
                     links[k] = found
                 touched |= {found.a, found.b}
@@ -374,9 +404,10 @@ class WorkspaceStitcher:
             if len(clusters) + len(newcomers) > 1 or any(n in dirty_nodes for n in group):
                 dirty.add(target)
         for ident, member in stored.items():
-            if ident in sightings and (member.first_seen, member.first_message_id) == sightings[
-                ident
-            ]:
+            if (
+                ident in sightings
+                and (member.first_seen, member.first_message_id) == sightings[ident]
+            ):
                 updated_rows.append(member)
         await ids.upsert_identities(self.conn, self.ws, new_rows + updated_rows)
         return dirty
@@ -405,8 +436,12 @@ class WorkspaceStitcher:
         )
         wanted = set(devices)
         occurrences += [
-            {"message_id": e.message_id, "timestamp": e.timestamp, "user_id": e.user_id,
-             "anonymous_id": e.anonymous_id}
+            {
+                "message_id": e.message_id,
+                "timestamp": e.timestamp,
+                "user_id": e.user_id,
+                "anonymous_id": e.anonymous_id,
+            }
             for e in self.batch
             if e.user_id is not None and e.anonymous_id in wanted
         ]
@@ -436,8 +471,9 @@ class WorkspaceStitcher:
         ledgers: dict[int, list[LedgerEntry]] = {}
         for cluster_id in sorted(cluster_ids):
             resolution = resolve(
-                _evidence_events(rows_of[cluster_id], links_of_cluster[cluster_id],
-                                 occurrences_of[cluster_id]),
+                _evidence_events(
+                    rows_of[cluster_id], links_of_cluster[cluster_id], occurrences_of[cluster_id]
+                ),
                 blocked=frozenset(blocked_of[cluster_id]),
             )
             self.resolutions[cluster_id] = resolution
@@ -465,8 +501,9 @@ class WorkspaceStitcher:
             shared = ident in resolution.shared_devices
             row = by_ident.get(ident)
             if row is None:
-                row = ids.IdentityRow(ident, customer, cluster_id,
-                                      resolution.first_seen[ident], "", shared)
+                row = ids.IdentityRow(
+                    ident, customer, cluster_id, resolution.first_seen[ident], "", shared
+                )
                 writes.append(row)
             elif (
                 row.customer_id != customer
@@ -512,7 +549,11 @@ class WorkspaceStitcher:
             else:
                 traits.append(str(ident))
         rows = await journeys.events_to_reassign(
-            self.conn, self.ws, user_ids=users, anonymous_ids=anons, trait_identifiers=traits,
+            self.conn,
+            self.ws,
+            user_ids=users,
+            anonymous_ids=anons,
+            trait_identifiers=traits,
             customer_ids=sorted(old_customers),
         )
         moved: dict[str, str | None] = {}
@@ -546,10 +587,15 @@ class WorkspaceStitcher:
             items.sort(key=lambda r: (r["timestamp"], r["message_id"]))
             events = [
                 StitchEvent(
-                    message_id=r["message_id"], type=r["type"], event=r["event"],
-                    timestamp=r["timestamp"], user_id=r["user_id"],
-                    anonymous_id=r["anonymous_id"], properties=r["properties"] or {},
-                    campaign=r["campaign"] or {}, is_bot=bool(r["flags"] & FLAG_BOT),
+                    message_id=r["message_id"],
+                    type=r["type"],
+                    event=r["event"],
+                    timestamp=r["timestamp"],
+                    user_id=r["user_id"],
+                    anonymous_id=r["anonymous_id"],
+                    properties=r["properties"] or {},
+                    campaign=r["campaign"] or {},
+                    is_bot=bool(r["flags"] & FLAG_BOT),
                 )
                 for r in items
             ]
@@ -561,8 +607,11 @@ class WorkspaceStitcher:
             traits: dict[str, Any] = {}
             for r in items:
                 mid = r["message_id"]
-                values = (channels[mid], sessions[mid],
-                          stage_at(history, r["timestamp"], message_id=mid))
+                values = (
+                    channels[mid],
+                    sessions[mid],
+                    stage_at(history, r["timestamp"], message_id=mid),
+                )
                 if mid in fresh:
                     row = fresh[mid]
                     row.channel, row.session_id, row.stage = values
@@ -579,8 +628,11 @@ class WorkspaceStitcher:
                     stage=history[-1].stage if history else None,
                     stage_entered_at=history[-1].entered_at if history else None,
                     stage_history=[
-                        {"stage": h.stage, "entered_at": h.entered_at.isoformat(),
-                         "message_id": h.message_id}
+                        {
+                            "stage": h.stage,
+                            "entered_at": h.entered_at.isoformat(),
+                            "message_id": h.message_id,
+                        }
                         for h in history
                     ],
                     traits=traits,
@@ -592,18 +644,28 @@ class WorkspaceStitcher:
         gone = sorted(set(customer_ids) - set(by_customer))
         await journeys.delete_customers(self.conn, self.ws, gone)
         await journeys.record_changes(
-            self.conn, self.ws,
+            self.conn,
+            self.ws,
             [(c, "events") for c in sorted(by_customer)] + [(c, "removed") for c in gone],
         )
 
 
 def _as_mapping(row: journeys.TimelineRow) -> dict[str, Any]:
     return {
-        "message_id": row.message_id, "timestamp": row.timestamp, "type": row.type,
-        "event": row.event, "user_id": row.user_id, "anonymous_id": row.anonymous_id,
-        "flags": row.flags, "properties": row.properties, "traits": row.traits,
-        "campaign": row.campaign, "source_channel": row.source_channel,
-        "channel": row.channel, "session_id": row.session_id, "stage": row.stage,
+        "message_id": row.message_id,
+        "timestamp": row.timestamp,
+        "type": row.type,
+        "event": row.event,
+        "user_id": row.user_id,
+        "anonymous_id": row.anonymous_id,
+        "flags": row.flags,
+        "properties": row.properties,
+        "traits": row.traits,
+        "campaign": row.campaign,
+        "source_channel": row.source_channel,
+        "channel": row.channel,
+        "session_id": row.session_id,
+        "stage": row.stage,
     }
 
 

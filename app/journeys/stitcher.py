@@ -34,7 +34,8 @@ MODEL_CACHE_SECONDS = 5.0
 
 STITCHED = Counter("journeys_stitched_events_total", "Events stitched into journeys")
 BATCH_SECONDS = Histogram(
-    "journeys_stitch_batch_seconds", "Duration of one stitch batch",
+    "journeys_stitch_batch_seconds",
+    "Duration of one stitch batch",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 SHARDS_HELD = Gauge("journeys_stitch_shards_held", "Shards this process stitches")
@@ -185,13 +186,19 @@ class Stitcher:
             if not records:
                 return
             bad = records[0]
-            log.error("stitch_event_skipped", workspace_id=bad["workspace_id"],
-                      message_id=bad["message_id"], error=repr(exc))
+            log.error(
+                "stitch_event_skipped",
+                workspace_id=bad["workspace_id"],
+                message_id=bad["message_id"],
+                error=repr(exc),
+            )
             await conn.execute(
                 "INSERT INTO stitch_failures (workspace_id, message_id, error) VALUES ($1, $2, $3)"
                 " ON CONFLICT (workspace_id, message_id) DO UPDATE SET error = excluded.error,"
                 " at = now()",
-                bad["workspace_id"], bad["message_id"], repr(exc)[:2000],
+                bad["workspace_id"],
+                bad["message_id"],
+                repr(exc)[:2000],
             )
             await journeys.save_progress(conn, shard, (bad["tx"], bad["seq"]), 1)
         SKIPPED.inc()
@@ -237,5 +244,3 @@ class Stitcher:
         finally:
             if borrowed:
                 await self._release()
-
-

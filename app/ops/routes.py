@@ -46,8 +46,10 @@ async def readyz(request: Request) -> Response:
         body = {"status": "unavailable", "database": "unreachable", "error": type(exc).__name__}
         return _json(body, 503)
     if current != _HEAD:
-        return _json({"status": "unavailable", "database": "ok", "migration": current,
-                      "expected": _HEAD}, 503)
+        return _json(
+            {"status": "unavailable", "database": "ok", "migration": current, "expected": _HEAD},
+            503,
+        )
     async with raw_connection(rt.engine) as conn:
         stitcher = await stitch_lag(conn)
     STITCH_LAG.set(stitcher["lag_seconds"])

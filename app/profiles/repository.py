@@ -14,7 +14,9 @@ async def find_identity(
     return await conn.fetchrow(
         "SELECT customer_id, cluster_id, shared_device FROM identities "
         "WHERE workspace_id = $1 AND kind = $2 AND value = $3",
-        workspace_id, kind, value,
+        workspace_id,
+        kind,
+        value,
     )
 
 
@@ -28,7 +30,9 @@ async def stage_by_identity(
         "FROM identities i LEFT JOIN customers c "
         "ON c.workspace_id = i.workspace_id AND c.customer_id = i.customer_id "
         "WHERE i.workspace_id = $1 AND i.kind = $2 AND i.value = $3",
-        workspace_id, kind, value,
+        workspace_id,
+        kind,
+        value,
     )
     return row
 
@@ -40,7 +44,8 @@ async def customer(
     return await conn.fetchrow(
         "SELECT customer_id, first_seen, last_seen, event_count, stage, stage_entered_at, "
         "stage_history, traits FROM customers WHERE workspace_id = $1 AND customer_id = $2",
-        workspace_id, customer_id,
+        workspace_id,
+        customer_id,
     )
 
 
@@ -59,7 +64,8 @@ async def device_customers(
         SELECT customer_id FROM identities
         WHERE workspace_id = $1 AND kind = 'anonymous_id' AND value = $2
         """,
-        workspace_id, anonymous_id,
+        workspace_id,
+        anonymous_id,
     )
     return sorted(r["customer_id"] for r in rows)
 
@@ -71,7 +77,8 @@ async def identifiers(
     rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT kind, value, first_seen, cluster_id FROM identities "
         "WHERE workspace_id = $1 AND customer_id = $2 ORDER BY first_seen, kind, value",
-        workspace_id, customer_id,
+        workspace_id,
+        customer_id,
     )
     return rows
 

@@ -65,7 +65,13 @@ async def get_timeline(
     async with runtime(request).read_connection() as conn:
         return _json(
             await service.timeline(
-                conn, workspace_id, id, limit=limit, cursor=cursor, since=since, until=until,
+                conn,
+                workspace_id,
+                id,
+                limit=limit,
+                cursor=cursor,
+                since=since,
+                until=until,
                 order=order,
             )
         )

@@ -24,7 +24,8 @@ def parse_identifier(text: str) -> Identifier:
         ident = Identifier.parse(text)
     except ValueError:
         raise ProblemError(
-            400, "invalid_identifier",
+            400,
+            "invalid_identifier",
             f"{text[:100]!r} is not an identifier of the form kind:value "
             "(user_id, anonymous_id, email, customer_id or an external id type)",
             field="id",
@@ -49,7 +50,8 @@ async def resolve_customer(conn: asyncpg.Connection, workspace_id: int, text: st
     if row["shared_device"] and ident.kind == ANONYMOUS_ID:
         customers = await profiles.device_customers(conn, workspace_id, ident.value)
         raise ProblemError(
-            409, "shared_device",
+            409,
+            "shared_device",
             f"{ident} is a shared device used by {len(customers)} customers; "
             "ask by one of their own identifiers",
             extra={"customer_ids": customers},
@@ -116,8 +118,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         ts, message_id = orjson.loads(base64.urlsafe_b64decode(padded))
         return datetime.fromisoformat(ts), str(message_id)
     except (ValueError, TypeError, orjson.JSONDecodeError):
-        raise ProblemError(400, "invalid_cursor", "cursor is not one this API returned",
-                           field="cursor") from None
+        raise ProblemError(
+            400, "invalid_cursor", "cursor is not one this API returned", field="cursor"
+        ) from None
 
 
 async def timeline(
@@ -134,9 +137,14 @@ async def timeline(
     """A page of the customer's events with sessions, channels and stages."""
     customer_id = await resolve_customer(conn, workspace_id, text)
     rows = await profiles.timeline(
-        conn, workspace_id, customer_id, limit=limit + 1,
+        conn,
+        workspace_id,
+        customer_id,
+        limit=limit + 1,
         after=decode_cursor(cursor) if cursor else None,
-        since=since, until=until, descending=order == "desc",
+        since=since,
+        until=until,
+        descending=order == "desc",
     )
     page = rows[:limit]
     next_cursor = (

@@ -26,8 +26,9 @@ async def unmerge(
 ) -> dict[str, Any]:
     """Undo the link(s) named by two identifiers or by the event that made them."""
     if not identifiers and not message_id:
-        raise ProblemError(400, "invalid_field", "give `identifiers` (two) or `message_id`",
-                           field="identifiers")
+        raise ProblemError(
+            400, "invalid_field", "give `identifiers` (two) or `message_id`", field="identifiers"
+        )
     async with conn.transaction():
         # The shard's progress row lock serialises us with the stitcher of this workspace.
         await journeys.lock_progress(conn, workspace_id % journeys.SHARDS)
@@ -43,7 +44,8 @@ async def unmerge(
             pairs = [r for r in joins if r["message_id"] == message_id]
         if not pairs:
             raise ProblemError(
-                404, "merge_not_found",
+                404,
+                "merge_not_found",
                 "no link of this customer's ledger matches; see GET …/identities",
             )
         undone = []

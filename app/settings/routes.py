@@ -21,12 +21,21 @@ router = APIRouter(prefix="/v1/settings", tags=["settings"])
 _EXAMPLE = {
     "stages": [
         {"name": "awareness", "rules": [{}]},
-        {"name": "consideration", "rules": [{"events": ["Product Viewed", "Signed Up"]}],
-         "dropoff_after_seconds": 1209600},
+        {
+            "name": "consideration",
+            "rules": [{"events": ["Product Viewed", "Signed Up"]}],
+            "dropoff_after_seconds": 1209600,
+        },
         {"name": "purchase", "rules": [{"events": ["Order Completed"], "occurrence": 1}]},
-        {"name": "advocacy", "rules": [{"events": ["Survey Responded"],
-                                        "conditions": [{"property": "score", "op": ">=",
-                                                        "value": 9}]}]},
+        {
+            "name": "advocacy",
+            "rules": [
+                {
+                    "events": ["Survey Responded"],
+                    "conditions": [{"property": "score", "op": ">=", "value": 9}],
+                }
+            ],
+        },
     ]
 }
 
@@ -48,8 +57,9 @@ async def get_model(request: Request, workspace_id: ServerWorkspace) -> Response
     "/journey-model",
     summary="Replace the journey model (re-derives every customer's stage in the background)",
     status_code=202,
-    openapi_extra={"requestBody": {"required": True,
-                                   "content": {"application/json": {"example": _EXAMPLE}}}},
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"example": _EXAMPLE}}}
+    },
     responses={400: {"description": "Invalid model; `field` names the offending part"}},
 )
 async def put_model(request: Request, workspace_id: ServerWorkspace) -> Response:
@@ -68,7 +78,8 @@ async def put_model(request: Request, workspace_id: ServerWorkspace) -> Response
         await conn.execute(
             "UPDATE workspaces SET settings = jsonb_set(settings, '{journey_model}', $2::jsonb) "
             "WHERE id = $1",
-            workspace_id, orjson.dumps(stored).decode(),
+            workspace_id,
+            orjson.dumps(stored).decode(),
         )
         job = await jobs.enqueue(conn, workspace_id, jobs.REDERIVE)
     rt.stitcher.forget_model(workspace_id)

@@ -36,7 +36,9 @@ class KeyResolver:
         except Exception as exc:
             if is_unavailable(exc):
                 raise ProblemError(
-                    503, "database_unavailable", "keys cannot be checked right now; retry later",
+                    503,
+                    "database_unavailable",
+                    "keys cannot be checked right now; retry later",
                     headers={"Retry-After": "5"},
                 ) from None
             raise
@@ -56,18 +58,23 @@ class KeyResolver:
         """The key's record if it is live and of `kind`: else 401 (missing/unknown) or 403."""
         if not key:
             raise ProblemError(
-                401, "missing_key", f"a {kind.value} key is required",
+                401,
+                "missing_key",
+                f"a {kind.value} key is required",
                 headers={"WWW-Authenticate": _challenge(kind)},
             )
         record = await self.resolve(key)
         if record is None:
             raise ProblemError(
-                401, "invalid_key", "the key is unknown, revoked or expired",
+                401,
+                "invalid_key",
+                "the key is unknown, revoked or expired",
                 headers={"WWW-Authenticate": _challenge(kind)},
             )
         if record.kind is not kind:
             raise ProblemError(
-                403, "wrong_key_kind",
+                403,
+                "wrong_key_kind",
                 f"a {record.kind.value} key cannot be used here; use the {kind.value} key",
             )
         return record

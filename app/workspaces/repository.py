@@ -46,9 +46,7 @@ async def create_workspace(conn: AsyncConnection, name: str) -> NewWorkspace:
     exists = await conn.scalar(select(Workspace.id).where(Workspace.name == name))
     if exists is not None:
         raise WorkspaceExists(name)
-    workspace_id = await conn.scalar(
-        insert(Workspace).values(name=name).returning(Workspace.id)
-    )
+    workspace_id = await conn.scalar(insert(Workspace).values(name=name).returning(Workspace.id))
     assert workspace_id is not None
     keys = {kind: new_key(kind) for kind in KeyKind}
     await conn.execute(
@@ -126,9 +124,7 @@ async def rotate_key(
     )
     key = new_key(kind)
     await conn.execute(
-        insert(ApiKey).values(
-            workspace_id=workspace_id, kind=kind.value, key_hash=hash_key(key)
-        )
+        insert(ApiKey).values(workspace_id=workspace_id, kind=kind.value, key_hash=hash_key(key))
     )
     return key
 
@@ -137,8 +133,9 @@ async def lookup_key(conn: AsyncConnection, key_hash: str) -> KeyRecord | None:
     """Resolve a live key by its hash."""
     row = (
         await conn.execute(
-            select(ApiKey.workspace_id, ApiKey.kind, ApiKey.key_hash,
-                   Workspace.rate_limit_per_second)
+            select(
+                ApiKey.workspace_id, ApiKey.kind, ApiKey.key_hash, Workspace.rate_limit_per_second
+            )
             .join(Workspace, Workspace.id == ApiKey.workspace_id)
             .where(
                 ApiKey.key_hash == key_hash,

@@ -37,8 +37,9 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 async def count(db: asyncpg.Connection, workspace_id: int) -> int:
-    return int(await db.fetchval("SELECT count(*) FROM events WHERE workspace_id = $1",
-                                 workspace_id))
+    return int(
+        await db.fetchval("SELECT count(*) FROM events WHERE workspace_id = $1", workspace_id)
+    )
 
 
 def problem(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -59,11 +60,24 @@ def basic_header(value: str) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"authorization": "Basic"}, {"authorization": "Basic !!!not-base64"},
-     basic_header(":"), basic_header(":password"), {"authorization": "Bearer jw_whatever"},
-     {"authorization": ""}],
-    ids=["none", "empty-basic", "bad-base64", "empty-user", "password-only", "bearer",
-         "empty-header"],
+    [
+        {},
+        {"authorization": "Basic"},
+        {"authorization": "Basic !!!not-base64"},
+        basic_header(":"),
+        basic_header(":password"),
+        {"authorization": "Bearer jw_whatever"},
+        {"authorization": ""},
+    ],
+    ids=[
+        "none",
+        "empty-basic",
+        "bad-base64",
+        "empty-user",
+        "password-only",
+        "bearer",
+        "empty-header",
+    ],
 )
 async def test_missing_key_is_401_with_a_challenge(
     client: httpx.AsyncClient, headers: dict[str, str]
@@ -108,8 +122,11 @@ async def test_other_kinds_of_key_are_403_on_ingest(
         {"json": EVENT, "auth": (key, "")},
         {"json": {**EVENT, "writeKey": key}},
         {"json": {"batch": [{**EVENT, "type": "track"}], "writeKey": key}, "path": "/v1/batch"},
-        {"content": orjson.dumps({**EVENT, "writeKey": key}), "path": "/v1/t",
-         "headers": {"content-type": "text/plain"}},
+        {
+            "content": orjson.dumps({**EVENT, "writeKey": key}),
+            "path": "/v1/t",
+            "headers": {"content-type": "text/plain"},
+        },
     ]
     for kwargs in attempts:
         path = str(kwargs.pop("path", "/v1/track"))
@@ -120,20 +137,26 @@ async def test_other_kinds_of_key_are_403_on_ingest(
 
 
 async def test_a_key_of_workspace_a_writes_only_to_a(
-    client: httpx.AsyncClient, workspace: NewWorkspace, db: asyncpg.Connection,
+    client: httpx.AsyncClient,
+    workspace: NewWorkspace,
+    db: asyncpg.Connection,
     database_url: str,
 ) -> None:
     other = await new_workspace(database_url)
-    r = await client.post("/v1/track", json={**EVENT, "messageId": "a-only"},
-                          auth=(workspace.write_key, ""))
+    r = await client.post(
+        "/v1/track", json={**EVENT, "messageId": "a-only"}, auth=(workspace.write_key, "")
+    )
     assert r.status_code == 200
-    r = await client.post("/v1/batch", json={"batch": [{**EVENT, "type": "track"}],
-                                             "writeKey": workspace.write_key})
+    r = await client.post(
+        "/v1/batch", json={"batch": [{**EVENT, "type": "track"}], "writeKey": workspace.write_key}
+    )
     assert r.status_code == 200
     # The header authenticates; a key of B in the body doesn't redirect the events to B.
-    r = await client.post("/v1/track", json={**EVENT, "writeKey": other.write_key,
-                                             "workspaceId": other.workspace_id},
-                          auth=(workspace.write_key, ""))
+    r = await client.post(
+        "/v1/track",
+        json={**EVENT, "writeKey": other.write_key, "workspaceId": other.workspace_id},
+        auth=(workspace.write_key, ""),
+    )
     assert r.status_code in (200, 401, 403)
     assert await count(db, other.workspace_id) == 0
     assert await count(db, workspace.workspace_id) >= 2
@@ -142,8 +165,9 @@ async def test_a_key_of_workspace_a_writes_only_to_a(
 # --------------------------------------------------------------------------- rotation
 
 
-async def wait_for_status(client: httpx.AsyncClient, key: str, status: int,
-                          timeout: float = 10.0) -> int:
+async def wait_for_status(
+    client: httpx.AsyncClient, key: str, status: int, timeout: float = 10.0
+) -> int:
     """Poll until an event sent with `key` is answered `status` (bounded)."""
     deadline = time.monotonic() + timeout
     last = 0
@@ -156,12 +180,19 @@ async def wait_for_status(client: httpx.AsyncClient, key: str, status: int,
 
 
 async def test_rotation_with_overlap_keeps_the_old_key_working(
-    client: httpx.AsyncClient, workspace: NewWorkspace, engine: AsyncEngine,
-    db: asyncpg.Connection, settings: Settings,
+    client: httpx.AsyncClient,
+    workspace: NewWorkspace,
+    engine: AsyncEngine,
+    db: asyncpg.Connection,
+    settings: Settings,
 ) -> None:
     async with engine.begin() as conn:
-        new = await rotate_key(conn, workspace_id=workspace.workspace_id, kind=KeyKind.WRITE,
-                               overlap=timedelta(hours=1))
+        new = await rotate_key(
+            conn,
+            workspace_id=workspace.workspace_id,
+            kind=KeyKind.WRITE,
+            overlap=timedelta(hours=1),
+        )
     assert new != workspace.write_key and new.startswith("jw_")
     assert (await client.post("/v1/track", json=EVENT, auth=(new, ""))).status_code == 200
     # Once any cached answer has expired, the old key is still live (overlap).
@@ -172,21 +203,28 @@ async def test_rotation_with_overlap_keeps_the_old_key_working(
         await asyncio.sleep(0.05)
     expires = await db.fetch(
         "SELECT expires_at IS NOT NULL AS expiring FROM api_keys"
-        " WHERE workspace_id = $1 AND kind = 'write' ORDER BY id", workspace.workspace_id)
+        " WHERE workspace_id = $1 AND kind = 'write' ORDER BY id",
+        workspace.workspace_id,
+    )
     assert [row["expiring"] for row in expires] == [True, False]
 
 
 async def test_rotation_without_overlap_retires_the_old_key(
-    client: httpx.AsyncClient, workspace: NewWorkspace, engine: AsyncEngine,
-    db: asyncpg.Connection, settings: Settings,
+    client: httpx.AsyncClient,
+    workspace: NewWorkspace,
+    engine: AsyncEngine,
+    db: asyncpg.Connection,
+    settings: Settings,
 ) -> None:
     assert settings.key_cache_seconds <= 1
     # Warm the key cache with the old key, so the retirement has to outlive it.
-    assert (await client.post("/v1/track", json=EVENT,
-                              auth=(workspace.write_key, ""))).status_code == 200
+    assert (
+        await client.post("/v1/track", json=EVENT, auth=(workspace.write_key, ""))
+    ).status_code == 200
     async with engine.begin() as conn:
-        new = await rotate_key(conn, workspace_id=workspace.workspace_id, kind=KeyKind.WRITE,
-                               overlap=timedelta(0))
+        new = await rotate_key(
+            conn, workspace_id=workspace.workspace_id, kind=KeyKind.WRITE, overlap=timedelta(0)
+        )
     started = time.monotonic()
     assert await wait_for_status(client, workspace.write_key, 401) == 401
     assert time.monotonic() - started < settings.key_cache_seconds + 5
@@ -199,55 +237,68 @@ async def test_rotation_without_overlap_retires_the_old_key(
 
 
 async def test_keys_are_stored_only_as_hashes(
-    client: httpx.AsyncClient, workspace: NewWorkspace, db: asyncpg.Connection,
+    client: httpx.AsyncClient,
+    workspace: NewWorkspace,
+    db: asyncpg.Connection,
     engine: AsyncEngine,
 ) -> None:
     async with engine.begin() as conn:
-        rotated = await rotate_key(conn, workspace_id=workspace.workspace_id,
-                                   kind=KeyKind.READ, overlap=timedelta(minutes=5))
+        rotated = await rotate_key(
+            conn,
+            workspace_id=workspace.workspace_id,
+            kind=KeyKind.READ,
+            overlap=timedelta(minutes=5),
+        )
     clear = [workspace.write_key, workspace.read_key, workspace.server_key, rotated]
     rows = await db.fetch(
         "SELECT kind, key_hash, row_to_json(k)::text AS everything FROM api_keys k"
-        " WHERE workspace_id = $1", workspace.workspace_id)
+        " WHERE workspace_id = $1",
+        workspace.workspace_id,
+    )
     assert sorted(row["kind"] for row in rows) == ["read", "read", "server", "write"]
     hashes = {row["key_hash"] for row in rows}
     assert hashes == {hashlib.sha256(key.encode()).hexdigest() for key in clear}
     dump = "\n".join(row["everything"] for row in rows)
-    ws_dump = await db.fetchval("SELECT row_to_json(w)::text FROM workspaces w WHERE id = $1",
-                                workspace.workspace_id)
+    ws_dump = await db.fetchval(
+        "SELECT row_to_json(w)::text FROM workspaces w WHERE id = $1", workspace.workspace_id
+    )
     for key in clear:
         assert key not in dump and key not in ws_dump
         assert key[3:] not in dump  # not even without its prefix
     # An ingested event never keeps the key that authenticated it.
     r = await client.post("/v1/track", json={**EVENT, "writeKey": workspace.write_key})
     assert r.status_code == 200
-    payload = await db.fetchval("SELECT payload::text FROM events WHERE workspace_id = $1",
-                                workspace.workspace_id)
+    payload = await db.fetchval(
+        "SELECT payload::text FROM events WHERE workspace_id = $1", workspace.workspace_id
+    )
     assert workspace.write_key not in payload
 
 
 # --------------------------------------------------------------------------- rate limit
 
 
-async def limited_workspace(database_url: str, db: asyncpg.Connection,
-                            rate: float) -> NewWorkspace:
+async def limited_workspace(database_url: str, db: asyncpg.Connection, rate: float) -> NewWorkspace:
     """A fresh workspace (never resolved, so never cached) with its own rate limit."""
     ws = await new_workspace(database_url, prefix="limited")
-    await db.execute("UPDATE workspaces SET rate_limit_per_second = $2 WHERE id = $1",
-                     ws.workspace_id, rate)
+    await db.execute(
+        "UPDATE workspaces SET rate_limit_per_second = $2 WHERE id = $1", ws.workspace_id, rate
+    )
     return ws
 
 
 async def test_rate_limit_is_per_workspace(
-    client: httpx.AsyncClient, workspace: NewWorkspace, db: asyncpg.Connection,
+    client: httpx.AsyncClient,
+    workspace: NewWorkspace,
+    db: asyncpg.Connection,
     database_url: str,
 ) -> None:
     limited = await limited_workspace(database_url, db, 1.0)
     statuses = []
     refused: httpx.Response | None = None
     for n in range(10):
-        r = await client.post("/v1/track", json={**EVENT, "messageId": f"rl-{n}"},
-                              auth=(limited.write_key, ""))
+        r = await client.post(
+            "/v1/track", json={**EVENT, "messageId": f"rl-{n}"}, auth=(limited.write_key, "")
+        )
         statuses.append(r.status_code)
         if r.status_code == 429:
             refused = r
@@ -264,8 +315,9 @@ async def test_rate_limit_is_per_workspace(
         r = await client.post("/v1/track", json=EVENT, auth=(workspace.write_key, ""))
         assert r.status_code == 200
     # A refused batch stores none of its events either.
-    r = await client.post("/v1/batch", json={"batch": [{**EVENT, "type": "track"}] * 3},
-                          auth=(limited.write_key, ""))
+    r = await client.post(
+        "/v1/batch", json={"batch": [{**EVENT, "type": "track"}] * 3}, auth=(limited.write_key, "")
+    )
     assert r.status_code == 429 and "retry-after" in r.headers
     assert await count(db, limited.workspace_id) == statuses.count(200)
 

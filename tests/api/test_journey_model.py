@@ -27,7 +27,12 @@ async def test_default_model_is_the_contracts(
     body = r.json()
     assert body["model"] == model_to_dict(DEFAULT_MODEL)
     assert [s["name"] for s in body["model"]["stages"]] == [
-        "awareness", "consideration", "purchase", "retention", "loyalty", "advocacy",
+        "awareness",
+        "consideration",
+        "purchase",
+        "retention",
+        "loyalty",
+        "advocacy",
     ]
     assert body["rederive"] is None
 
@@ -35,8 +40,11 @@ async def test_default_model_is_the_contracts(
 async def test_read_key_cannot_change_the_model(
     client: httpx.AsyncClient, workspace: NewWorkspace
 ) -> None:
-    r = await client.put("/v1/settings/journey-model", json={"stages": []},
-                         headers={"Authorization": f"Bearer {workspace.read_key}"})
+    r = await client.put(
+        "/v1/settings/journey-model",
+        json={"stages": []},
+        headers={"Authorization": f"Bearer {workspace.read_key}"},
+    )
     assert r.status_code == 403
 
 
@@ -45,8 +53,14 @@ async def test_invalid_models_are_400_naming_the_field(
 ) -> None:
     bad: list[dict[str, Any]] = [
         {"stages": []},
-        {"stages": [{"name": "a", "rules": [{"conditions": [{"property": "score", "op": "~",
-                                                              "value": 1}]}]}]},
+        {
+            "stages": [
+                {
+                    "name": "a",
+                    "rules": [{"conditions": [{"property": "score", "op": "~", "value": 1}]}],
+                }
+            ]
+        },
         {"stages": [{"name": "a", "rules": [{}]}, {"name": "a", "rules": [{}]}]},
         {"stages": [{"name": "a", "rules": [{"occurrence": 0, "events": ["X"]}]}]},
     ]
@@ -64,10 +78,20 @@ async def test_a_new_model_rederives_existing_customers(
     client: httpx.AsyncClient, workspace: NewWorkspace, stitch: Stitch
 ) -> None:
     events = [
-        {"type": "track", "userId": "u1", "event": "Product Viewed",
-         "timestamp": "2026-01-01T10:00:00Z", "messageId": uuid.uuid4().hex},
-        {"type": "track", "userId": "u1", "event": "Trial Started",
-         "timestamp": "2026-01-02T10:00:00Z", "messageId": uuid.uuid4().hex},
+        {
+            "type": "track",
+            "userId": "u1",
+            "event": "Product Viewed",
+            "timestamp": "2026-01-01T10:00:00Z",
+            "messageId": uuid.uuid4().hex,
+        },
+        {
+            "type": "track",
+            "userId": "u1",
+            "event": "Trial Started",
+            "timestamp": "2026-01-02T10:00:00Z",
+            "messageId": uuid.uuid4().hex,
+        },
     ]
     r = await client.post("/v1/batch", json={"batch": events}, auth=(workspace.write_key, ""))
     assert r.status_code == 200
@@ -76,11 +100,13 @@ async def test_a_new_model_rederives_existing_customers(
     before = (await client.get("/v1/profiles/user_id:u1/stage", headers=read)).json()
     assert before["stage"] == "consideration"
 
-    model = {"stages": [
-        {"name": "visitor", "rules": [{}]},
-        {"name": "trial", "rules": [{"events": ["Trial Started"]}]},
-        {"name": "paying", "rules": [{"events": ["Subscription Started"]}]},
-    ]}
+    model = {
+        "stages": [
+            {"name": "visitor", "rules": [{}]},
+            {"name": "trial", "rules": [{"events": ["Trial Started"]}]},
+            {"name": "paying", "rules": [{"events": ["Subscription Started"]}]},
+        ]
+    }
     r = await client.put("/v1/settings/journey-model", json=model, headers=_server(workspace))
     assert r.status_code == 202, r.text
     assert r.json()["rederive"]["status"] == "pending"

@@ -45,9 +45,13 @@ async def test_metrics_count_accepted_duplicate_and_rejected_events(
     client: httpx.AsyncClient, workspace: NewWorkspace
 ) -> None:
     before = (await client.get("/metrics")).text
-    batch = {"batch": [{**EVENT, "type": "track", "messageId": "metrics-1"},
-                       {**EVENT, "type": "track", "messageId": "metrics-1"},
-                       {"type": "track", "userId": "u"}]}
+    batch = {
+        "batch": [
+            {**EVENT, "type": "track", "messageId": "metrics-1"},
+            {**EVENT, "type": "track", "messageId": "metrics-1"},
+            {"type": "track", "userId": "u"},
+        ]
+    }
     r = await client.post("/v1/batch", json=batch, auth=(workspace.write_key, ""))
     assert r.status_code == 200
     r = await client.post("/v1/track", json={"userId": "u"}, auth=(workspace.write_key, ""))
@@ -56,23 +60,42 @@ async def test_metrics_count_accepted_duplicate_and_rejected_events(
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/plain")
     after = answer.text
-    for name in ("journeys_events_accepted_total", "journeys_events_duplicate_total",
-                 "journeys_events_rejected_total", "journeys_commit_seconds_bucket"):
+    for name in (
+        "journeys_events_accepted_total",
+        "journeys_events_duplicate_total",
+        "journeys_events_rejected_total",
+        "journeys_commit_seconds_bucket",
+    ):
         assert name in after
-    assert metric(after, "journeys_events_accepted_total") - metric(
-        before, "journeys_events_accepted_total") == 1
-    assert metric(after, "journeys_events_duplicate_total") - metric(
-        before, "journeys_events_duplicate_total") == 1
+    assert (
+        metric(after, "journeys_events_accepted_total")
+        - metric(before, "journeys_events_accepted_total")
+        == 1
+    )
+    assert (
+        metric(after, "journeys_events_duplicate_total")
+        - metric(before, "journeys_events_duplicate_total")
+        == 1
+    )
     code = 'code="missing_event"'
-    assert metric(after, "journeys_events_rejected_total", code) - metric(
-        before, "journeys_events_rejected_total", code) == 2
+    assert (
+        metric(after, "journeys_events_rejected_total", code)
+        - metric(before, "journeys_events_rejected_total", code)
+        == 2
+    )
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def down_app() -> AsyncIterator[FastAPI]:
     """An app whose database is unreachable, with its lifespan running."""
-    app = create_app(Settings(database_url=UNREACHABLE, log_level="warning",
-                              key_cache_seconds=0.5, inprocess_worker=False))
+    app = create_app(
+        Settings(
+            database_url=UNREACHABLE,
+            log_level="warning",
+            key_cache_seconds=0.5,
+            inprocess_worker=False,
+        )
+    )
     async with app.router.lifespan_context(app):
         yield app
 
@@ -99,11 +122,18 @@ async def test_unreachable_database_is_a_503_with_retry_after(
     # The key lookup itself needs the database: a 503, never a 500 (SDKs retry 503s).
     key = "jw_" + "k" * 32
     assert_unavailable(await down_client.post("/v1/track", json=EVENT, auth=(key, "")))
-    assert_unavailable(await down_client.post(
-        "/v1/batch", json={"batch": [{**EVENT, "type": "track"}], "writeKey": key}))
-    assert_unavailable(await down_client.post(
-        "/v1/t", content=orjson.dumps({**EVENT, "writeKey": key}),
-        headers={"content-type": "text/plain", "origin": "https://shop.example"}))
+    assert_unavailable(
+        await down_client.post(
+            "/v1/batch", json={"batch": [{**EVENT, "type": "track"}], "writeKey": key}
+        )
+    )
+    assert_unavailable(
+        await down_client.post(
+            "/v1/t",
+            content=orjson.dumps({**EVENT, "writeKey": key}),
+            headers={"content-type": "text/plain", "origin": "https://shop.example"},
+        )
+    )
     # Requests that need no database are still answered as usual.
     missing = await down_client.post("/v1/track", json=EVENT)
     assert missing.status_code == 401
@@ -114,15 +144,18 @@ async def test_unreachable_database_is_a_503_with_retry_after(
     assert ready.json()["status"] == "unavailable"
 
 
-async def test_commit_to_an_unreachable_database_is_a_503(down_client: httpx.AsyncClient,
-                                                          down_app: FastAPI) -> None:
+async def test_commit_to_an_unreachable_database_is_a_503(
+    down_client: httpx.AsyncClient, down_app: FastAPI
+) -> None:
     """A key already known to this process (cached before the database went away) gets as far
     as the group commit, which fails: 503, so the SDK keeps the events and retries."""
     key = "jw_" + "c" * 32
-    record = KeyRecord(workspace_id=1, kind=KeyKind.WRITE, key_hash=hash_key(key),
-                       rate_limit_per_second=None)
+    record = KeyRecord(
+        workspace_id=1, kind=KeyKind.WRITE, key_hash=hash_key(key), rate_limit_per_second=None
+    )
     # White-box: plant the cache entry the resolver would hold had the database been up.
     down_app.state.runtime.keys._cache[hash_key(key)] = (time.monotonic() + 60, record)
-    r = await down_client.post("/v1/batch", json={"batch": [{**EVENT, "type": "track"}]},
-                               auth=(key, ""))
+    r = await down_client.post(
+        "/v1/batch", json={"batch": [{**EVENT, "type": "track"}]}, auth=(key, "")
+    )
     assert_unavailable(r)

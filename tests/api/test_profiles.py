@@ -30,22 +30,36 @@ def _read(ws: NewWorkspace) -> dict[str, str]:
 async def test_anonymous_history_joins_on_identify(
     client: httpx.AsyncClient, workspace: NewWorkspace, stitch: Stitch
 ) -> None:
-    await _send(client, workspace, [
-        _ev("page", "2026-01-01T10:00:00Z", anonymousId="a1", name="Home"),
-        _ev("track", "2026-01-01T10:01:00Z", anonymousId="a1", event="Product Viewed"),
-    ])
+    await _send(
+        client,
+        workspace,
+        [
+            _ev("page", "2026-01-01T10:00:00Z", anonymousId="a1", name="Home"),
+            _ev("track", "2026-01-01T10:01:00Z", anonymousId="a1", event="Product Viewed"),
+        ],
+    )
     await stitch()
-    await _send(client, workspace, [
-        _ev("identify", "2026-01-01T10:05:00Z", anonymousId="a1", userId="u1",
-            traits={"email": " Ann@Example.com "}),
-        _ev("track", "2026-01-02T09:00:00Z", userId="u1", event="Order Completed"),
-    ])
+    await _send(
+        client,
+        workspace,
+        [
+            _ev(
+                "identify",
+                "2026-01-01T10:05:00Z",
+                anonymousId="a1",
+                userId="u1",
+                traits={"email": " Ann@Example.com "},
+            ),
+            _ev("track", "2026-01-02T09:00:00Z", userId="u1", event="Order Completed"),
+        ],
+    )
     await stitch()
 
     by_anon = (await client.get("/v1/profiles/anonymous_id:a1", headers=_read(workspace))).json()
     by_user = (await client.get("/v1/profiles/user_id:u1", headers=_read(workspace))).json()
-    by_email = (await client.get("/v1/profiles/email:ann@example.com",
-                                 headers=_read(workspace))).json()
+    by_email = (
+        await client.get("/v1/profiles/email:ann@example.com", headers=_read(workspace))
+    ).json()
     assert by_anon["customer_id"] == by_user["customer_id"] == by_email["customer_id"]
     assert by_user["event_count"] == 4
     assert by_user["stage"] == "purchase"
@@ -53,35 +67,49 @@ async def test_anonymous_history_joins_on_identify(
     assert kinds == {("anonymous_id", "a1"), ("user_id", "u1"), ("email", "ann@example.com")}
 
     stage = (await client.get("/v1/profiles/user_id:u1/stage", headers=_read(workspace))).json()
-    assert [h["stage"] for h in stage["stage_history"]] == ["awareness", "consideration",
-                                                             "purchase"]
-    timeline = (await client.get("/v1/profiles/user_id:u1/timeline?limit=3",
-                                 headers=_read(workspace))).json()
+    assert [h["stage"] for h in stage["stage_history"]] == [
+        "awareness",
+        "consideration",
+        "purchase",
+    ]
+    timeline = (
+        await client.get("/v1/profiles/user_id:u1/timeline?limit=3", headers=_read(workspace))
+    ).json()
     assert [e["type"] for e in timeline["events"]] == ["page", "track", "identify"]
     assert timeline["next_cursor"]
-    rest = (await client.get(f"/v1/profiles/user_id:u1/timeline?cursor={timeline['next_cursor']}",
-                             headers=_read(workspace))).json()
+    rest = (
+        await client.get(
+            f"/v1/profiles/user_id:u1/timeline?cursor={timeline['next_cursor']}",
+            headers=_read(workspace),
+        )
+    ).json()
     assert [e["event"] for e in rest["events"]] == ["Order Completed"]
     assert rest["next_cursor"] is None
 
-    ledger = (await client.get("/v1/profiles/user_id:u1/identities",
-                               headers=_read(workspace))).json()["ledger"]
+    ledger = (
+        await client.get("/v1/profiles/user_id:u1/identities", headers=_read(workspace))
+    ).json()["ledger"]
     assert {e["rule"] for e in ledger} >= {"identify", "email"}
 
 
 async def test_two_users_never_merge_automatically(
     client: httpx.AsyncClient, workspace: NewWorkspace, stitch: Stitch
 ) -> None:
-    await _send(client, workspace, [
-        _ev("identify", "2026-01-01T10:00:00Z", userId="u1", traits={"email": "x@example.com"}),
-        _ev("identify", "2026-01-01T11:00:00Z", userId="u2", traits={"email": "x@example.com"}),
-    ])
+    await _send(
+        client,
+        workspace,
+        [
+            _ev("identify", "2026-01-01T10:00:00Z", userId="u1", traits={"email": "x@example.com"}),
+            _ev("identify", "2026-01-01T11:00:00Z", userId="u2", traits={"email": "x@example.com"}),
+        ],
+    )
     await stitch()
     one = (await client.get("/v1/profiles/user_id:u1", headers=_read(workspace))).json()
     two = (await client.get("/v1/profiles/user_id:u2", headers=_read(workspace))).json()
     assert one["customer_id"] != two["customer_id"]
-    ledger = (await client.get("/v1/profiles/user_id:u2/identities",
-                               headers=_read(workspace))).json()["ledger"]
+    ledger = (
+        await client.get("/v1/profiles/user_id:u2/identities", headers=_read(workspace))
+    ).json()["ledger"]
     assert any(e["action"] == "refused" for e in ledger), ledger
 
 

@@ -39,20 +39,46 @@ def _url(ident: str, route: str = "") -> str:
 STORY = [
     _ev("t01", "2026-10-01T09:00:00Z", "page", anonymousId="dev-a", name="Home"),
     _ev("t02", "2026-10-01T09:05:00Z", anonymousId="dev-a", event="Product Viewed"),
-    _ev("t03", "2026-10-01T09:10:00Z", "identify", userId="ann-1", anonymousId="dev-a",
-        traits={"email": " Ann.Smith@Example.com ", "name": "Ann"}),
-    _ev("t04", "2026-10-02T08:00:00Z", anonymousId="dev-b", event="Email Link Clicked",
-        context={"traits": {"email": "ann.smith@example.com"}}),
+    _ev(
+        "t03",
+        "2026-10-01T09:10:00Z",
+        "identify",
+        userId="ann-1",
+        anonymousId="dev-a",
+        traits={"email": " Ann.Smith@Example.com ", "name": "Ann"},
+    ),
+    _ev(
+        "t04",
+        "2026-10-02T08:00:00Z",
+        anonymousId="dev-b",
+        event="Email Link Clicked",
+        context={"traits": {"email": "ann.smith@example.com"}},
+    ),
     _ev("t05", "2026-10-02T08:01:00Z", anonymousId="dev-b", event="Product Added"),
-    _ev("t06", "2026-10-03T12:00:00Z", userId="ann-1", event="Order Completed",
-        properties={"revenue": 42}),
+    _ev(
+        "t06",
+        "2026-10-03T12:00:00Z",
+        userId="ann-1",
+        event="Order Completed",
+        properties={"revenue": 42},
+    ),
     # Two events at the same instant: the message id orders them.
-    _ev("t07", "2026-10-04T12:00:00Z", userId="ann-1", event="Product Viewed",
-        context={"externalIds": [{"id": "CRM-77", "type": "crm_id", "collection": "users"}]}),
+    _ev(
+        "t07",
+        "2026-10-04T12:00:00Z",
+        userId="ann-1",
+        event="Product Viewed",
+        context={"externalIds": [{"id": "CRM-77", "type": "crm_id", "collection": "users"}]},
+    ),
     _ev("t08", "2026-10-04T12:00:00Z", userId="ann-1", event="Cart Viewed"),
     _ev("t09", "2026-10-05T12:00:00Z", userId="ann-1", event="Order Completed"),
-    _ev("t10", "2026-10-06T12:00:00Z", userId="ann-1", event="Survey Responded",
-        properties={"score": 10}),
+    _ev(
+        "t10",
+        "2026-10-06T12:00:00Z",
+        userId="ann-1",
+        event="Survey Responded",
+        properties={"score": 10},
+    ),
 ]
 ORDER = [e["messageId"] for e in STORY]
 
@@ -100,11 +126,21 @@ async def test_route_bodies(client: httpx.AsyncClient, ann: tuple[NewWorkspace, 
     read = _bearer(ws.read_key)
     body = (await client.get(_url("email:ann.smith@example.com"), headers=read)).json()
     assert body["customer_id"] == customer_id
-    assert set(body) == {"customer_id", "identifiers", "traits", "stage", "first_seen",
-                         "last_seen", "event_count"}
+    assert set(body) == {
+        "customer_id",
+        "identifiers",
+        "traits",
+        "stage",
+        "first_seen",
+        "last_seen",
+        "event_count",
+    }
     assert {(i["kind"], i["value"]) for i in body["identifiers"]} == {
-        ("user_id", "ann-1"), ("anonymous_id", "dev-a"), ("anonymous_id", "dev-b"),
-        ("email", "ann.smith@example.com"), ("crm_id", "CRM-77"),
+        ("user_id", "ann-1"),
+        ("anonymous_id", "dev-a"),
+        ("anonymous_id", "dev-b"),
+        ("email", "ann.smith@example.com"),
+        ("crm_id", "CRM-77"),
     }
     assert body["event_count"] == len(STORY)
     assert body["stage"] == "advocacy"
@@ -114,8 +150,12 @@ async def test_route_bodies(client: httpx.AsyncClient, ann: tuple[NewWorkspace, 
 
     stage = (await client.get(_url("crm_id:CRM-77", "/stage"), headers=read)).json()
     assert [(h["stage"], h["message_id"]) for h in stage["stage_history"]] == [
-        ("awareness", "t01"), ("consideration", "t02"), ("purchase", "t06"),
-        ("retention", "t07"), ("loyalty", "t09"), ("advocacy", "t10"),
+        ("awareness", "t01"),
+        ("consideration", "t02"),
+        ("purchase", "t06"),
+        ("retention", "t07"),
+        ("loyalty", "t09"),
+        ("advocacy", "t10"),
     ]
     assert stage["stage"] == "advocacy" and stage["entered_at"].startswith("2026-10-06T12")
 
@@ -123,14 +163,32 @@ async def test_route_bodies(client: httpx.AsyncClient, ann: tuple[NewWorkspace, 
     assert [e["message_id"] for e in timeline["events"]] == ORDER
     assert timeline["next_cursor"] is None
     first = timeline["events"][0]
-    assert set(first) == {"message_id", "type", "event", "timestamp", "received_at", "channel",
-                          "session_id", "stage", "properties"}
+    assert set(first) == {
+        "message_id",
+        "type",
+        "event",
+        "timestamp",
+        "received_at",
+        "channel",
+        "session_id",
+        "stage",
+        "properties",
+    }
     assert [e["stage"] for e in timeline["events"]][5:] == [
-        "purchase", "retention", "retention", "loyalty", "advocacy"]
+        "purchase",
+        "retention",
+        "retention",
+        "loyalty",
+        "advocacy",
+    ]
 
     idents = (await client.get(_url("user_id:ann-1", "/identities"), headers=read)).json()
-    assert {i["kind"] for i in idents["identifiers"]} == {"user_id", "anonymous_id", "email",
-                                                         "crm_id"}
+    assert {i["kind"] for i in idents["identifiers"]} == {
+        "user_id",
+        "anonymous_id",
+        "email",
+        "crm_id",
+    }
     assert all(i["first_seen"] for i in idents["identifiers"])
     rules = {(e["action"], e["rule"], e["message_id"]) for e in idents["ledger"]}
     assert ("linked", "identify", "t03") in rules
@@ -152,8 +210,11 @@ async def test_keys_of_the_wrong_kind_are_403_and_missing_ones_401(
     r = await client.get(url)
     assert r.status_code == 401
     assert r.headers["www-authenticate"].startswith("Bearer")
-    for bad in (_bearer("jr_not-a-key"), {"Authorization": "Bearer "},
-                {"Authorization": "Token " + ws.read_key}):
+    for bad in (
+        _bearer("jr_not-a-key"),
+        {"Authorization": "Bearer "},
+        {"Authorization": "Token " + ws.read_key},
+    ):
         assert (await client.get(url, headers=bad)).status_code == 401
 
 
@@ -167,8 +228,11 @@ async def test_another_workspace_never_sees_the_customer(
         r = await client.get(_url(ident, route), headers=_bearer(other.read_key))
         assert r.status_code == 404, (ident, r.text)
         assert r.json()["code"] == "profile_not_found"
-    r = await client.post(_url("user_id:ann-1", "/unmerge"), headers=_bearer(other.server_key),
-                          json={"identifiers": ["user_id:ann-1", "anonymous_id:dev-a"]})
+    r = await client.post(
+        _url("user_id:ann-1", "/unmerge"),
+        headers=_bearer(other.server_key),
+        json={"identifiers": ["user_id:ann-1", "anonymous_id:dev-a"]},
+    )
     assert r.status_code == 404
 
 
@@ -176,8 +240,13 @@ async def test_unknown_identifiers_and_kinds_are_404(
     client: httpx.AsyncClient, ann: tuple[NewWorkspace, str]
 ) -> None:
     ws, _ = ann
-    for ident in ("user_id:nobody", "customer_id:cus_0000", "crm_id:CRM-78", "shoe_size:42",
-                  "email:someone@example.com"):
+    for ident in (
+        "user_id:nobody",
+        "customer_id:cus_0000",
+        "crm_id:CRM-78",
+        "shoe_size:42",
+        "email:someone@example.com",
+    ):
         for route in ROUTES:
             r = await client.get(_url(ident, route), headers=_bearer(ws.read_key))
             assert r.status_code == 404, (ident, route, r.text)
@@ -195,8 +264,9 @@ async def _pages(
     cursor: str | None = None
     while True:
         query = {**params, **({"cursor": cursor} if cursor else {})}
-        r = await client.get(_url("user_id:ann-1", "/timeline"), params=query,
-                             headers=_bearer(ws.read_key))
+        r = await client.get(
+            _url("user_id:ann-1", "/timeline"), params=query, headers=_bearer(ws.read_key)
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         assert len(body["events"]) <= params.get("limit", 100)
@@ -217,16 +287,27 @@ async def _pages(
         ({"limit": 1, "order": "desc"}, ORDER[::-1]),
         ({"limit": 2, "since": "2026-10-02T08:01:00Z"}, ORDER[4:]),
         ({"limit": 2, "until": "2026-10-04T12:00:00Z"}, ORDER[:6]),
-        ({"limit": 2, "since": "2026-10-02T08:01:00Z", "until": "2026-10-05T12:00:00Z",
-          "order": "desc"}, ORDER[4:8][::-1]),
-        ({"limit": 1, "since": "2026-10-04T12:00:00+00:00", "until": "2026-10-04T12:00:01Z"},
-         ["t07", "t08"]),
+        (
+            {
+                "limit": 2,
+                "since": "2026-10-02T08:01:00Z",
+                "until": "2026-10-05T12:00:00Z",
+                "order": "desc",
+            },
+            ORDER[4:8][::-1],
+        ),
+        (
+            {"limit": 1, "since": "2026-10-04T12:00:00+00:00", "until": "2026-10-04T12:00:01Z"},
+            ["t07", "t08"],
+        ),
         ({"limit": 1000, "order": "desc", "since": "2026-10-04T14:00:00+02:00"}, ORDER[:5:-1]),
         ({"since": "2026-10-07T00:00:00Z"}, []),
     ],
 )
 async def test_timeline_pages_in_both_orders_within_since_and_until(
-    client: httpx.AsyncClient, ann: tuple[NewWorkspace, str], params: dict[str, Any],
+    client: httpx.AsyncClient,
+    ann: tuple[NewWorkspace, str],
+    params: dict[str, Any],
     expected: list[str],
 ) -> None:
     ws, _ = ann
@@ -241,8 +322,9 @@ async def test_timeline_limit_out_of_bounds_is_400(
     client: httpx.AsyncClient, ann: tuple[NewWorkspace, str], limit: str
 ) -> None:
     ws, _ = ann
-    r = await client.get(_url("user_id:ann-1", "/timeline"), params={"limit": limit},
-                         headers=_bearer(ws.read_key))
+    r = await client.get(
+        _url("user_id:ann-1", "/timeline"), params={"limit": limit}, headers=_bearer(ws.read_key)
+    )
     assert r.status_code == 400, r.text
     assert r.headers["content-type"] == "application/problem+json"
     assert "limit" in r.json()["detail"]
@@ -254,15 +336,23 @@ def _b64(raw: bytes) -> str:
 
 @pytest.mark.parametrize(
     "cursor",
-    ["not-a-cursor!", "%%%", _b64(b"[1]"), _b64(b'{"a": 1}'), _b64(b"[1, 2]"),
-     _b64(b'["yesterday", "t01"]'), _b64(b"\xff\xfe")],
+    [
+        "not-a-cursor!",
+        "%%%",
+        _b64(b"[1]"),
+        _b64(b'{"a": 1}'),
+        _b64(b"[1, 2]"),
+        _b64(b'["yesterday", "t01"]'),
+        _b64(b"\xff\xfe"),
+    ],
 )
 async def test_bad_cursor_is_400(
     client: httpx.AsyncClient, ann: tuple[NewWorkspace, str], cursor: str
 ) -> None:
     ws, _ = ann
-    r = await client.get(_url("user_id:ann-1", "/timeline"), params={"cursor": cursor},
-                         headers=_bearer(ws.read_key))
+    r = await client.get(
+        _url("user_id:ann-1", "/timeline"), params={"cursor": cursor}, headers=_bearer(ws.read_key)
+    )
     assert r.status_code == 400, r.text
     assert r.json()["code"] == "invalid_cursor"
 
@@ -272,8 +362,9 @@ async def test_bad_order_and_dates_are_400(
 ) -> None:
     ws, _ = ann
     for params in ({"order": "sideways"}, {"since": "last tuesday"}, {"until": "2026-13-01"}):
-        r = await client.get(_url("user_id:ann-1", "/timeline"), params=params,
-                             headers=_bearer(ws.read_key))
+        r = await client.get(
+            _url("user_id:ann-1", "/timeline"), params=params, headers=_bearer(ws.read_key)
+        )
         assert r.status_code == 400, (params, r.text)
 
 
@@ -302,10 +393,12 @@ async def test_unmerge_needs_the_server_key(
     assert device["event_count"] == 2
     assert user["event_count"] == len(STORY) - 2
     assert sorted(r.json()["customers"]) == sorted({device["customer_id"], user["customer_id"]})
-    ledger = (await client.get(_url("anonymous_id:dev-a", "/identities"),
-                               headers=_bearer(ws.read_key))).json()["ledger"]
-    assert [e["action"] for e in ledger if e["message_id"] == "t03"
-            and e["rule"] == "unmerged"] == ["unmerged"]
+    ledger = (
+        await client.get(_url("anonymous_id:dev-a", "/identities"), headers=_bearer(ws.read_key))
+    ).json()["ledger"]
+    assert [
+        e["action"] for e in ledger if e["message_id"] == "t03" and e["rule"] == "unmerged"
+    ] == ["unmerged"]
 
 
 async def test_unmerge_of_a_link_that_does_not_exist_is_404(
@@ -323,12 +416,16 @@ async def test_unmerge_of_a_link_that_does_not_exist_is_404(
         r = await client.post(url, headers=server, json=body)
         assert r.status_code == 404, (body, r.text)
         assert r.json()["code"] == "merge_not_found"
-    r = await client.post(_url("user_id:nobody", "/unmerge"), headers=server,
-                          json={"message_id": "t03"})
+    r = await client.post(
+        _url("user_id:nobody", "/unmerge"), headers=server, json={"message_id": "t03"}
+    )
     assert r.status_code == 404
     assert r.json()["code"] == "profile_not_found"
-    for body in ({}, {"identifiers": ["user_id:ann-1"]},
-                 {"identifiers": ["user_id:ann-1", "anonymous_id:dev-a", "email:x@y.z"]}):
+    for body in (
+        {},
+        {"identifiers": ["user_id:ann-1"]},
+        {"identifiers": ["user_id:ann-1", "anonymous_id:dev-a", "email:x@y.z"]},
+    ):
         r = await client.post(url, headers=server, json=body)
         assert r.status_code == 400, (body, r.text)
     # Nothing changed.

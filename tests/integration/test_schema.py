@@ -89,6 +89,7 @@ async def test_every_table_has_a_primary_key_leading_with_workspace_id(
     assert firsts["events"] == "workspace_id"
     missing = [t for t, first in firsts.items() if first is None]
     assert missing == []
-    wrong = {t: f for t, f in firsts.items()
-             if f != "workspace_id" and (t, f"pk_{t}") not in EXCEPTIONS}
+    wrong = {
+        t: f for t, f in firsts.items() if f != "workspace_id" and (t, f"pk_{t}") not in EXCEPTIONS
+    }
     assert wrong == {}

@@ -55,24 +55,55 @@ def journeys_of(customers: int, rng: random.Random) -> list[Payload]:
         email = f"Customer.{i}@Example.com " if i % 3 else f"customer.{i}@example.com"
         start = rng.randint(0, 20 * DAY)
         for k in range(rng.randint(2, 5)):
-            add(start + k * rng.randint(1, 600), "page", anonymousId=device, name="Home",
-                context={"page": {"url": f"https://shop.example.com/?utm_source=google"
-                                         f"&utm_medium=cpc&utm_campaign=c{i % 4}"}})
-            add(start + k * 600 + 3, event=rng.choice(("Product Viewed", "Products Searched")),
-                anonymousId=device)
+            add(
+                start + k * rng.randint(1, 600),
+                "page",
+                anonymousId=device,
+                name="Home",
+                context={
+                    "page": {
+                        "url": f"https://shop.example.com/?utm_source=google"
+                        f"&utm_medium=cpc&utm_campaign=c{i % 4}"
+                    }
+                },
+            )
+            add(
+                start + k * 600 + 3,
+                event=rng.choice(("Product Viewed", "Products Searched")),
+                anonymousId=device,
+            )
         seen = start + 5 * 600 + rng.randint(0, DAY)
-        add(seen, "identify", userId=user, anonymousId=device, traits={"email": email,
-                                                                        "plan": f"p{i % 3}"})
-        add(seen + 30, event="Email Link Clicked", anonymousId=phone,
-            context={"traits": {"email": email},
-                     "campaign": {"source": "newsletter", "medium": "email", "name": "n"}})
+        add(
+            seen,
+            "identify",
+            userId=user,
+            anonymousId=device,
+            traits={"email": email, "plan": f"p{i % 3}"},
+        )
+        add(
+            seen + 30,
+            event="Email Link Clicked",
+            anonymousId=phone,
+            context={
+                "traits": {"email": email},
+                "campaign": {"source": "newsletter", "medium": "email", "name": "n"},
+            },
+        )
         add(seen + 31, event="Email Opened", anonymousId=phone)
         for k in range(rng.randint(0, 3)):
-            add(seen + 60 + k * DAY, event="Order Completed", userId=user,
-                properties={"revenue": 10 + k})
-        add(seen + 5 * DAY, event="Survey Responded", userId=user,
+            add(
+                seen + 60 + k * DAY,
+                event="Order Completed",
+                userId=user,
+                properties={"revenue": 10 + k},
+            )
+        add(
+            seen + 5 * DAY,
+            event="Survey Responded",
+            userId=user,
             properties={"score": rng.randint(0, 10)},
-            context={"externalIds": [{"id": f"crm-{i}", "type": "crm_id"}]})
+            context={"externalIds": [{"id": f"crm-{i}", "type": "crm_id"}]},
+        )
         if i % 7 == 0:
             add(start - 2 * DAY, event="Order Completed", userId=f"legacy-{i}")
             add(seen + 2, "alias", previousId=f"legacy-{i}", userId=user)
@@ -82,14 +113,19 @@ def journeys_of(customers: int, rng: random.Random) -> list[Payload]:
             add(seen + 125, event="Cart Viewed", anonymousId=device)
         if i % 11 == 0:
             add(seen + 200, event="Product Viewed", userId="0", anonymousId="undefined")
-            add(seen + 201, "identify", userId="undefined", anonymousId=device,
-                traits={"email": email})
+            add(
+                seen + 201,
+                "identify",
+                userId="undefined",
+                anonymousId=device,
+                traits={"email": email},
+            )
     rng.shuffle(events)  # arrival order has nothing to do with event time
     return events
 
 
 def chunks(events: list[Payload], size: int) -> list[list[Payload]]:
-    return [events[i:i + size] for i in range(0, len(events), size)]
+    return [events[i : i + size] for i in range(0, len(events), size)]
 
 
 # --------------------------------------------------------------------------- observing
@@ -109,14 +145,16 @@ class Worker:
     """`journeys worker` in a subprocess."""
 
     def __init__(self, database_url: str) -> None:
-        env = {**os.environ, "JOURNEYS_DATABASE_URL": database_url,
-               "JOURNEYS_LOG_LEVEL": "warning"}
+        env = {**os.environ, "JOURNEYS_DATABASE_URL": database_url, "JOURNEYS_LOG_LEVEL": "warning"}
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - read after the process ends
             prefix="journeys-worker-", suffix=".log", delete=False
         )
         self.process = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "worker"],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
 
     def output(self) -> str:
@@ -158,8 +196,9 @@ def workers(database_url: str) -> Iterator[Callable[[], Worker]]:
             Path(worker.log.name).unlink(missing_ok=True)
 
 
-async def poll(check: Callable[[], Awaitable[bool]], *, timeout: float,
-               workers: list[Worker] | None = None) -> bool:
+async def poll(
+    check: Callable[[], Awaitable[bool]], *, timeout: float, workers: list[Worker] | None = None
+) -> bool:
     """Poll an observable condition until it holds (True) or `timeout` passes (False)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -173,7 +212,10 @@ async def poll(check: Callable[[], Awaitable[bool]], *, timeout: float,
 
 
 async def wait_until(
-    check: Callable[[], Awaitable[bool]], what: str, *, timeout: float = 60.0,
+    check: Callable[[], Awaitable[bool]],
+    what: str,
+    *,
+    timeout: float = 60.0,
     workers: list[Worker] | None = None,
 ) -> None:
     """Poll an observable condition; fail (with the workers' logs) if it does not come."""
@@ -188,10 +230,13 @@ async def progress(conn: asyncpg.Connection) -> int:
 
 async def pending(conn: asyncpg.Connection, workspace_id: int) -> int:
     """Raw events of the workspace not yet on a timeline."""
-    return int(await conn.fetchval(
-        "SELECT (SELECT count(DISTINCT message_id) FROM events WHERE workspace_id = $1)"
-        " - (SELECT count(*) FROM journey_events WHERE workspace_id = $1)", workspace_id,
-    ))
+    return int(
+        await conn.fetchval(
+            "SELECT (SELECT count(DISTINCT message_id) FROM events WHERE workspace_id = $1)"
+            " - (SELECT count(*) FROM journey_events WHERE workspace_id = $1)",
+            workspace_id,
+        )
+    )
 
 
 async def shard_holders(conn: asyncpg.Connection) -> dict[int, int]:
@@ -208,10 +253,12 @@ async def shard_holders(conn: asyncpg.Connection) -> dict[int, int]:
 async def writing_transactions(conn: asyncpg.Connection) -> int:
     """Other sessions in a transaction that has written (the worker's batch: nothing else
     writes while the test is not sending)."""
-    return int(await conn.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL"
-    ))
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL"
+        )
+    )
 
 
 # The reference of each load, stitched once per test process (customers, seed → workspace).
@@ -235,18 +282,31 @@ async def reference(
 
 
 async def assert_exactly_once(
-    conn: asyncpg.Connection, ws: NewWorkspace, ref: NewWorkspace, progress_before: int,
-    events: list[Payload], customers: int,
+    conn: asyncpg.Connection,
+    ws: NewWorkspace,
+    ref: NewWorkspace,
+    progress_before: int,
+    events: list[Payload],
+    customers: int,
 ) -> None:
     raw = await conn.fetchval(
-        "SELECT count(*) FROM events WHERE workspace_id = $1", ws.workspace_id)
+        "SELECT count(*) FROM events WHERE workspace_id = $1", ws.workspace_id
+    )
     assert raw == len({e["messageId"] for e in events})
-    assert await conn.fetchval(
-        "SELECT count(*) FROM journey_events WHERE workspace_id = $1", ws.workspace_id) == raw
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM journey_events WHERE workspace_id = $1", ws.workspace_id
+        )
+        == raw
+    )
     # Each raw event went through the feed exactly once: no batch counted twice, none lost.
     assert await progress(conn) - progress_before == raw
-    assert await conn.fetchval(
-        "SELECT count(*) FROM stitch_failures WHERE workspace_id = $1", ws.workspace_id) == 0
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM stitch_failures WHERE workspace_id = $1", ws.workspace_id
+        )
+        == 0
+    )
     mine, theirs = await snapshot(conn, ws.workspace_id), await snapshot(conn, ref.workspace_id)
     assert len(mine["customers"]) == customers  # one per journey: the shape is right
     assert mine == theirs
@@ -256,7 +316,10 @@ async def assert_exactly_once(
 
 
 async def test_worker_killed_at_random_instants_reaches_the_uncrashed_state(
-    client: httpx.AsyncClient, stitch: Stitch, conn: asyncpg.Connection, database_url: str,
+    client: httpx.AsyncClient,
+    stitch: Stitch,
+    conn: asyncpg.Connection,
+    database_url: str,
     workers: Callable[[], Worker],
 ) -> None:
     events, ref = await reference(client, stitch, database_url, 240, SEED)
@@ -286,10 +349,10 @@ async def test_worker_killed_at_random_instants_reaches_the_uncrashed_state(
         # Progress (or nothing left to do) before the next kill, so that the test ends.
         await wait_until(
             partial(_moved_or_done, conn, after_kill, ws.workspace_id),
-            "the restarted worker to make progress", workers=[worker],
+            "the restarted worker to make progress",
+            workers=[worker],
         )
-    await wait_until(lambda: _drained(conn, ws.workspace_id), "the feed to drain",
-                     workers=[worker])
+    await wait_until(lambda: _drained(conn, ws.workspace_id), "the feed to drain", workers=[worker])
     worker.stop()
     print(f"seed {SEED}: {kills} kills, {mid_batch} inside a batch transaction")
     assert kills >= 4
@@ -298,7 +361,10 @@ async def test_worker_killed_at_random_instants_reaches_the_uncrashed_state(
 
 
 async def test_two_workers_on_the_same_workspace_stitch_every_event_once(
-    client: httpx.AsyncClient, stitch: Stitch, conn: asyncpg.Connection, database_url: str,
+    client: httpx.AsyncClient,
+    stitch: Stitch,
+    conn: asyncpg.Connection,
+    database_url: str,
     workers: Callable[[], Worker],
 ) -> None:
     events, ref = await reference(client, stitch, database_url, 240, SEED)
@@ -306,8 +372,9 @@ async def test_two_workers_on_the_same_workspace_stitch_every_event_once(
     ws = await new_workspace(database_url, "pair")
 
     first = workers()
-    await wait_until(lambda: _all_held(conn), "the first worker to take every shard",
-                     workers=[first])
+    await wait_until(
+        lambda: _all_held(conn), "the first worker to take every shard", workers=[first]
+    )
     holder = set((await shard_holders(conn)).values())
     second = workers()
     parts = chunks(events, 300)
@@ -318,19 +385,24 @@ async def test_two_workers_on_the_same_workspace_stitch_every_event_once(
             await poll(partial(_writing, conn), timeout=5)
             first.kill()
             await wait_until(
-                lambda: _held_by_other(conn, holder), "the second worker to take over",
+                lambda: _held_by_other(conn, holder),
+                "the second worker to take over",
                 workers=[second],
             )
             first = workers()  # back as the standby
-    await wait_until(lambda: _drained(conn, ws.workspace_id), "the feed to drain",
-                     workers=[first, second])
+    await wait_until(
+        lambda: _drained(conn, ws.workspace_id), "the feed to drain", workers=[first, second]
+    )
     first.stop()
     second.stop()
     await assert_exactly_once(conn, ws, ref, before, events, 240)
 
 
 async def test_two_stitchers_racing_on_one_shard_never_double_process(
-    client: httpx.AsyncClient, stitch: Stitch, conn: asyncpg.Connection, database_url: str,
+    client: httpx.AsyncClient,
+    stitch: Stitch,
+    conn: asyncpg.Connection,
+    database_url: str,
 ) -> None:
     """Without the advisory locks (bypassed here), the shard's progress row lock alone keeps
     two stitchers from taking the same batch."""

@@ -57,14 +57,17 @@ def ev(message_id: str, minutes: float, type: str = "track", **fields: Any) -> P
 
 async def send(client: httpx.AsyncClient, ws: NewWorkspace, events: Sequence[Payload]) -> None:
     for start in range(0, len(events), 500):
-        r = await client.post("/v1/batch", json={"batch": list(events[start:start + 500])},
-                              auth=(ws.write_key, ""))
+        r = await client.post(
+            "/v1/batch", json={"batch": list(events[start : start + 500])}, auth=(ws.write_key, "")
+        )
         assert r.status_code == 200, r.text
         assert "rejected" not in r.json(), r.json()
 
 
 async def ingest(
-    client: httpx.AsyncClient, ws: NewWorkspace, stitch: Stitch,
+    client: httpx.AsyncClient,
+    ws: NewWorkspace,
+    stitch: Stitch,
     batches: Sequence[Sequence[Payload]],
 ) -> None:
     """Each batch is sent, then the stitcher drained (as the worker would between polls)."""
@@ -81,8 +84,9 @@ def server(ws: NewWorkspace) -> dict[str, str]:
     return {"Authorization": f"Bearer {ws.server_key}"}
 
 
-async def profile(client: httpx.AsyncClient, ws: NewWorkspace, ident: str,
-                  route: str = "") -> httpx.Response:
+async def profile(
+    client: httpx.AsyncClient, ws: NewWorkspace, ident: str, route: str = ""
+) -> httpx.Response:
     return await client.get(f"/v1/profiles/{ident}{route}", headers=read(ws))
 
 
@@ -112,7 +116,8 @@ async def snapshot(conn: asyncpg.Connection, workspace_id: int) -> dict[str, Any
     (cluster ids come from a sequence; received_at from the clock)."""
     idents = await conn.fetch(
         "SELECT kind, value, customer_id, first_seen, shared_device FROM identities "
-        "WHERE workspace_id = $1", workspace_id,
+        "WHERE workspace_id = $1",
+        workspace_id,
     )
     identifiers: dict[str, set[str]] = defaultdict(set)
     for r in idents:
@@ -128,9 +133,7 @@ async def snapshot(conn: asyncpg.Connection, workspace_id: int) -> dict[str, Any
             "first_seen": r["first_seen"],
             "last_seen": r["last_seen"],
         }
-        for r in await conn.fetch(
-            "SELECT * FROM customers WHERE workspace_id = $1", workspace_id
-        )
+        for r in await conn.fetch("SELECT * FROM customers WHERE workspace_id = $1", workspace_id)
     }
     timeline = {
         r["message_id"]: {
@@ -143,12 +146,20 @@ async def snapshot(conn: asyncpg.Connection, workspace_id: int) -> dict[str, Any
         }
         for r in await conn.fetch(
             "SELECT message_id, customer_id, session_id, channel, stage, timestamp "
-            "FROM journey_events WHERE workspace_id = $1", workspace_id,
+            "FROM journey_events WHERE workspace_id = $1",
+            workspace_id,
         )
     }
     ledger = {
-        (r["at"], r["message_id"], r["action"], r["rule"], tuple(r["identifiers"]), r["into"],
-         r["reason"])
+        (
+            r["at"],
+            r["message_id"],
+            r["action"],
+            r["rule"],
+            tuple(r["identifiers"]),
+            r["into"],
+            r["reason"],
+        )
         for r in await conn.fetch(
             "SELECT * FROM identity_ledger WHERE workspace_id = $1", workspace_id
         )
@@ -205,29 +216,44 @@ def reference(
         channels = session_channels(items, sessions=sessions)
         customers[customer] = {
             "stage_history": [
-                {"stage": h.stage, "entered_at": h.entered_at.isoformat(),
-                 "message_id": h.message_id}
+                {
+                    "stage": h.stage,
+                    "entered_at": h.entered_at.isoformat(),
+                    "message_id": h.message_id,
+                }
                 for h in history
             ],
             "event_count": len(items),
         }
         for e in items:
             timeline[e.message_id] = {
-                "customer": customer, "session_id": sessions[e.message_id],
+                "customer": customer,
+                "session_id": sessions[e.message_id],
                 "channel": channels[e.message_id],
                 "stage": stage_at(history, e.timestamp, message_id=e.message_id),
             }
     ledger = {
-        (e.at, e.message_id, e.action, e.rule, tuple(str(i) for i in e.identifiers), e.into,
-         e.reason)
+        (
+            e.at,
+            e.message_id,
+            e.action,
+            e.rule,
+            tuple(str(i) for i in e.identifiers),
+            e.into,
+            e.reason,
+        )
         for e in _dedupe(r.ledger)
     }
     identities = {
         str(i): (c, r.first_seen[i], i in r.shared_devices)
         for i, c in r.customer_by_identifier.items()
     }
-    return {"identities": identities, "customers": customers, "timeline": timeline,
-            "ledger": ledger}
+    return {
+        "identities": identities,
+        "customers": customers,
+        "timeline": timeline,
+        "ledger": ledger,
+    }
 
 
 def assert_matches_reference(snap: dict[str, Any], ref: dict[str, Any]) -> None:
@@ -261,8 +287,13 @@ EMAIL_SPELLINGS = {
     "ann@example.com": ("ann@example.com", " Ann@Example.com "),
     "bob@example.com": ("bob@example.com", "BOB@example.COM"),
 }
-BROWSING = ("Product Viewed", "Products Searched", "Product Added", "Cart Viewed",
-            "Checkout Started")
+BROWSING = (
+    "Product Viewed",
+    "Products Searched",
+    "Product Added",
+    "Cart Viewed",
+    "Checkout Started",
+)
 CAMPAIGNS: tuple[dict[str, str], ...] = (
     {},
     {"source": "google", "medium": "cpc", "name": "spring"},
@@ -282,19 +313,30 @@ def _browse(draw: st.DrawFn) -> Payload:
     campaign = draw(st.sampled_from(CAMPAIGNS))
     context: Payload = {"campaign": campaign} if campaign else {}
     if draw(st.booleans()):
-        return {"type": "page", "anonymousId": draw(DEVICE_IDS), "name": "Home",
-                "context": {**context, "page": {"url": "https://shop.example.com/",
-                                                "referrer": "https://www.google.com/"}}}
-    return {"event": draw(st.sampled_from(BROWSING)), "anonymousId": draw(DEVICE_IDS),
-            "context": context}
+        return {
+            "type": "page",
+            "anonymousId": draw(DEVICE_IDS),
+            "name": "Home",
+            "context": {
+                **context,
+                "page": {"url": "https://shop.example.com/", "referrer": "https://www.google.com/"},
+            },
+        }
+    return {
+        "event": draw(st.sampled_from(BROWSING)),
+        "anonymousId": draw(DEVICE_IDS),
+        "context": context,
+    }
 
 
 def _email_click(draw: st.DrawFn) -> Payload:
     return {
         "event": draw(st.sampled_from(("Email Link Clicked", "Email Opened"))),
         "anonymousId": draw(DEVICE_IDS),
-        "context": {"traits": {"email": _email(draw)},
-                    "campaign": {"source": "newsletter", "medium": "email", "name": "may"}},
+        "context": {
+            "traits": {"email": _email(draw)},
+            "campaign": {"source": "newsletter", "medium": "email", "name": "may"},
+        },
     }
 
 
@@ -327,8 +369,11 @@ def _server(draw: st.DrawFn) -> Payload:
     }
     crm = draw(st.sampled_from((None, "c1", "c2")))
     if crm is not None:
-        body["context"] = {"externalIds": [{"id": crm, "type": "crm_id", "collection": "users",
-                                            "encoding": "none"}]}
+        body["context"] = {
+            "externalIds": [
+                {"id": crm, "type": "crm_id", "collection": "users", "encoding": "none"}
+            ]
+        }
     return body
 
 
@@ -346,8 +391,11 @@ def _alias(draw: st.DrawFn) -> Payload:
 
 def _shared_device(draw: st.DrawFn) -> Payload:
     """A second person logging in on a device (the story's device pool is small)."""
-    return {"type": "identify", "userId": draw(st.sampled_from(USERS)),
-            "anonymousId": draw(st.sampled_from(DEVICES))}
+    return {
+        "type": "identify",
+        "userId": draw(st.sampled_from(USERS)),
+        "anonymousId": draw(st.sampled_from(DEVICES)),
+    }
 
 
 BEATS = (_browse, _email_click, _identify, _logged_in, _server, _alias, _shared_device)
@@ -379,11 +427,17 @@ def arrivals(draw: st.DrawFn, events: list[Payload]) -> list[list[Payload]]:
 # --------------------------------------------------------------------------- the property
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
 async def test_any_permutation_and_batching_gives_the_same_state(
-    data: st.DataObject, client: httpx.AsyncClient, stitch: Stitch, conn: asyncpg.Connection,
+    data: st.DataObject,
+    client: httpx.AsyncClient,
+    stitch: Stitch,
+    conn: asyncpg.Connection,
     database_url: str,
 ) -> None:
     events = data.draw(stories(), label="story")
@@ -421,8 +475,9 @@ async def unmerge(client: httpx.AsyncClient, ws: NewWorkspace, pair: list[str]) 
     """Unmerge the link between two identifiers, asking by either (a shared device is 409)."""
     answers = []
     for ident in pair:
-        r = await client.post(f"/v1/profiles/{ident}/unmerge", headers=server(ws),
-                              json={"identifiers": pair})
+        r = await client.post(
+            f"/v1/profiles/{ident}/unmerge", headers=server(ws), json={"identifiers": pair}
+        )
         if r.status_code == 200:
             return
         answers.append((r.status_code, r.text))
@@ -433,48 +488,78 @@ async def unmerge(client: httpx.AsyncClient, ws: NewWorkspace, pair: list[str]) 
 
 
 async def test_late_anonymous_event_days_old_joins_the_customer(
-    client: httpx.AsyncClient, stitch: Stitch, conn: asyncpg.Connection, database_url: str,
+    client: httpx.AsyncClient,
+    stitch: Stitch,
+    conn: asyncpg.Connection,
+    database_url: str,
 ) -> None:
     ws = await new_workspace(database_url)
     day = 24 * 60
-    await ingest(client, ws, stitch, [[
-        ev("id", 10 * day, "identify", userId="u1", anonymousId="a1"),
-        ev("buy", 10 * day + 5, userId="u1", event="Order Completed"),
-    ], [
-        # Sent from an offline queue five days late, with its original time: 8 days earlier.
-        ev("late", 2 * day, anonymousId="a1", event="Product Viewed"),
-        ev("later", 3 * day, anonymousId="a1", event="Email Opened"),
-    ]])
+    await ingest(
+        client,
+        ws,
+        stitch,
+        [
+            [
+                ev("id", 10 * day, "identify", userId="u1", anonymousId="a1"),
+                ev("buy", 10 * day + 5, userId="u1", event="Order Completed"),
+            ],
+            [
+                # Sent from an offline queue five days late, with its original time: 8 days earlier.
+                ev("late", 2 * day, anonymousId="a1", event="Product Viewed"),
+                ev("later", 3 * day, anonymousId="a1", event="Email Opened"),
+            ],
+        ],
+    )
     body = (await profile(client, ws, "anonymous_id:a1")).json()
     assert body["customer_id"] == key_of("anonymous_id:a1")  # the oldest identifier names it
     assert body["event_count"] == 4
     assert body["first_seen"].startswith("2026-10-03")
     stage = (await profile(client, ws, "user_id:u1", "/stage")).json()
     assert [(h["stage"], h["message_id"]) for h in stage["stage_history"]] == [
-        ("consideration", "late"), ("purchase", "buy")
+        ("consideration", "late"),
+        ("purchase", "buy"),
     ]
     timeline = (await profile(client, ws, "user_id:u1", "/timeline")).json()["events"]
     assert [(e["message_id"], e["stage"]) for e in timeline] == [
-        ("late", "consideration"), ("later", "consideration"), ("id", "consideration"),
+        ("late", "consideration"),
+        ("later", "consideration"),
+        ("id", "consideration"),
         ("buy", "purchase"),
     ]
     # The customer named after u1 before the late event arrived is gone.
-    assert await conn.fetchval(
-        "SELECT count(*) FROM customers WHERE workspace_id = $1", ws.workspace_id) == 1
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM customers WHERE workspace_id = $1", ws.workspace_id
+        )
+        == 1
+    )
 
 
 async def test_alias_merges_two_user_ids_into_the_oldest_customer(
-    client: httpx.AsyncClient, stitch: Stitch, conn: asyncpg.Connection, database_url: str,
+    client: httpx.AsyncClient,
+    stitch: Stitch,
+    conn: asyncpg.Connection,
+    database_url: str,
 ) -> None:
     ws = await new_workspace(database_url)
-    await ingest(client, ws, stitch, [[
-        ev("old1", 0, userId="legacy-1", event="Order Completed"),
-        ev("new1", 60, userId="u9", event="Product Viewed", anonymousId="a9"),
-    ], [
-        ev("al", 120, "alias", previousId="legacy-1", userId="u9"),
-    ], [
-        ev("new2", 180, userId="u9", event="Order Completed"),
-    ]])
+    await ingest(
+        client,
+        ws,
+        stitch,
+        [
+            [
+                ev("old1", 0, userId="legacy-1", event="Order Completed"),
+                ev("new1", 60, userId="u9", event="Product Viewed", anonymousId="a9"),
+            ],
+            [
+                ev("al", 120, "alias", previousId="legacy-1", userId="u9"),
+            ],
+            [
+                ev("new2", 180, userId="u9", event="Order Completed"),
+            ],
+        ],
+    )
     one = (await profile(client, ws, "user_id:legacy-1")).json()
     two = (await profile(client, ws, "user_id:u9")).json()
     assert one["customer_id"] == two["customer_id"] == key_of("user_id:legacy-1")
@@ -488,7 +573,10 @@ async def test_alias_merges_two_user_ids_into_the_oldest_customer(
 
 
 async def test_alias_from_an_already_stitched_anonymous_id_links_that_device(
-    client: httpx.AsyncClient, stitch: Stitch, conn: asyncpg.Connection, database_url: str,
+    client: httpx.AsyncClient,
+    stitch: Stitch,
+    conn: asyncpg.Connection,
+    database_url: str,
 ) -> None:
     ws = await new_workspace(database_url)
     events = [
@@ -505,7 +593,10 @@ async def test_alias_from_an_already_stitched_anonymous_id_links_that_device(
 
 
 async def test_alias_before_its_anonymous_id_is_first_seen(
-    client: httpx.AsyncClient, stitch: Stitch, conn: asyncpg.Connection, database_url: str,
+    client: httpx.AsyncClient,
+    stitch: Stitch,
+    conn: asyncpg.Connection,
+    database_url: str,
 ) -> None:
     ws = await new_workspace(database_url)
     events = [
@@ -514,23 +605,39 @@ async def test_alias_before_its_anonymous_id_is_first_seen(
     ]
     await ingest(client, ws, stitch, [events[:1], events[1:]])
     assert (await profile(client, ws, "anonymous_id:dev-8")).json()["customer_id"] == (
-        await profile(client, ws, "user_id:u8")).json()["customer_id"]
+        await profile(client, ws, "user_id:u8")
+    ).json()["customer_id"]
     assert (await profile(client, ws, "user_id:dev-8")).status_code == 404
     assert_matches_reference(await snapshot(conn, ws.workspace_id), reference(events))
 
 
 async def test_email_links_two_devices(
-    client: httpx.AsyncClient, stitch: Stitch, conn: asyncpg.Connection, database_url: str,
+    client: httpx.AsyncClient,
+    stitch: Stitch,
+    conn: asyncpg.Connection,
+    database_url: str,
 ) -> None:
     ws = await new_workspace(database_url)
     events = [
-        ev("phone", 0, anonymousId="phone", event="Email Link Clicked",
-           context={"traits": {"email": " Cy@Example.com "}}),
+        ev(
+            "phone",
+            0,
+            anonymousId="phone",
+            event="Email Link Clicked",
+            context={"traits": {"email": " Cy@Example.com "}},
+        ),
         ev("laptop", 60, "identify", anonymousId="laptop", traits={"email": "cy@example.COM"}),
         ev("laptop2", 70, anonymousId="laptop", event="Product Added"),
-        ev("crm", 80, userId="u5", event="Signed Up",
-           context={"externalIds": [{"id": "CRM-5", "type": "crm_id"}],
-                    "traits": {"email": "cy@example.com"}}),
+        ev(
+            "crm",
+            80,
+            userId="u5",
+            event="Signed Up",
+            context={
+                "externalIds": [{"id": "CRM-5", "type": "crm_id"}],
+                "traits": {"email": "cy@example.com"},
+            },
+        ),
     ]
     await ingest(client, ws, stitch, [[events[1]], [events[3]], [events[0], events[2]]])
     phone = (await profile(client, ws, "anonymous_id:phone")).json()
@@ -539,16 +646,23 @@ async def test_email_links_two_devices(
     assert phone["customer_id"] == key_of("anonymous_id:phone")
     assert phone["event_count"] == 4
     assert {(i["kind"], i["value"]) for i in phone["identifiers"]} == {
-        ("anonymous_id", "phone"), ("anonymous_id", "laptop"), ("email", "cy@example.com"),
-        ("user_id", "u5"), ("crm_id", "CRM-5"),
+        ("anonymous_id", "phone"),
+        ("anonymous_id", "laptop"),
+        ("email", "cy@example.com"),
+        ("user_id", "u5"),
+        ("crm_id", "CRM-5"),
     }
     assert_matches_reference(await snapshot(conn, ws.workspace_id), reference(events))
 
 
-@pytest.mark.parametrize("placeholder", ["undefined", "0", "null", "-1",
-                                         "00000000-0000-0000-0000-000000000000"])
+@pytest.mark.parametrize(
+    "placeholder", ["undefined", "0", "null", "-1", "00000000-0000-0000-0000-000000000000"]
+)
 async def test_placeholder_ids_never_link(
-    client: httpx.AsyncClient, stitch: Stitch, conn: asyncpg.Connection, database_url: str,
+    client: httpx.AsyncClient,
+    stitch: Stitch,
+    conn: asyncpg.Connection,
+    database_url: str,
     placeholder: str,
 ) -> None:
     ws = await new_workspace(database_url)
@@ -560,23 +674,37 @@ async def test_placeholder_ids_never_link(
         ev("p5", 40, userId=placeholder, anonymousId=placeholder, event="Product Viewed"),
     ]
     await ingest(client, ws, stitch, [events[:2], events[2:]])
-    customers = {(await profile(client, ws, i)).json()["customer_id"]
-                 for i in ("user_id:u1", "user_id:u2", "anonymous_id:d1", "anonymous_id:d2")}
+    customers = {
+        (await profile(client, ws, i)).json()["customer_id"]
+        for i in ("user_id:u1", "user_id:u2", "anonymous_id:d1", "anonymous_id:d2")
+    }
     assert len(customers) == 4
     for kind in ("user_id", "anonymous_id"):
         assert (await profile(client, ws, f"{kind}:{placeholder}")).status_code == 404
-    assert await conn.fetchval(
-        "SELECT count(*) FROM identities WHERE workspace_id = $1 AND value = $2",
-        ws.workspace_id, placeholder) == 0
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM identities WHERE workspace_id = $1 AND value = $2",
+            ws.workspace_id,
+            placeholder,
+        )
+        == 0
+    )
     # An event with nothing but placeholders is kept on no customer.
-    assert await conn.fetchval(
-        "SELECT customer_id FROM journey_events WHERE workspace_id = $1 AND message_id = 'p5'",
-        ws.workspace_id) is None
+    assert (
+        await conn.fetchval(
+            "SELECT customer_id FROM journey_events WHERE workspace_id = $1 AND message_id = 'p5'",
+            ws.workspace_id,
+        )
+        is None
+    )
     assert_matches_reference(await snapshot(conn, ws.workspace_id), reference(events))
 
 
 async def test_shared_device_events_follow_the_last_identify(
-    client: httpx.AsyncClient, stitch: Stitch, conn: asyncpg.Connection, database_url: str,
+    client: httpx.AsyncClient,
+    stitch: Stitch,
+    conn: asyncpg.Connection,
+    database_url: str,
 ) -> None:
     events = [
         ev("s0", 0, anonymousId="kiosk", event="Product Viewed"),
@@ -588,23 +716,38 @@ async def test_shared_device_events_follow_the_last_identify(
         ev("s6", 60, anonymousId="kiosk", event="Cart Viewed"),
     ]
     snaps = []
-    for batches in ([events], [[e] for e in events], [[e] for e in reversed(events)],
-                    [events[4:], events[:2], events[2:4]],
-                    # ann's second login arrives last: s6, stitched to bob, moves to ann.
-                    [events[:5] + events[6:], events[5:6]]):
+    for batches in (
+        [events],
+        [[e] for e in events],
+        [[e] for e in reversed(events)],
+        [events[4:], events[:2], events[2:4]],
+        # ann's second login arrives last: s6, stitched to bob, moves to ann.
+        [events[:5] + events[6:], events[5:6]],
+    ):
         ws = await new_workspace(database_url)
         await ingest(client, ws, stitch, batches)
         ann = (await profile(client, ws, "user_id:ann")).json()["customer_id"]
         bob = (await profile(client, ws, "user_id:bob")).json()["customer_id"]
         assert ann != bob
-        owners = dict(await conn.fetch(
-            "SELECT message_id, customer_id FROM journey_events WHERE workspace_id = $1",
-            ws.workspace_id))
-        assert owners == {"s0": ann, "s1": ann, "s2": ann, "s3": bob, "s4": bob, "s5": ann,
-                          "s6": ann}
+        owners = dict(
+            await conn.fetch(
+                "SELECT message_id, customer_id FROM journey_events WHERE workspace_id = $1",
+                ws.workspace_id,
+            )
+        )
+        assert owners == {
+            "s0": ann,
+            "s1": ann,
+            "s2": ann,
+            "s3": bob,
+            "s4": bob,
+            "s5": ann,
+            "s6": ann,
+        }
         assert (await profile(client, ws, "user_id:bob", "/stage")).json()["stage"] == "purchase"
         assert (await profile(client, ws, "user_id:ann", "/stage")).json()["stage"] == (
-            "consideration")
+            "consideration"
+        )
         for route in ("", "/stage", "/timeline", "/identities"):
             r = await profile(client, ws, "anonymous_id:kiosk", route)
             assert r.status_code == 409, (route, r.text)
@@ -621,23 +764,37 @@ async def test_shared_device_events_follow_the_last_identify(
 
 
 async def test_refused_links_are_in_the_ledger_with_reasons(
-    client: httpx.AsyncClient, stitch: Stitch, conn: asyncpg.Connection, database_url: str,
+    client: httpx.AsyncClient,
+    stitch: Stitch,
+    conn: asyncpg.Connection,
+    database_url: str,
 ) -> None:
     ws = await new_workspace(database_url)
     events = [
         ev("r1", 0, "identify", userId="ann", traits={"email": "family@example.com"}),
         ev("r2", 10, "identify", userId="bob", traits={"email": "family@example.com"}),
-        ev("r3", 20, userId="bob", event="Signed Up",
-           context={"externalIds": [{"id": "9", "type": "crm_id"}]}),
-        ev("r4", 30, userId="ann", event="Signed Up",
-           context={"externalIds": [{"id": "9", "type": "crm_id"}]}),
+        ev(
+            "r3",
+            20,
+            userId="bob",
+            event="Signed Up",
+            context={"externalIds": [{"id": "9", "type": "crm_id"}]},
+        ),
+        ev(
+            "r4",
+            30,
+            userId="ann",
+            event="Signed Up",
+            context={"externalIds": [{"id": "9", "type": "crm_id"}]},
+        ),
     ]
     await ingest(client, ws, stitch, [events[2:], events[:2]])
     ann = (await profile(client, ws, "user_id:ann")).json()
     bob = (await profile(client, ws, "user_id:bob")).json()
     assert ann["customer_id"] != bob["customer_id"]
     assert (await profile(client, ws, "email:family@example.com")).json()["customer_id"] == (
-        ann["customer_id"])
+        ann["customer_id"]
+    )
     assert (await profile(client, ws, "crm_id:9")).json()["customer_id"] == bob["customer_id"]
     ledger = (await profile(client, ws, "user_id:bob", "/identities")).json()["ledger"]
     refused = {(e["message_id"], e["rule"]): e for e in ledger if e["action"] == "refused"}
@@ -650,19 +807,32 @@ async def test_refused_links_are_in_the_ledger_with_reasons(
 
 
 async def test_unmerge_splits_and_blocks_the_link_from_forming_again(
-    client: httpx.AsyncClient, stitch: Stitch, conn: asyncpg.Connection, database_url: str,
+    client: httpx.AsyncClient,
+    stitch: Stitch,
+    conn: asyncpg.Connection,
+    database_url: str,
 ) -> None:
     ws = await new_workspace(database_url)
-    await ingest(client, ws, stitch, [[
-        ev("b0", 0, anonymousId="a1", event="Product Viewed"),
-        ev("b1", 10, "identify", userId="u1", anonymousId="a1"),
-        ev("b2", 20, userId="u1", event="Order Completed"),
-    ]])
+    await ingest(
+        client,
+        ws,
+        stitch,
+        [
+            [
+                ev("b0", 0, anonymousId="a1", event="Product Viewed"),
+                ev("b1", 10, "identify", userId="u1", anonymousId="a1"),
+                ev("b2", 20, userId="u1", event="Order Completed"),
+            ]
+        ],
+    )
     merged = (await profile(client, ws, "user_id:u1")).json()
     assert merged["event_count"] == 3 and merged["stage"] == "purchase"
 
-    r = await client.post("/v1/profiles/user_id:u1/unmerge", headers=server(ws),
-                          json={"identifiers": ["anonymous_id:a1", "user_id:u1"]})
+    r = await client.post(
+        "/v1/profiles/user_id:u1/unmerge",
+        headers=server(ws),
+        json={"identifiers": ["anonymous_id:a1", "user_id:u1"]},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["unmerged"] == [["user_id:u1", "anonymous_id:a1"]]
     user = (await profile(client, ws, "user_id:u1")).json()
@@ -675,18 +845,28 @@ async def test_unmerge_splits_and_blocks_the_link_from_forming_again(
     before = await snapshot(conn, ws.workspace_id)
 
     # The same evidence again (a new identify, an event carrying both): still apart.
-    await ingest(client, ws, stitch, [[
-        ev("b3", 30, "identify", userId="u1", anonymousId="a1"),
-        ev("b4", 5, userId="u1", anonymousId="a1", event="Product Added"),
-    ]])
+    await ingest(
+        client,
+        ws,
+        stitch,
+        [
+            [
+                ev("b3", 30, "identify", userId="u1", anonymousId="a1"),
+                ev("b4", 5, userId="u1", anonymousId="a1", event="Product Added"),
+            ]
+        ],
+    )
     user = (await profile(client, ws, "user_id:u1")).json()
     anon = (await profile(client, ws, "anonymous_id:a1")).json()
     assert user["customer_id"] != anon["customer_id"]
     assert (user["event_count"], anon["event_count"]) == (4, 1)
     assert before["timeline"]["b0"] == (await snapshot(conn, ws.workspace_id))["timeline"]["b0"]
     # Unmerging it again: the link is no longer in any join of the ledger.
-    r = await client.post("/v1/profiles/user_id:u1/unmerge", headers=server(ws),
-                          json={"identifiers": ["anonymous_id:a1", "user_id:u1"]})
+    r = await client.post(
+        "/v1/profiles/user_id:u1/unmerge",
+        headers=server(ws),
+        json={"identifiers": ["anonymous_id:a1", "user_id:u1"]},
+    )
     assert r.status_code == 404, r.text
 
     # A rebuild keeps the unmerge (it is an instruction, not derived state).
@@ -696,17 +876,28 @@ async def test_unmerge_splits_and_blocks_the_link_from_forming_again(
 
 
 async def test_unmerge_by_message_id_of_an_alias(
-    client: httpx.AsyncClient, stitch: Stitch, conn: asyncpg.Connection, database_url: str,
+    client: httpx.AsyncClient,
+    stitch: Stitch,
+    conn: asyncpg.Connection,
+    database_url: str,
 ) -> None:
     ws = await new_workspace(database_url)
-    await ingest(client, ws, stitch, [[
-        ev("x1", 0, userId="old", event="Order Completed"),
-        ev("x2", 10, userId="new", event="Order Completed"),
-        ev("x3", 20, "alias", previousId="old", userId="new"),
-    ]])
+    await ingest(
+        client,
+        ws,
+        stitch,
+        [
+            [
+                ev("x1", 0, userId="old", event="Order Completed"),
+                ev("x2", 10, userId="new", event="Order Completed"),
+                ev("x3", 20, "alias", previousId="old", userId="new"),
+            ]
+        ],
+    )
     assert (await profile(client, ws, "user_id:new")).json()["stage"] == "loyalty"
-    r = await client.post("/v1/profiles/user_id:new/unmerge", headers=server(ws),
-                          json={"message_id": "x3"})
+    r = await client.post(
+        "/v1/profiles/user_id:new/unmerge", headers=server(ws), json={"message_id": "x3"}
+    )
     assert r.status_code == 200, r.text
     old = (await profile(client, ws, "user_id:old")).json()
     new = (await profile(client, ws, "user_id:new")).json()
@@ -718,24 +909,41 @@ async def test_unmerge_by_message_id_of_an_alias(
     # The alias is sent again by a retrying SDK with a new messageId: still apart.
     await ingest(client, ws, stitch, [[ev("x4", 25, "alias", previousId="old", userId="new")]])
     assert (await profile(client, ws, "user_id:old")).json()["customer_id"] != (
-        await profile(client, ws, "user_id:new")).json()["customer_id"]
+        await profile(client, ws, "user_id:new")
+    ).json()["customer_id"]
 
 
 async def test_rebuild_replays_to_an_identical_state_and_never_touches_raw_events(
-    client: httpx.AsyncClient, stitch: Stitch, conn: asyncpg.Connection, database_url: str,
+    client: httpx.AsyncClient,
+    stitch: Stitch,
+    conn: asyncpg.Connection,
+    database_url: str,
 ) -> None:
     ws = await new_workspace(database_url)
     events = [
         ev("k0", 0, anonymousId="kiosk", event="Product Viewed"),
-        ev("k1", 10, "identify", userId="ann", anonymousId="kiosk",
-           traits={"email": "Ann@example.com"}),
+        ev(
+            "k1",
+            10,
+            "identify",
+            userId="ann",
+            anonymousId="kiosk",
+            traits={"email": "Ann@example.com"},
+        ),
         ev("k2", 20, anonymousId="kiosk", event="Product Added"),
         ev("k3", 30, "identify", userId="bob", anonymousId="kiosk"),
         ev("k4", 40, anonymousId="kiosk", event="Order Completed"),
         ev("k5", 50, "alias", previousId="legacy", userId="bob"),
-        ev("k6", 3000, anonymousId="phone", event="Email Link Clicked",
-           context={"traits": {"email": "ann@example.com"},
-                    "campaign": {"source": "newsletter", "medium": "email", "name": "x"}}),
+        ev(
+            "k6",
+            3000,
+            anonymousId="phone",
+            event="Email Link Clicked",
+            context={
+                "traits": {"email": "ann@example.com"},
+                "campaign": {"source": "newsletter", "medium": "email", "name": "x"},
+            },
+        ),
         ev("k7", 3010, userId="ann", event="Survey Responded", properties={"score": 10}),
     ]
     await ingest(client, ws, stitch, [events[4:], events[:4]])
@@ -746,8 +954,10 @@ async def test_rebuild_replays_to_an_identical_state_and_never_touches_raw_event
     assert before["customers"][key_of("anonymous_id:kiosk")]["stage"] == "advocacy"
 
     # Derived state damaged: a rebuild restores it from the raw events alone.
-    await conn.execute("UPDATE customers SET stage = 'loyalty', event_count = 0 "
-                       "WHERE workspace_id = $1", ws.workspace_id)
+    await conn.execute(
+        "UPDATE customers SET stage = 'loyalty', event_count = 0 WHERE workspace_id = $1",
+        ws.workspace_id,
+    )
     await conn.execute("DELETE FROM identity_links WHERE workspace_id = $1", ws.workspace_id)
     assert await rebuild_workspace(conn, ws.workspace_id) == len(events)
     assert await snapshot(conn, ws.workspace_id) == before
@@ -756,10 +966,13 @@ async def test_rebuild_replays_to_an_identical_state_and_never_touches_raw_event
     # The same through the CLI (`journeys rebuild --workspace NAME`), in its own process.
     await conn.execute("DELETE FROM journey_events WHERE workspace_id = $1", ws.workspace_id)
     done = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "app.cli", "rebuild", "--workspace", ws.name],
-        cwd=ROOT, env={**os.environ, "JOURNEYS_DATABASE_URL": database_url,
-                       "JOURNEYS_LOG_LEVEL": "warning"},
-        capture_output=True, text=True, timeout=120,
+        subprocess.run,
+        [sys.executable, "-m", "app.cli", "rebuild", "--workspace", ws.name],
+        cwd=ROOT,
+        env={**os.environ, "JOURNEYS_DATABASE_URL": database_url, "JOURNEYS_LOG_LEVEL": "warning"},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "rebuilt 1 workspace" in done.stdout + done.stderr
@@ -771,7 +984,10 @@ async def test_rebuild_replays_to_an_identical_state_and_never_touches_raw_event
 
 
 async def test_placeholder_user_on_a_shared_device_follows_the_last_identify(
-    client: httpx.AsyncClient, stitch: Stitch, conn: asyncpg.Connection, database_url: str,
+    client: httpx.AsyncClient,
+    stitch: Stitch,
+    conn: asyncpg.Connection,
+    database_url: str,
 ) -> None:
     ws = await new_workspace(database_url)
     events = [

@@ -41,8 +41,13 @@ def track(**fields: Any) -> dict[str, Any]:
     return {"userId": "u1", "event": "Product Viewed", **fields}
 
 
-def norm(item: Any, *, type_hint: str | None = "track", meta: RequestMeta = META,
-         defaults: dict[str, Any] | None = None) -> NormalisedEvent:
+def norm(
+    item: Any,
+    *,
+    type_hint: str | None = "track",
+    meta: RequestMeta = META,
+    defaults: dict[str, Any] | None = None,
+) -> NormalisedEvent:
     return normalise_event(item, type_hint=type_hint, meta=meta, defaults=defaults)
 
 
@@ -72,19 +77,31 @@ def nested(depth: int, leaf: Any = 1) -> Any:
 
 @pytest.mark.parametrize(
     "content_type",
-    [None, "", "application/json", "application/json; charset=utf-8", "text/plain",
-     "text/plain;charset=UTF-8", "TEXT/PLAIN", "application/x-json"],
+    [
+        None,
+        "",
+        "application/json",
+        "application/json; charset=utf-8",
+        "text/plain",
+        "text/plain;charset=UTF-8",
+        "TEXT/PLAIN",
+        "application/x-json",
+    ],
 )
 def test_decode_body_accepts_json_and_text_media_types(content_type: str | None) -> None:
     body = b'{"userId":"u"}'
-    assert decode_body(body, content_type=content_type, content_encoding=None,
-                       limit=1024) == body
+    assert decode_body(body, content_type=content_type, content_encoding=None, limit=1024) == body
 
 
 @pytest.mark.parametrize(
     "content_type",
-    ["application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "text/html",
-     "application/xml", "image/gif"],
+    [
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "text/html",
+        "application/xml",
+        "image/gif",
+    ],
 )
 def test_decode_body_refuses_other_media_types(content_type: str) -> None:
     with pytest.raises(IngestError) as info:
@@ -95,8 +112,15 @@ def test_decode_body_refuses_other_media_types(content_type: str) -> None:
 @pytest.mark.parametrize("encoding", ["gzip", "x-gzip", "GZIP", " gzip "])
 def test_decode_body_inflates_gzip(encoding: str) -> None:
     body = orjson.dumps({"batch": [track()] * 20})
-    assert decode_body(gzip.compress(body), content_type="application/json",
-                       content_encoding=encoding, limit=len(body)) == body
+    assert (
+        decode_body(
+            gzip.compress(body),
+            content_type="application/json",
+            content_encoding=encoding,
+            limit=len(body),
+        )
+        == body
+    )
 
 
 @pytest.mark.parametrize("encoding", [None, "", "identity"])
@@ -107,8 +131,7 @@ def test_decode_body_identity(encoding: str | None) -> None:
 @pytest.mark.parametrize("encoding", ["br", "deflate", "compress", "zstd", "gzip, br"])
 def test_decode_body_refuses_unknown_encodings(encoding: str) -> None:
     with pytest.raises(IngestError) as info:
-        decode_body(gzip.compress(b"{}"), content_type=None, content_encoding=encoding,
-                    limit=1024)
+        decode_body(gzip.compress(b"{}"), content_type=None, content_encoding=encoding, limit=1024)
     assert (info.value.status, info.value.code) == (415, "unsupported_content_encoding")
 
 
@@ -122,11 +145,14 @@ def test_decode_body_refuses_plain_body_over_limit() -> None:
 
 def test_decode_body_gzip_exactly_at_limit_is_accepted() -> None:
     body = b"x" * 4096
-    assert decode_body(gzip.compress(body), content_type=None, content_encoding="gzip",
-                       limit=4096) == body
+    assert (
+        decode_body(gzip.compress(body), content_type=None, content_encoding="gzip", limit=4096)
+        == body
+    )
     with pytest.raises(IngestError) as info:
-        decode_body(gzip.compress(body + b"x"), content_type=None, content_encoding="gzip",
-                    limit=4096)
+        decode_body(
+            gzip.compress(body + b"x"), content_type=None, content_encoding="gzip", limit=4096
+        )
     assert info.value.status == 413
 
 
@@ -137,8 +163,7 @@ def test_gzip_bomb_is_refused_without_inflating_it() -> None:
     tracemalloc.start()
     try:
         with pytest.raises(IngestError) as info:
-            decode_body(bomb, content_type="application/json", content_encoding="gzip",
-                        limit=limit)
+            decode_body(bomb, content_type="application/json", content_encoding="gzip", limit=limit)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -183,8 +208,9 @@ def test_parse_json_accepts_lone_surrogate_escapes_for_later_blame() -> None:
     assert parse_json(b'{"x": "\\ud800"}') == {"x": "\ud800"}
 
 
-@pytest.mark.parametrize("body", [b"", b"{", b"{'a': 1}", b"[1,]", b"\xef\xbb\xbf{}", b"tru",
-                                  b'{"a": "\x01"}'])
+@pytest.mark.parametrize(
+    "body", [b"", b"{", b"{'a': 1}", b"[1,]", b"\xef\xbb\xbf{}", b"tru", b'{"a": "\x01"}']
+)
 def test_parse_json_invalid(body: bytes) -> None:
     with pytest.raises(IngestError) as info:
         parse_json(body)
@@ -204,7 +230,12 @@ def test_parse_json_absurd_depth_is_too_deep_not_a_crash() -> None:
 def test_minimal_track() -> None:
     event = norm(track(messageId="m-1", properties={"sku": "A-1"}))
     assert (event.message_id, event.type, event.event, event.user_id, event.anonymous_id) == (
-        "m-1", "track", "Product Viewed", "u1", None)
+        "m-1",
+        "track",
+        "Product Viewed",
+        "u1",
+        None,
+    )
     assert event.timestamp == RECEIVED and event.received_at == RECEIVED and event.flags == 0
     payload = stored(event)
     assert payload["properties"] == {"sku": "A-1"}
@@ -213,13 +244,32 @@ def test_minimal_track() -> None:
 
 
 def test_explicit_nulls_mean_absent() -> None:
-    event = norm({"userId": "u1", "anonymousId": None, "category": None, "name": None,
-                  "properties": None, "context": None, "timestamp": None, "messageId": None,
-                  "sentAt": None, "originalTimestamp": None, "integrations": None},
-                 type_hint="page")
+    event = norm(
+        {
+            "userId": "u1",
+            "anonymousId": None,
+            "category": None,
+            "name": None,
+            "properties": None,
+            "context": None,
+            "timestamp": None,
+            "messageId": None,
+            "sentAt": None,
+            "originalTimestamp": None,
+            "integrations": None,
+        },
+        type_hint="page",
+    )
     payload = stored(event)
-    for key in ("anonymousId", "category", "name", "properties", "integrations", "sentAt",
-                "originalTimestamp"):
+    for key in (
+        "anonymousId",
+        "category",
+        "name",
+        "properties",
+        "integrations",
+        "sentAt",
+        "originalTimestamp",
+    ):
         assert key not in payload
     assert event.anonymous_id is None
     assert event.message_id.startswith("journeys-")
@@ -233,9 +283,16 @@ def test_alias_with_null_anonymous_id() -> None:
 
 
 def test_server_owned_fields_are_stripped() -> None:
-    event = norm(track(receivedAt="1999-01-01T00:00:00Z", writeKey="jw_secret",
-                       workspaceId=99, projectId="p", _metadata={"bundled": []},
-                       channel="server"))
+    event = norm(
+        track(
+            receivedAt="1999-01-01T00:00:00Z",
+            writeKey="jw_secret",
+            workspaceId=99,
+            projectId="p",
+            _metadata={"bundled": []},
+            channel="server",
+        )
+    )
     payload = stored(event)
     assert "writeKey" not in payload and "workspaceId" not in payload
     assert "projectId" not in payload
@@ -259,8 +316,15 @@ def test_batch_item_needs_a_valid_type() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(42, "42"), (0, "0"), (-7, "-7"), (42.0, "42"), (1.5, "1.5"), ("  u1  ", "u1"),
-     (12345678901234567890, "12345678901234567890")],
+    [
+        (42, "42"),
+        (0, "0"),
+        (-7, "-7"),
+        (42.0, "42"),
+        (1.5, "1.5"),
+        ("  u1  ", "u1"),
+        (12345678901234567890, "12345678901234567890"),
+    ],
 )
 def test_numeric_ids_are_coerced_to_strings(value: Any, expected: str) -> None:
     event = norm({"userId": value, "anonymousId": value, "event": "E"})
@@ -277,8 +341,15 @@ def test_bad_ids_are_refused(field: str, value: Any) -> None:
     assert (err.status, err.code, err.field) == (400, "invalid_field", field)
 
 
-@pytest.mark.parametrize("ids", [{}, {"userId": ""}, {"userId": "  ", "anonymousId": None},
-                                 {"userId": None, "anonymousId": ""}])
+@pytest.mark.parametrize(
+    "ids",
+    [
+        {},
+        {"userId": ""},
+        {"userId": "  ", "anonymousId": None},
+        {"userId": None, "anonymousId": ""},
+    ],
+)
 def test_at_least_one_identity_is_needed(ids: dict[str, Any]) -> None:
     err = refused({"event": "E", **ids})
     assert (err.status, err.code, err.field) == (400, "missing_identity", "userId")
@@ -381,8 +452,20 @@ def test_timestamp_formats(text: str, expected: datetime) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["", "yesterday", "2024-13-01T00:00:00Z", "2024-02-30", "12:00", "2024-01-01T25:00:00Z",
-     "0001-01-01T00:00:00+01:00", "9" * 65, 1714561200, True, {"t": 1}, ["2024-01-01"]],
+    [
+        "",
+        "yesterday",
+        "2024-13-01T00:00:00Z",
+        "2024-02-30",
+        "12:00",
+        "2024-01-01T25:00:00Z",
+        "0001-01-01T00:00:00+01:00",
+        "9" * 65,
+        1714561200,
+        True,
+        {"t": 1},
+        ["2024-01-01"],
+    ],
 )
 @pytest.mark.parametrize("field", ["timestamp", "originalTimestamp", "sentAt"])
 def test_garbage_timestamps_are_refused(field: str, value: Any) -> None:
@@ -396,41 +479,57 @@ def test_the_first_instant_of_year_1_is_refused_not_stored_as_minus_infinity() -
         err = refused(track(timestamp=text))
         assert (err.code, err.field) == ("invalid_timestamp", "timestamp")
     # A skew correction landing exactly there is refused too.
-    err = refused(track(sentAt=(RECEIVED - datetime(1, 1, 1, tzinfo=UTC)
-                                + datetime(2000, 1, 1, tzinfo=UTC)).isoformat(),
-                        originalTimestamp="2000-01-01T00:00:00Z"))
+    err = refused(
+        track(
+            sentAt=(
+                RECEIVED - datetime(1, 1, 1, tzinfo=UTC) + datetime(2000, 1, 1, tzinfo=UTC)
+            ).isoformat(),
+            originalTimestamp="2000-01-01T00:00:00Z",
+        )
+    )
     assert (err.code, err.field) == ("invalid_timestamp", "originalTimestamp")
     assert norm(track(timestamp="0001-01-01T00:00:01Z")).timestamp == datetime(
-        1, 1, 1, 0, 0, 1, tzinfo=UTC)
+        1, 1, 1, 0, 0, 1, tzinfo=UTC
+    )
 
 
 def test_timestamp_wins_over_clock_skew_correction() -> None:
-    event = norm(track(timestamp="2024-05-01T08:00:00Z", sentAt="2030-01-01T00:00:00Z",
-                       originalTimestamp="2029-12-31T23:00:00Z"))
+    event = norm(
+        track(
+            timestamp="2024-05-01T08:00:00Z",
+            sentAt="2030-01-01T00:00:00Z",
+            originalTimestamp="2029-12-31T23:00:00Z",
+        )
+    )
     assert event.timestamp == datetime(2024, 5, 1, 8, tzinfo=UTC)
 
 
 def test_clock_skew_correction() -> None:
     # The device clock runs one hour fast; the event happened 5 s before it was sent.
-    event = norm(track(sentAt="2024-05-01T13:00:05.000Z",
-                       originalTimestamp="2024-05-01T13:00:00.000Z"))
+    event = norm(
+        track(sentAt="2024-05-01T13:00:05.000Z", originalTimestamp="2024-05-01T13:00:00.000Z")
+    )
     assert event.timestamp == RECEIVED - timedelta(seconds=5)
     assert stored(event)["timestamp"] == "2024-05-01T11:59:55Z"
     # A device clock far in the past is corrected the same way.
-    event = norm(track(sentAt="2001-01-01T00:10:00+00:00",
-                       originalTimestamp="2001-01-01T00:00:00+00:00"))
+    event = norm(
+        track(sentAt="2001-01-01T00:10:00+00:00", originalTimestamp="2001-01-01T00:00:00+00:00")
+    )
     assert event.timestamp == RECEIVED - timedelta(minutes=10)
 
 
 def test_original_timestamp_alone_or_nothing() -> None:
     assert norm(track(originalTimestamp="2024-05-01T11:00:00Z")).timestamp == datetime(
-        2024, 5, 1, 11, tzinfo=UTC)
+        2024, 5, 1, 11, tzinfo=UTC
+    )
     assert norm(track(sentAt="2024-05-01T11:00:00Z")).timestamp == RECEIVED
 
 
 def test_clock_skew_at_the_edges_of_time_is_a_400_not_a_crash() -> None:
-    for sent, original in (("9999-12-31T00:00:00Z", "0001-01-01T00:00:00Z"),
-                           ("0001-01-01T00:00:00Z", "9999-12-31T00:00:00Z")):
+    for sent, original in (
+        ("9999-12-31T00:00:00Z", "0001-01-01T00:00:00Z"),
+        ("0001-01-01T00:00:00Z", "9999-12-31T00:00:00Z"),
+    ):
         err = refused(track(sentAt=sent, originalTimestamp=original))
         assert err.status == 400 and err.code == "invalid_timestamp"
         assert err.field in ("sentAt", "originalTimestamp")
@@ -445,16 +544,20 @@ def test_future_events_are_clamped_and_flagged() -> None:
         soon = norm(track(timestamp=(RECEIVED + ahead).isoformat()))
         assert soon.timestamp == RECEIVED + ahead and soon.flags == 0
     # Skew correction that lands in the future is clamped too.
-    corrected = norm(track(sentAt="2024-05-01T00:00:00Z",
-                           originalTimestamp="2024-05-03T00:00:00Z"))
+    corrected = norm(track(sentAt="2024-05-01T00:00:00Z", originalTimestamp="2024-05-03T00:00:00Z"))
     assert corrected.timestamp == RECEIVED and corrected.flags & FLAG_FUTURE_CLAMPED
 
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("203.0.113.77", "203.0.113.0"), ("10.1.2.255", "10.1.2.0"),
-     ("2001:db8:abcd:1234:5678::1", "2001:db8:abcd::"), ("::1", "::"),
-     ("::ffff:203.0.113.77", "203.0.113.0"), (" 198.51.100.9 ", "198.51.100.0")],
+    [
+        ("203.0.113.77", "203.0.113.0"),
+        ("10.1.2.255", "10.1.2.0"),
+        ("2001:db8:abcd:1234:5678::1", "2001:db8:abcd::"),
+        ("::1", "::"),
+        ("::ffff:203.0.113.77", "203.0.113.0"),
+        (" 198.51.100.9 ", "198.51.100.0"),
+    ],
 )
 def test_ip_truncation(raw: str, expected: str) -> None:
     assert truncate_ip(raw) == expected
@@ -475,10 +578,15 @@ def test_ip_falls_back_to_the_client_address_truncated() -> None:
 
 
 def test_batch_defaults_merge_with_the_item_winning() -> None:
-    defaults = {"context": {"library": {"name": "batch"}, "locale": "en"},
-                "integrations": {"All": True, "Mixpanel": False}}
-    event = norm(track(type="track", context={"locale": "fr"}, integrations={"Mixpanel": True}),
-                 type_hint=None, defaults=defaults)
+    defaults = {
+        "context": {"library": {"name": "batch"}, "locale": "en"},
+        "integrations": {"All": True, "Mixpanel": False},
+    }
+    event = norm(
+        track(type="track", context={"locale": "fr"}, integrations={"Mixpanel": True}),
+        type_hint=None,
+        defaults=defaults,
+    )
     payload = stored(event)
     assert payload["context"] == {"library": {"name": "batch"}, "locale": "fr"}
     assert payload["integrations"] == {"All": True, "Mixpanel": True}
@@ -488,18 +596,25 @@ def test_batch_defaults_merge_with_the_item_winning() -> None:
 
 
 def test_batch_sent_at_is_used_for_skew_correction() -> None:
-    body = orjson.dumps({
-        "sentAt": "2024-05-01T13:00:10Z",
-        "batch": [
-            track(type="track", originalTimestamp="2024-05-01T13:00:00Z"),
-            track(type="track", originalTimestamp="2024-05-01T13:00:00Z",
-                  sentAt="2024-05-01T13:00:01Z"),
-        ],
-    })
+    body = orjson.dumps(
+        {
+            "sentAt": "2024-05-01T13:00:10Z",
+            "batch": [
+                track(type="track", originalTimestamp="2024-05-01T13:00:00Z"),
+                track(
+                    type="track",
+                    originalTimestamp="2024-05-01T13:00:00Z",
+                    sentAt="2024-05-01T13:00:01Z",
+                ),
+            ],
+        }
+    )
     events, rejected, _ = parse_batch(body, meta=META)
     assert rejected == []
-    assert [e.timestamp for e in events] == [RECEIVED - timedelta(seconds=10),
-                                            RECEIVED - timedelta(seconds=1)]
+    assert [e.timestamp for e in events] == [
+        RECEIVED - timedelta(seconds=10),
+        RECEIVED - timedelta(seconds=1),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -530,9 +645,11 @@ def test_poison_values_name_their_path(value: str, code: str, path: str) -> None
 
 @pytest.mark.parametrize(
     "raw",
-    [b'{"userId": "u", "event": "E", "properties": {"\\ud800": 1}}',
-     b'{"userId": "u", "event": "E", "properties": {"\xff\xfe": 1}}',
-     b'{"userId": "u", "event": "E", "properties": {"a\\u0000": 1}}'],
+    [
+        b'{"userId": "u", "event": "E", "properties": {"\\ud800": 1}}',
+        b'{"userId": "u", "event": "E", "properties": {"\xff\xfe": 1}}',
+        b'{"userId": "u", "event": "E", "properties": {"a\\u0000": 1}}',
+    ],
 )
 def test_poison_keys_are_named_in_a_field_that_can_be_sent_back(raw: bytes) -> None:
     with pytest.raises(IngestError) as info:
@@ -565,8 +682,11 @@ def test_event_must_be_an_object(item: Any) -> None:
 
 def test_unencodable_number_is_a_400() -> None:
     with pytest.raises(IngestError) as info:
-        parse_single(b'{"userId":"u","event":"E","properties":{"n":1' + b"0" * 400 + b"}}",
-                     type_hint="track", meta=META)
+        parse_single(
+            b'{"userId":"u","event":"E","properties":{"n":1' + b"0" * 400 + b"}}",
+            type_hint="track",
+            meta=META,
+        )
     assert info.value.status == 400
 
 
@@ -592,15 +712,20 @@ def test_write_key_in_body_absent(doc: Any) -> None:
 
 
 def test_batch_rejects_items_individually() -> None:
-    body = orjson.dumps({"writeKey": "k", "batch": [
-        track(type="track", messageId="m0"),
-        {"type": "track", "userId": "u", "messageId": "m1"},
-        {"type": "identify", "anonymousId": "a", "messageId": "m2"},
-        {"type": "alias", "userId": "u", "messageId": "m3"},
-        {"type": "bogus", "userId": "u"},
-        "not an object",
-        {"type": "page", "userId": "u", "timestamp": "soon"},
-    ]})
+    body = orjson.dumps(
+        {
+            "writeKey": "k",
+            "batch": [
+                track(type="track", messageId="m0"),
+                {"type": "track", "userId": "u", "messageId": "m1"},
+                {"type": "identify", "anonymousId": "a", "messageId": "m2"},
+                {"type": "alias", "userId": "u", "messageId": "m3"},
+                {"type": "bogus", "userId": "u"},
+                "not an object",
+                {"type": "page", "userId": "u", "timestamp": "soon"},
+            ],
+        }
+    )
     events, rejected, doc = parse_batch(body, meta=META)
     assert [e.message_id for e in events] == ["m0", "m2"]
     assert [(r.index, r.code, r.field) for r in rejected] == [
@@ -617,18 +742,36 @@ def test_batch_rejects_items_individually() -> None:
 @pytest.mark.parametrize(
     ("poison", "code", "field"),
     [
-        ('{"type":"track","userId":"u","event":"E","properties":{"x":"\\u0000"}}',
-         "nul_byte", "batch[1].properties.x"),
-        ('{"type":"track","userId":"u","event":"E","properties":{"x":"\\ud800"}}',
-         "invalid_unicode", "batch[1].properties.x"),
-        ('{"type":"track","userId":"u","event":"E","properties":{"x":NaN}}',
-         "invalid_number", "batch[1].properties.x"),
-        ('{"type":"track","userId":"u","event":"E","properties":{"x":Infinity}}',
-         "invalid_number", "batch[1].properties.x"),
-        ('{"type":"track","userId":"u","event":"E","properties":{"x":1e400}}',
-         "invalid_number", "batch[1].properties.x"),
-        ('{"type":"track","userId":"u","event":"E","properties":' + json.dumps(nested(32)) + "}",
-         "too_deep", "batch[1]"),
+        (
+            '{"type":"track","userId":"u","event":"E","properties":{"x":"\\u0000"}}',
+            "nul_byte",
+            "batch[1].properties.x",
+        ),
+        (
+            '{"type":"track","userId":"u","event":"E","properties":{"x":"\\ud800"}}',
+            "invalid_unicode",
+            "batch[1].properties.x",
+        ),
+        (
+            '{"type":"track","userId":"u","event":"E","properties":{"x":NaN}}',
+            "invalid_number",
+            "batch[1].properties.x",
+        ),
+        (
+            '{"type":"track","userId":"u","event":"E","properties":{"x":Infinity}}',
+            "invalid_number",
+            "batch[1].properties.x",
+        ),
+        (
+            '{"type":"track","userId":"u","event":"E","properties":{"x":1e400}}',
+            "invalid_number",
+            "batch[1].properties.x",
+        ),
+        (
+            '{"type":"track","userId":"u","event":"E","properties":' + json.dumps(nested(32)) + "}",
+            "too_deep",
+            "batch[1]",
+        ),
     ],
 )
 def test_poison_in_a_batch_costs_only_its_item(poison: str, code: str, field: str) -> None:
@@ -642,13 +785,16 @@ def test_poison_in_a_batch_costs_only_its_item(poison: str, code: str, field: st
 
 
 def test_invalid_utf8_in_a_batch_costs_only_its_item() -> None:
-    body = (b'{"batch":[{"type":"track","userId":"u","event":"E","messageId":"a"},'
-            b'{"type":"track","userId":"u","event":"E\xff"},'
-            b'{"type":"track","userId":"u","event":"E","messageId":"c"}]}')
+    body = (
+        b'{"batch":[{"type":"track","userId":"u","event":"E","messageId":"a"},'
+        b'{"type":"track","userId":"u","event":"E\xff"},'
+        b'{"type":"track","userId":"u","event":"E","messageId":"c"}]}'
+    )
     events, rejected, _ = parse_batch(body, meta=META)
     assert [e.message_id for e in events] == ["a", "c"]
     assert [(r.index, r.code, r.field) for r in rejected] == [
-        (1, "invalid_unicode", "batch[1].event")]
+        (1, "invalid_unicode", "batch[1].event")
+    ]
 
 
 def test_oversized_item_in_a_batch_is_a_rejection() -> None:
@@ -656,8 +802,7 @@ def test_oversized_item_in_a_batch_is_a_rejection() -> None:
     body = orjson.dumps({"batch": [track(type="track", messageId="ok"), big]})
     events, rejected, _ = parse_batch(body, meta=META)
     assert [e.message_id for e in events] == ["ok"]
-    assert [(r.index, r.code, r.field) for r in rejected] == [
-        (1, "event_too_large", "batch[1]")]
+    assert [(r.index, r.code, r.field) for r in rejected] == [(1, "event_too_large", "batch[1]")]
 
 
 def test_absurdly_deep_batch_item_is_a_rejection_not_a_crash() -> None:
@@ -683,8 +828,12 @@ def test_absurdly_deep_batch_item_is_a_rejection_not_a_crash() -> None:
         (b'{"batch": [], "extra": NaN}', 400, "invalid_number", "body.extra"),
         (b'{"batch": [], "context": {"x": "\\u0000"}}', 400, "nul_byte", "body.context.x"),
         (b'{"batch": [], "writeKey": "\\ud800"}', 400, "invalid_unicode", "body.writeKey"),
-        (b'{"batch": [], "context": ' + b'{"a":' * 1000 + b"1" + b"}" * 1000 + b"}",
-         400, "too_deep", None),
+        (
+            b'{"batch": [], "context": ' + b'{"a":' * 1000 + b"1" + b"}" * 1000 + b"}",
+            400,
+            "too_deep",
+            None,
+        ),
         (b"{", 400, "invalid_json", None),
     ],
 )
@@ -699,31 +848,49 @@ def test_batch_envelope_errors(body: bytes, status: int, code: str, field: str |
 
 def test_batch_item_count_limit() -> None:
     item = {"type": "track", "userId": "u", "event": "E"}
-    events, rejected, _ = parse_batch(orjson.dumps({"batch": [item] * MAX_BATCH_ITEMS}),
-                                      meta=META)
+    events, rejected, _ = parse_batch(orjson.dumps({"batch": [item] * MAX_BATCH_ITEMS}), meta=META)
     assert len(events) == MAX_BATCH_ITEMS and not rejected
     with pytest.raises(IngestError) as info:
         parse_batch(orjson.dumps({"batch": [item] * (MAX_BATCH_ITEMS + 1)}), meta=META)
     assert (info.value.status, info.value.code, info.value.field) == (
-        413, "too_many_events", "batch")
+        413,
+        "too_many_events",
+        "batch",
+    )
 
 
 # --------------------------------------------------------------------------- properties
 
-json_scalars = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False,
-                                                                       allow_infinity=False)
-                | st.text(max_size=20))
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 iso_times = st.datetimes(timezones=st.none() | st.just(UTC)).map(lambda d: d.isoformat()) | (
-    st.sampled_from(["0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z",
-                     "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"]))
-id_values = st.text(max_size=30) | st.integers() | st.floats(allow_nan=False,
-                                                              allow_infinity=False) | st.booleans()
+    st.sampled_from(
+        [
+            "0001-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999Z",
+            "0001-01-01T00:00:00+14:00",
+            "9999-12-31T23:59:59-14:00",
+        ]
+    )
+)
+id_values = (
+    st.text(max_size=30)
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.booleans()
+)
 event_fields = st.fixed_dictionaries(
     {"userId": id_values},
     optional={
@@ -740,22 +907,35 @@ event_fields = st.fixed_dictionaries(
         "receivedAt": iso_times,
         "properties": json_values,
         "traits": json_values,
-        "context": st.fixed_dictionaries({}, optional={"ip": st.ip_addresses().map(str)
-                                                      | json_values}) | json_values,
+        "context": st.fixed_dictionaries(
+            {}, optional={"ip": st.ip_addresses().map(str) | json_values}
+        )
+        | json_values,
         "integrations": json_values,
     },
-).flatmap(lambda d: st.dictionaries(st.text(max_size=10), json_values, max_size=3).map(
-    lambda extra: {**extra, **d}))
+).flatmap(
+    lambda d: st.dictionaries(st.text(max_size=10), json_values, max_size=3).map(
+        lambda extra: {**extra, **d}
+    )
+)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(item=event_fields, type_hint=st.sampled_from([*sorted(segment.EVENT_TYPES), None]),
-       batch_defaults=st.none() | st.fixed_dictionaries(
-           {}, optional={"context": st.dictionaries(st.text(max_size=5), json_values,
-                                                    max_size=2),
-                         "sentAt": iso_times}))
-def test_any_event_normalises_or_is_a_4xx(item: dict[str, Any], type_hint: str | None,
-                                          batch_defaults: dict[str, Any] | None) -> None:
+@given(
+    item=event_fields,
+    type_hint=st.sampled_from([*sorted(segment.EVENT_TYPES), None]),
+    batch_defaults=st.none()
+    | st.fixed_dictionaries(
+        {},
+        optional={
+            "context": st.dictionaries(st.text(max_size=5), json_values, max_size=2),
+            "sentAt": iso_times,
+        },
+    ),
+)
+def test_any_event_normalises_or_is_a_4xx(
+    item: dict[str, Any], type_hint: str | None, batch_defaults: dict[str, Any] | None
+) -> None:
     try:
         event = normalise_event(item, type_hint=type_hint, meta=META, defaults=batch_defaults)
     except IngestError as exc:
@@ -777,8 +957,9 @@ def _mutate(data: st.DataObject, body: bytes) -> bytes:
     for _ in range(data.draw(st.integers(0, 6))):
         op = data.draw(st.sampled_from(["insert", "delete", "replace"]))
         pos = data.draw(st.integers(0, len(out)))
-        byte = data.draw(st.sampled_from([*b'{}[]",:\\0e.-\x00\xff\xc3',
-                                          data.draw(st.integers(0, 255))]))
+        byte = data.draw(
+            st.sampled_from([*b'{}[]",:\\0e.-\x00\xff\xc3', data.draw(st.integers(0, 255))])
+        )
         if op == "insert":
             out.insert(pos, byte)
         elif out and pos < len(out):
@@ -791,11 +972,19 @@ def _mutate(data: st.DataObject, body: bytes) -> bytes:
 
 @settings(max_examples=200, deadline=None)
 @given(data=st.data(), raw=st.binary(max_size=200))
-def test_arbitrary_bytes_never_raise_anything_but_ingest_error(data: st.DataObject,
-                                                               raw: bytes) -> None:
-    valid = orjson.dumps({"sentAt": "2024-05-01T12:00:00Z", "context": {"ip": "1.2.3.4"},
-                          "batch": [track(type="track", messageId="m", properties={"a": [1.5]}),
-                                    {"type": "alias", "previousId": "p", "userId": "u"}]})
+def test_arbitrary_bytes_never_raise_anything_but_ingest_error(
+    data: st.DataObject, raw: bytes
+) -> None:
+    valid = orjson.dumps(
+        {
+            "sentAt": "2024-05-01T12:00:00Z",
+            "context": {"ip": "1.2.3.4"},
+            "batch": [
+                track(type="track", messageId="m", properties={"a": [1.5]}),
+                {"type": "alias", "previousId": "p", "userId": "u"},
+            ],
+        }
+    )
     body = data.draw(st.sampled_from([raw, _mutate(data, valid)]))
     try:
         events, rejected, _ = parse_batch(body, meta=META)
@@ -818,35 +1007,39 @@ VALID_ITEMS = st.builds(
         "alias": {"type": "alias", "userId": uid, "previousId": f"p{n}", "anonymousId": None},
     }[kind],
     st.sampled_from(sorted(segment.EVENT_TYPES)),
-    st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
-            min_size=1, max_size=12).filter(lambda s: s.strip() != ""),
+    st.text(
+        st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), min_size=1, max_size=12
+    ).filter(lambda s: s.strip() != ""),
     st.integers(0, 10**6),
 )
 POISONS = [
     ('{"type":"track","userId":"u","event":"E","properties":{"x":NaN}}', "invalid_number"),
     ('{"type":"track","userId":"u","event":"E","properties":{"x":1e400}}', "invalid_number"),
-    ('{"type":"track","userId":"u","event":"E","properties":{"x":"\\ud800"}}',
-     "invalid_unicode"),
+    ('{"type":"track","userId":"u","event":"E","properties":{"x":"\\ud800"}}', "invalid_unicode"),
     ('{"type":"track","userId":"u","event":"E","properties":{"x":"\\u0000"}}', "nul_byte"),
     ('{"type":"track","userId":"u"}', "missing_event"),
     ('{"type":"track","event":"E"}', "missing_identity"),
     ('{"type":"alias","userId":"u"}', "missing_previous_id"),
     ('{"type":"track","userId":"u","event":"E","timestamp":"nope"}', "invalid_timestamp"),
-    ('{"type":"track","userId":"u","event":"E","messageId":"' + "m" * 101 + '"}',
-     "invalid_field"),
-    ('{"type":"track","userId":"u","event":"E","p":' + json.dumps(nested(40)) + "}",
-     "too_deep"),
-    ('{"type":"track","userId":"u","event":"E","p":"' + "x" * MAX_EVENT_BYTES + '"}',
-     "event_too_large"),
+    ('{"type":"track","userId":"u","event":"E","messageId":"' + "m" * 101 + '"}', "invalid_field"),
+    ('{"type":"track","userId":"u","event":"E","p":' + json.dumps(nested(40)) + "}", "too_deep"),
+    (
+        '{"type":"track","userId":"u","event":"E","p":"' + "x" * MAX_EVENT_BYTES + '"}',
+        "event_too_large",
+    ),
     ("[]", "invalid_event"),
 ]
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(items=st.lists(VALID_ITEMS, min_size=0, max_size=15), data=st.data(),
-       poison=st.sampled_from(POISONS))
-def test_one_poison_item_costs_only_itself(items: list[dict[str, Any]], data: st.DataObject,
-                                           poison: tuple[str, str]) -> None:
+@given(
+    items=st.lists(VALID_ITEMS, min_size=0, max_size=15),
+    data=st.data(),
+    poison=st.sampled_from(POISONS),
+)
+def test_one_poison_item_costs_only_itself(
+    items: list[dict[str, Any]], data: st.DataObject, poison: tuple[str, str]
+) -> None:
     position = data.draw(st.integers(0, len(items)))
     for n, item in enumerate(items):
         item["messageId"] = f"msg-{n}"
