@@ -7,7 +7,14 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-_ROOT = Path(__file__).resolve().parents[2]
+def _root() -> Path:
+    """The folder holding `migrations/`: the source tree, else the working directory (an
+    installed package, as in the Docker image, whose WORKDIR holds alembic.ini and migrations)."""
+    source = Path(__file__).resolve().parents[2]
+    return source if (source / "migrations").is_dir() else Path.cwd()
+
+
+_ROOT = _root()
 
 
 def alembic_config(url: str) -> Config:
