@@ -7,6 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+
 def _root() -> Path:
     """The folder holding `migrations/`: the source tree, else the working directory (an
     installed package, as in the Docker image, whose WORKDIR holds alembic.ini and migrations)."""

@@ -9,9 +9,11 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
+from starlette.types import Receive, Scope, Send
 
-from app.core.auth import ReadWorkspace, ServerWorkspace
+from app.core.auth import ReadWorkspace, ServerWorkspace, read_workspace
 from app.core.deps import runtime
+from app.core.errors import ProblemError, problem_response, unexpected_error_response
 from app.db.engine import raw_connection
 from app.profiles import service
 from app.profiles.unmerge import unmerge
@@ -82,6 +84,34 @@ async def get_identities(id: str, request: Request, workspace_id: ReadWorkspace)
     """Every identifier with its first sighting, and each ledger decision that concerns them."""
     async with runtime(request).read_connection() as conn:
         return _json(await service.identities(conn, workspace_id, id))
+
+
+_PREFIX = "/v1/profiles/"
+_STAGE = "/stage"
+
+
+def stage_identifier(scope: Scope) -> str | None:
+    """The `{id}` of a `GET /v1/profiles/{id}/stage`, else None."""
+    path: str = scope["path"]
+    if scope["method"] != "GET" or not path.startswith(_PREFIX) or not path.endswith(_STAGE):
+        return None
+    identifier = path[len(_PREFIX) : -len(_STAGE)]
+    return identifier if identifier and "/" not in identifier else None
+
+
+async def stage_asgi(scope: Scope, receive: Receive, send: Send, identifier: str) -> None:
+    """`GET …/stage` straight from ASGI (app.core.http): marketing tools call it per message,
+    so it skips FastAPI's routing and dependency machinery; same answers as `get_stage`."""
+    request = Request(scope, receive)
+    try:
+        workspace_id = await read_workspace(request)
+        async with runtime(request).read_connection() as conn:
+            response = _json(await service.stage(conn, workspace_id, identifier))
+    except ProblemError as exc:
+        response = problem_response(exc)
+    except Exception as exc:
+        response = unexpected_error_response(exc)
+    await response(scope, receive, send)
 
 
 class UnmergeRequest(BaseModel):
