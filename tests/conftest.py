@@ -144,6 +144,18 @@ async def workspace(database_url: str) -> NewWorkspace:
     return await new_workspace(database_url)
 
 
+def stop_process(process: subprocess.Popen[bytes], *, grace: float) -> int:
+    """SIGTERM, wait up to `grace` seconds for a graceful exit, then SIGKILL; the exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+    return int(process.returncode)
+
+
 def free_port() -> int:
     """An unused TCP port on 127.0.0.1."""
     with socket.socket() as s:
@@ -198,13 +210,7 @@ class LiveServer:
 
     def stop(self) -> None:
         """SIGTERM and wait for a graceful exit."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(40)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process, grace=40)
 
 
 @pytest.fixture

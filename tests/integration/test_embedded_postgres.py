@@ -28,7 +28,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -139,14 +139,7 @@ class Serve:
         self.process.wait(10)
 
     def terminate(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(45)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return self.process.returncode
+        return stop_process(self.process, grace=45)
 
     def close(self) -> None:
         if self.process.poll() is None:

@@ -28,7 +28,7 @@ import pytest_asyncio
 from app.db.engine import connect, make_engine
 from app.journeys.stitcher import LOCK_BASE, Stitcher
 from app.workspaces.repository import NewWorkspace
-from tests.conftest import ROOT, new_workspace
+from tests.conftest import ROOT, new_workspace, stop_process
 from tests.integration.test_stitching import Payload, ev, send, snapshot
 
 pytestmark = pytest.mark.slow
@@ -169,13 +169,7 @@ class Worker:
         self.process.wait(10)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process, grace=30)
 
 
 @pytest.fixture
