@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import __version__
+from app.aggregates.routes import router as aggregates_router
 from app.core.errors import install_error_handlers
 from app.core.http import RequestMiddleware
 from app.core.logging import configure_logging
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     # Read routes first: they are matched on every query, ingest is answered before routing.
     app.include_router(profiles_router)
+    app.include_router(aggregates_router)
     app.include_router(settings_router)
     app.include_router(ingest_router)
     app.include_router(ops_router)

@@ -255,6 +255,8 @@ class CustomerRow:
     stage_entered_at: datetime | None
     stage_history: list[dict[str, Any]]
     traits: dict[str, Any]
+    dims: dict[str, str]
+    facts: bytes
 
 
 async def upsert_customers(
@@ -266,14 +268,16 @@ async def upsert_customers(
     await conn.execute(
         """
         INSERT INTO customers (workspace_id, customer_id, first_seen, last_seen, event_count,
-            stage, stage_entered_at, stage_history, traits, updated_at)
+            stage, stage_entered_at, stage_history, traits, dims, facts, updated_at)
         SELECT $1, *, now() FROM unnest($2::text[], $3::timestamptz[], $4::timestamptz[],
-            $5::int[], $6::text[], $7::timestamptz[], $8::jsonb[], $9::jsonb[])
+            $5::int[], $6::text[], $7::timestamptz[], $8::jsonb[], $9::jsonb[], $10::jsonb[],
+            $11::bytea[])
         ON CONFLICT (workspace_id, customer_id) DO UPDATE SET
             first_seen = excluded.first_seen, last_seen = excluded.last_seen,
             event_count = excluded.event_count, stage = excluded.stage,
             stage_entered_at = excluded.stage_entered_at, stage_history = excluded.stage_history,
-            traits = excluded.traits, updated_at = now()
+            traits = excluded.traits, dims = excluded.dims, facts = excluded.facts,
+            updated_at = now()
         """,
         workspace_id,
         [r.customer_id for r in rows],
@@ -284,6 +288,8 @@ async def upsert_customers(
         [r.stage_entered_at for r in rows],
         [orjson.dumps(r.stage_history).decode() for r in rows],
         [orjson.dumps(r.traits).decode() for r in rows],
+        [orjson.dumps(r.dims).decode() for r in rows],
+        [r.facts for r in rows],
     )
 
 

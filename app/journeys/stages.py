@@ -33,6 +33,10 @@ EVENT_TYPES = frozenset({"track", "identify", "page", "screen", "group", "alias"
 _STAGE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 MAX_STAGES = 50
 MAX_RULES = 100
+# Breakdowns (`trait:NAME` or `property:NAME`) the rollups are kept for; see app/aggregates.
+BREAKDOWN = re.compile(r"(trait|property):[A-Za-z0-9_.$-]{1,64}")
+MAX_BREAKDOWNS = 5
+DEFAULT_BREAKDOWNS = ("trait:persona", "property:variation_name")
 
 _MISSING = object()
 
@@ -116,9 +120,11 @@ class Stage:
 
 @dataclass(frozen=True, slots=True)
 class JourneyModel:
-    """The ordered stages of a workspace's journey; validated on construction."""
+    """The ordered stages of a workspace's journey, and the breakdowns its aggregates keep;
+    validated on construction."""
 
     stages: tuple[Stage, ...]
+    breakdowns: tuple[str, ...] = DEFAULT_BREAKDOWNS
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -226,7 +232,8 @@ def model_to_dict(m: JourneyModel) -> dict[str, Any]:
                 "rules": [_rule_to_dict(rule) for rule in stage.rules],
             }
             for stage in m.stages
-        ]
+        ],
+        "breakdowns": list(m.breakdowns),
     }
 
 
@@ -234,7 +241,7 @@ def model_from_dict(d: object) -> JourneyModel:
     """Parse and validate the JSON form; raises `JourneyModelError` naming the bad field."""
     if not isinstance(d, Mapping):
         raise JourneyModelError("$", "must be an object")
-    _no_unknown_keys(d, {"stages"}, "$")
+    _no_unknown_keys(d, {"stages", "breakdowns"}, "$")
     raw_stages = _list(d.get("stages"), "stages")
     stages: list[Stage] = []
     for i, raw in enumerate(raw_stages):
@@ -260,7 +267,13 @@ def model_from_dict(d: object) -> JourneyModel:
                 )
             dropoff = timedelta(seconds=seconds)
         stages.append(Stage(name=name, rules=rules, dropoff_after=dropoff))
-    return JourneyModel(stages=tuple(stages))
+    raw_breakdowns = d.get("breakdowns")
+    breakdowns = (
+        DEFAULT_BREAKDOWNS
+        if raw_breakdowns is None
+        else tuple(_list(raw_breakdowns, "breakdowns", empty_ok=True))
+    )
+    return JourneyModel(stages=tuple(stages), breakdowns=breakdowns)
 
 
 def _rule_to_dict(rule: StageRule) -> dict[str, Any]:
@@ -331,6 +344,16 @@ def _condition_from_dict(raw: object, path: str) -> PropertyCondition:
 
 
 def _validate(m: JourneyModel) -> None:
+    if len(m.breakdowns) > MAX_BREAKDOWNS:
+        raise JourneyModelError("breakdowns", f"at most {MAX_BREAKDOWNS} breakdowns")
+    for i, breakdown in enumerate(m.breakdowns):
+        if not isinstance(breakdown, str) or not BREAKDOWN.fullmatch(breakdown):
+            raise JourneyModelError(
+                f"breakdowns[{i}]",
+                "must be trait:NAME or property:NAME (NAME: 1-64 of A-Z a-z 0-9 _ . $ -)",
+            )
+    if len(set(m.breakdowns)) != len(m.breakdowns):
+        raise JourneyModelError("breakdowns", "must not repeat a breakdown")
     if not m.stages:
         raise JourneyModelError("stages", "at least one stage is required")
     if len(m.stages) > MAX_STAGES:

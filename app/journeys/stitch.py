@@ -16,6 +16,16 @@ from typing import Any
 
 import asyncpg
 
+from app.aggregates import repository as rollups
+from app.aggregates.facts import (
+    Deltas,
+    TimelineItem,
+    add_facts,
+    customer_dims,
+    customer_facts,
+    diff_entries,
+    prune,
+)
 from app.identity import repository as ids
 from app.identity.graph import (
     ALIAS,
@@ -570,9 +580,12 @@ class WorkspaceStitcher:
     async def _recompute(
         self, customer_ids: Sequence[str], new_rows: Sequence[journeys.TimelineRow]
     ) -> None:
-        """Sessions, channels, stages and the summary of each customer, from all its events;
-        new rows are inserted with their final values, stored rows updated where they changed."""
+        """Sessions, channels, stages, the summary and the rollup contribution of each customer,
+        from all its events; new rows are inserted with their final values, stored rows updated
+        where they changed, and the rollups get each customer's new contribution minus its old."""
         stored = await journeys.load_customer_events(self.conn, self.ws, customer_ids)
+        old_facts = await rollups.load_facts(self.conn, self.ws, customer_ids)
+        deltas = Deltas()
         by_customer: dict[str, list[Mapping[str, Any]]] = {}
         for record in stored:
             by_customer.setdefault(record["customer_id"], []).append(record)
@@ -605,13 +618,15 @@ class WorkspaceStitcher:
             )
             history = stage_history(events, self.model)
             traits: dict[str, Any] = {}
-            for r in items:
+            timeline: list[TimelineItem] = []
+            for r, e in zip(items, events, strict=True):
                 mid = r["message_id"]
                 values = (
                     channels[mid],
                     sessions[mid],
                     stage_at(history, r["timestamp"], message_id=mid),
                 )
+                timeline.append(TimelineItem(e, *values))
                 if mid in fresh:
                     row = fresh[mid]
                     row.channel, row.session_id, row.stage = values
@@ -619,6 +634,13 @@ class WorkspaceStitcher:
                     derived.append((mid, *values))
                 if r["traits"]:
                     traits.update(r["traits"])
+            dims = customer_dims(self.model.breakdowns, traits=traits, items=timeline)
+            facts = customer_facts(timeline, history, dims=dims)
+            old = old_facts.get(customer)
+            if old is not None:
+                add_facts(deltas, old, -1)
+            add_facts(deltas, facts, 1)
+            diff_entries(deltas, customer, old, facts)
             summaries.append(
                 journeys.CustomerRow(
                     customer_id=customer,
@@ -636,12 +658,21 @@ class WorkspaceStitcher:
                         for h in history
                     ],
                     traits=traits,
+                    dims=dims,
+                    facts=rollups.facts_bytes(facts),
                 )
             )
+        gone = sorted(set(customer_ids) - set(by_customer))
+        for customer in gone:
+            old = old_facts.get(customer)
+            if old is not None:
+                add_facts(deltas, old, -1)
+            diff_entries(deltas, customer, old, None)
+        prune(deltas)
         await journeys.insert_timeline(self.conn, self.ws, new_rows)
         await journeys.update_derived(self.conn, self.ws, derived)
         await journeys.upsert_customers(self.conn, self.ws, summaries)
-        gone = sorted(set(customer_ids) - set(by_customer))
+        await rollups.apply_deltas(self.conn, self.ws, deltas)
         await journeys.delete_customers(self.conn, self.ws, gone)
         await journeys.record_changes(
             self.conn,

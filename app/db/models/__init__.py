@@ -1,5 +1,12 @@
 """SQLAlchemy 2 typed models. Every key and index leads with `workspace_id`."""
 
+from app.db.models.aggregates import (
+    AggAttributionDay,
+    AggStageDay,
+    AggStageDuration,
+    AggTouchDay,
+    StageEntryRow,
+)
 from app.db.models.base import Base
 from app.db.models.events import Event
 from app.db.models.journeys import (
@@ -17,6 +24,10 @@ from app.db.models.journeys import (
 from app.db.models.workspaces import ApiKey, Workspace
 
 __all__ = [
+    "AggAttributionDay",
+    "AggStageDay",
+    "AggStageDuration",
+    "AggTouchDay",
     "ApiKey",
     "Base",
     "BlockedLink",
@@ -28,6 +39,7 @@ __all__ = [
     "Job",
     "JourneyEvent",
     "LedgerRow",
+    "StageEntryRow",
     "StitchFailure",
     "StitchProgress",
     "Workspace",

@@ -11,6 +11,7 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     PrimaryKeyConstraint,
     Sequence,
     SmallInteger,
@@ -123,6 +124,14 @@ class JourneyEvent(Base):
             "user_id",
             postgresql_where=text("user_id IS NOT NULL"),
         ),
+        # Event steps of funnels.
+        Index(
+            "ix_journey_events_event",
+            "workspace_id",
+            "event",
+            "timestamp",
+            postgresql_where=text("event IS NOT NULL"),
+        ),
     )
 
     workspace_id: Mapped[int] = mapped_column(BigInteger)
@@ -151,7 +160,11 @@ class Customer(Base):
     """A stitched customer: the answer to "where is this customer now?"."""
 
     __tablename__ = "customers"
-    __table_args__ = (PrimaryKeyConstraint("workspace_id", "customer_id"),)
+    __table_args__ = (
+        PrimaryKeyConstraint("workspace_id", "customer_id"),
+        # Drop-off: who has sat in a stage since before a cutoff.
+        Index(None, "workspace_id", "stage", "stage_entered_at", "customer_id"),
+    )
 
     workspace_id: Mapped[int] = mapped_column(BigInteger)
     customer_id: Mapped[str] = mapped_column(Text)
@@ -162,6 +175,9 @@ class Customer(Base):
     stage_entered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     stage_history: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default="[]")
     traits: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+    # The customer's breakdown groups and its contribution to the rollups (app/aggregates).
+    dims: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+    facts: Mapped[bytes | None] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

@@ -1,0 +1,448 @@
+"""A customer's contribution to the stage-level rollups, and the difference between two of them.
+
+Pure: standard library only. The stitcher derives each touched customer's `Facts` from its whole
+timeline, stores them with the customer, and adds `new - old` to the rollup tables. Because a
+customer's contribution is always replaced as a whole, merges, unmerges, late events, model
+changes and deletions keep the rollups exact: a merged customer is counted once.
+
+Every figure is cohort-based: it is filed under the UTC day the customer *entered the stage*
+(for `stage=""`, the day of the customer's first event), so summing days gives exact figures for
+any window without distinct counting at query time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from app.journeys.channels import DIRECT, UNASSIGNED
+from app.journeys.model import StitchEvent
+from app.journeys.stages import StageEntry
+
+ANY_STAGE = ""  # touch rows over the whole journey, filed under the first event's day
+TOTAL = ""  # the `dim` of rows without a breakdown (and the `dval` of those rows)
+NONE_VALUE = ""  # a customer without a value for a breakdown
+
+# Touch counters, in the order of the rollup table's value columns.
+TOUCH_FIELDS = (
+    "touches",
+    "customers",
+    "converted",
+    "responses",
+    "nps_n",
+    "nps_promoters",
+    "nps_detractors",
+    "csat_n",
+    "csat_sum",
+    "effort_n",
+    "effort_sum",
+    "success_n",
+    "success_yes",
+    "sentiment_n",
+    "sentiment_sum",
+)
+_T = {name: i for i, name in enumerate(TOUCH_FIELDS)}
+ATTRIBUTION_MODELS = ("first", "last", "linear", "position", "time_decay")
+TIME_DECAY_HALF_LIFE_SECONDS = 7 * 86400.0
+TOUCH_TYPES = frozenset({"track", "page", "screen"})
+NPS_EVENT = "Survey Responded"
+CSAT_EVENT = "CSAT Submitted"
+
+# Durations are kept as counts in log buckets: bucket b holds [GROWTH**(b-1), GROWTH**b) seconds
+# (bucket 0: under one second), so a median read off them is within 5% of the exact one.
+GROWTH = 1.1
+MAX_BUCKET = 250
+
+
+def duration_bucket(seconds: float) -> int:
+    """The log bucket of a duration."""
+    if seconds < 1:
+        return 0
+    return min(MAX_BUCKET, 1 + math.floor(math.log(seconds) / math.log(GROWTH)))
+
+
+def bucket_seconds(bucket: int) -> float:
+    """A representative duration of a bucket (its geometric middle)."""
+    if bucket <= 0:
+        return 0.0
+    return GROWTH ** (bucket - 1) * math.sqrt(GROWTH)
+
+
+def median_of_buckets(counts: Mapping[int, float]) -> float | None:
+    """The median duration of a histogram of buckets (None when empty)."""
+    total = sum(n for n in counts.values() if n > 0)
+    if total <= 0:
+        return None
+    half = total / 2
+    running = 0.0
+    for bucket in sorted(counts):
+        n = counts[bucket]
+        if n <= 0:
+            continue
+        running += n
+        if running >= half:
+            return round(bucket_seconds(bucket), 1)
+    return None  # pragma: no cover - unreachable: running reaches total
+
+
+def day_of(at: datetime) -> int:
+    """The UTC day of an instant, as a proleptic ordinal (compact in stored facts)."""
+    return at.astimezone(UTC).date().toordinal()
+
+
+def ordinal_date(day: int) -> date:
+    """Inverse of `day_of`."""
+    return date.fromordinal(day)
+
+
+@dataclass(slots=True)
+class Facts:
+    """One customer's contribution. Keys are plain tuples so they serialise compactly.
+
+    `stages`: (stage, entered_at epoch µs, converted 0|1, duration bucket to the next stage or -1);
+    `touches`: (stage, channel, day) -> TOUCH_FIELDS counters;
+    `attribution`: (conversion stage, channel, day) -> credit per ATTRIBUTION_MODELS.
+    """
+
+    dims: dict[str, str] = field(default_factory=dict)
+    stages: list[tuple[str, int, int, int]] = field(default_factory=list)
+    touches: dict[tuple[str, str, int], list[float]] = field(default_factory=dict)
+    attribution: dict[tuple[str, str, int], list[float]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form (see `from_json`)."""
+        return {
+            "d": self.dims,
+            "s": self.stages,
+            "t": [[*key, *values] for key, values in self.touches.items()],
+            "a": [[*key, *values] for key, values in self.attribution.items()],
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Facts:
+        """Read facts written by `to_json`."""
+        return cls(
+            dims=dict(raw.get("d", {})),
+            stages=[(s[0], s[1], s[2], s[3]) for s in raw.get("s", [])],
+            touches={(t[0], t[1], t[2]): list(t[3:]) for t in raw.get("t", [])},
+            attribution={(a[0], a[1], a[2]): list(a[3:]) for a in raw.get("a", [])},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineItem:
+    """What the facts need of one event, with the values the stitcher derived for it."""
+
+    event: StitchEvent
+    channel: str
+    session_id: str | None
+    stage: str | None
+
+
+def breakdown_value(raw: object) -> str:
+    """A breakdown group's name: strings as they are, other JSON values as JSON-ish text."""
+    if raw is None:
+        return NONE_VALUE
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if isinstance(raw, str):
+        return raw.strip()[:200]
+    if isinstance(raw, int | float):
+        return repr(raw)[:200]
+    return str(raw)[:200]
+
+
+def customer_dims(
+    breakdowns: Sequence[str], *, traits: Mapping[str, Any], items: Sequence[TimelineItem]
+) -> dict[str, str]:
+    """The customer's group for each breakdown: the current trait, or the property's value on
+    the customer's latest event that carries it (so `property:variation_name` splits customers
+    by the A/B variant they last saw)."""
+    dims: dict[str, str] = {}
+    for breakdown in breakdowns:
+        kind, _, name = breakdown.partition(":")
+        value: object = None
+        if kind == "trait":
+            value = traits.get(name)
+        else:
+            for item in reversed(items):
+                if item.event.properties.get(name) is not None:
+                    value = item.event.properties[name]
+                    break
+        dims[breakdown] = breakdown_value(value)
+    return dims
+
+
+def _number(value: object, low: float, high: float) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) and low <= number <= high else None
+
+
+def feedback_of(e: StitchEvent) -> list[float] | None:
+    """The feedback counters one event carries (None when it carries none)."""
+    props = e.properties
+    counters = [0.0] * len(TOUCH_FIELDS)
+    found = False
+    if e.event == NPS_EVENT:
+        score = _number(props.get("score"), 0, 10)
+        if score is not None:
+            found = True
+            counters[_T["nps_n"]] = 1
+            counters[_T["nps_promoters"]] = 1 if score >= 9 else 0
+            counters[_T["nps_detractors"]] = 1 if score <= 6 else 0
+    elif e.event == CSAT_EVENT:
+        score = _number(props.get("score"), 1, 5)
+        if score is not None:
+            found = True
+            counters[_T["csat_n"]] = 1
+            counters[_T["csat_sum"]] = score
+    effort = _number(props.get("effort"), 1, 7)
+    if effort is not None:
+        found = True
+        counters[_T["effort_n"]] = 1
+        counters[_T["effort_sum"]] = effort
+    success = props.get("success")
+    if isinstance(success, bool):
+        found = True
+        counters[_T["success_n"]] = 1
+        counters[_T["success_yes"]] = 1 if success else 0
+    sentiment = _number(props.get("sentiment"), -1, 1)
+    if sentiment is not None:
+        found = True
+        counters[_T["sentiment_n"]] = 1
+        counters[_T["sentiment_sum"]] = sentiment
+    if not found:
+        return None
+    counters[_T["responses"]] = 1
+    return counters
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _epoch_us(at: datetime) -> int:
+    return (at - _EPOCH) // _MICROSECOND
+
+
+def attribution_credits(
+    touches: Sequence[tuple[str, datetime]], *, converted_at: datetime
+) -> dict[str, list[float]]:
+    """Credit per channel for one conversion under each model; every model's credits sum to 1.
+
+    `touches` are the sessions that started up to the conversion, in time order, as (channel,
+    session start). position: 40% first, 40% last, 20% shared by the middle (one touch: 100%,
+    two: 50/50); time_decay: weight halves every 7 days before the conversion.
+    """
+    n = len(touches)
+    credits: dict[str, list[float]] = {}
+
+    def add(channel: str, model: int, credit: float) -> None:
+        credits.setdefault(channel, [0.0] * len(ATTRIBUTION_MODELS))[model] += credit
+
+    if n == 0:
+        return credits
+    add(touches[0][0], 0, 1.0)
+    add(touches[-1][0], 1, 1.0)
+    for channel, _ in touches:
+        add(channel, 2, 1.0 / n)
+    if n == 1:
+        add(touches[0][0], 3, 1.0)
+    elif n == 2:
+        add(touches[0][0], 3, 0.5)
+        add(touches[1][0], 3, 0.5)
+    else:
+        add(touches[0][0], 3, 0.4)
+        add(touches[-1][0], 3, 0.4)
+        for channel, _ in touches[1:-1]:
+            add(channel, 3, 0.2 / (n - 2))
+    weights = [
+        0.5 ** (max(0.0, (converted_at - start).total_seconds()) / TIME_DECAY_HALF_LIFE_SECONDS)
+        for _, start in touches
+    ]
+    total = sum(weights)
+    for (channel, _), weight in zip(touches, weights, strict=True):
+        add(channel, 4, weight / total)
+    return credits
+
+
+def _sessions(items: Sequence[TimelineItem]) -> list[tuple[str, datetime, str, str]]:
+    """(session id, start, first message id, channel) of each session, in time order. A
+    session's channel is its first real source (not Direct or Unassigned), else its first
+    event's channel."""
+    sessions: dict[str, list[Any]] = {}
+    for item in items:
+        if item.session_id is None or item.event.is_bot:
+            continue
+        found = sessions.get(item.session_id)
+        if found is None:
+            sessions[item.session_id] = [item.event.timestamp, item.event.message_id, item.channel]
+        elif found[2] in (DIRECT, UNASSIGNED) and item.channel not in (DIRECT, UNASSIGNED):
+            found[2] = item.channel
+    ordered = sorted(sessions.items(), key=lambda kv: (kv[1][0], kv[1][1]))
+    return [(sid, start, mid, channel) for sid, (start, mid, channel) in ordered]
+
+
+def customer_facts(
+    items: Sequence[TimelineItem],
+    history: Sequence[StageEntry],
+    *,
+    dims: dict[str, str],
+) -> Facts:
+    """The customer's contribution; `items` in `sort_key` order, `history` its stage entries."""
+    facts = Facts(dims=dims)
+    if not items:
+        return facts
+    entered_day: dict[str, int] = {}
+    converted: dict[str, int] = {}
+    for i, entry in enumerate(history):
+        nxt = history[i + 1] if i + 1 < len(history) else None
+        bucket = (
+            -1
+            if nxt is None
+            else duration_bucket((nxt.entered_at - entry.entered_at).total_seconds())
+        )
+        facts.stages.append(
+            (entry.stage, _epoch_us(entry.entered_at), 0 if nxt is None else 1, bucket)
+        )
+        entered_day[entry.stage] = day_of(entry.entered_at)
+        converted[entry.stage] = 0 if nxt is None else 1
+    first_day = day_of(items[0].event.timestamp)
+    ever_converted = 1 if len(history) > 1 else 0
+    for item in items:
+        e = item.event
+        if e.is_bot or e.type not in TOUCH_TYPES:
+            continue
+        feedback = feedback_of(e)
+        keys: list[tuple[tuple[str, str, int], int]] = [
+            ((ANY_STAGE, item.channel, first_day), ever_converted)
+        ]
+        if item.stage is not None and item.stage in entered_day:
+            keys.append(
+                ((item.stage, item.channel, entered_day[item.stage]), converted[item.stage])
+            )
+        for key, did_convert in keys:
+            counters = facts.touches.get(key)
+            if counters is None:
+                counters = facts.touches[key] = [0.0] * len(TOUCH_FIELDS)
+                counters[_T["customers"]] = 1
+                counters[_T["converted"]] = did_convert
+            counters[_T["touches"]] += 1
+            if feedback is not None:
+                for i in range(_T["responses"], len(TOUCH_FIELDS)):
+                    counters[i] += feedback[i]
+    sessions = _sessions(items)
+    for entry in history:
+        moment = (entry.entered_at, entry.message_id)
+        before = [(channel, start) for _, start, mid, channel in sessions if (start, mid) <= moment]
+        day = day_of(entry.entered_at)
+        for channel, credits in attribution_credits(before, converted_at=entry.entered_at).items():
+            facts.attribution[(entry.stage, channel, day)] = credits
+    return facts
+
+
+@dataclass(slots=True)
+class Deltas:
+    """What to add to each rollup table, keyed like the tables' primary keys."""
+
+    # (dim, dval, stage, day) -> [entered, converted]
+    stages: dict[tuple[str, str, str, int], list[int]] = field(default_factory=dict)
+    # (dim, dval, stage, day, bucket) -> n
+    durations: dict[tuple[str, str, str, int, int], int] = field(default_factory=dict)
+    # (dim, dval, stage, channel, day) -> TOUCH_FIELDS
+    touches: dict[tuple[str, str, str, str, int], list[float]] = field(default_factory=dict)
+    # (dim, dval, stage, channel, day) -> ATTRIBUTION_MODELS
+    attribution: dict[tuple[str, str, str, str, int], list[float]] = field(default_factory=dict)
+    # stage entries to write: (customer, stage) -> entered_at epoch µs, or None to delete
+    entries: dict[tuple[str, str], int | None] = field(default_factory=dict)
+
+    def empty(self) -> bool:
+        """Nothing to write."""
+        return not (
+            self.stages or self.durations or self.touches or self.attribution or self.entries
+        )
+
+
+def _groups(facts: Facts) -> list[tuple[str, str]]:
+    return [(TOTAL, TOTAL), *facts.dims.items()]
+
+
+def _add(target: dict[Any, list[Any]], key: Any, values: Iterable[float], sign: int) -> None:
+    current = target.get(key)
+    if current is None:
+        target[key] = [sign * v for v in values]
+    else:
+        for i, v in enumerate(values):
+            current[i] += sign * v
+
+
+def add_facts(deltas: Deltas, facts: Facts, sign: int) -> None:
+    """Add (sign=1) or remove (sign=-1) one customer's contribution."""
+    groups = _groups(facts)
+    for dim, dval in groups:
+        for stage, entered_us, did_convert, bucket in facts.stages:
+            day = day_of(epoch_us_to_datetime(entered_us))
+            _add(deltas.stages, (dim, dval, stage, day), (1, did_convert), sign)
+            if bucket >= 0:
+                key = (dim, dval, stage, day, bucket)
+                deltas.durations[key] = deltas.durations.get(key, 0) + sign
+        for (stage, channel, day), counters in facts.touches.items():
+            _add(deltas.touches, (dim, dval, stage, channel, day), counters, sign)
+        for (stage, channel, day), credits in facts.attribution.items():
+            _add(deltas.attribution, (dim, dval, stage, channel, day), credits, sign)
+
+
+def diff_entries(deltas: Deltas, customer_id: str, old: Facts | None, new: Facts | None) -> None:
+    """Record the stage entries that changed between two versions of a customer's facts."""
+    before = {s[0]: s[1] for s in old.stages} if old is not None else {}
+    after = {s[0]: s[1] for s in new.stages} if new is not None else {}
+    for stage in before.keys() - after.keys():
+        deltas.entries[(customer_id, stage)] = None
+    for stage, at in after.items():
+        if before.get(stage) != at:
+            deltas.entries[(customer_id, stage)] = at
+
+
+def prune(deltas: Deltas) -> None:
+    """Drop keys whose delta is zero (a customer recomputed to the same contribution)."""
+    tables: list[dict[Any, list[Any]]] = [deltas.stages, deltas.touches, deltas.attribution]
+    for table in tables:
+        for key in [k for k, values in table.items() if all(abs(v) < 1e-12 for v in values)]:
+            del table[key]
+    for duration in [k for k, n in deltas.durations.items() if n == 0]:
+        del deltas.durations[duration]
+
+
+def epoch_us_to_datetime(value: int) -> datetime:
+    """Stored entry instants back to datetimes."""
+    return _EPOCH + timedelta(microseconds=value)
+
+
+__all__ = [
+    "ANY_STAGE",
+    "ATTRIBUTION_MODELS",
+    "NONE_VALUE",
+    "TOTAL",
+    "TOUCH_FIELDS",
+    "Deltas",
+    "Facts",
+    "TimelineItem",
+    "add_facts",
+    "attribution_credits",
+    "bucket_seconds",
+    "customer_dims",
+    "customer_facts",
+    "day_of",
+    "diff_entries",
+    "duration_bucket",
+    "epoch_us_to_datetime",
+    "feedback_of",
+    "median_of_buckets",
+    "ordinal_date",
+    "prune",
+]

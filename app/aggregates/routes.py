@@ -1,0 +1,237 @@
+"""Aggregate routes (read key): stage-level figures for dashboards, read from the rollups."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from app.aggregates import service
+from app.aggregates.facts import ATTRIBUTION_MODELS
+from app.core.auth import ReadWorkspace
+from app.core.deps import runtime
+from app.journeys.stitcher import model_for
+
+router = APIRouter(prefix="/v1/aggregates", tags=["aggregates"])
+
+From = Annotated[
+    date | None,
+    Query(alias="from", description="First UTC day of the window (default: 29 days before `to`)"),
+]
+To = Annotated[
+    date | None, Query(alias="to", description="Last UTC day of the window (default: today)")
+]
+Breakdown = Annotated[
+    str | None,
+    Query(
+        description="`trait:NAME` or `property:NAME`, one of the journey model's `breakdowns`",
+        examples=["trait:persona"],
+    ),
+]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "A breakdown the journey model does not keep"},
+    401: {"description": "Missing or unknown read key"},
+    403: {"description": "A key of another kind"},
+    422: {"description": "Invalid window, stage, steps or model"},
+}
+
+
+def _doc(*names: str) -> str:
+    return "\n\n".join(f"**{name}**: {service.DEFINITIONS[name]}" for name in names)
+
+
+def _json(body: Any) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.get(
+    "/stages",
+    summary="Customers per stage, entries and conversion",
+    description="`{from, to, stages: [{stage, customers, entered, converted, conversion_rate, "
+    "median_seconds_to_next}]}`\n\n"
+    + _doc(
+        "window",
+        "customers",
+        "entered",
+        "converted",
+        "conversion_rate",
+        "median_seconds_to_next",
+        "breakdown",
+    ),
+    responses=_ERRORS,
+)
+async def get_stages(
+    request: Request,
+    workspace_id: ReadWorkspace,
+    start: From = None,
+    end: To = None,
+    breakdown: Breakdown = None,
+) -> Response:
+    win = service.window(start, end)
+    async with runtime(request).read_connection() as conn:
+        model = await model_for(conn, workspace_id)
+        dim = service.breakdown_dim(model, breakdown)
+        return _json(await service.stages(conn, workspace_id, model, dim=dim, win=win))
+
+
+@router.get(
+    "/funnel",
+    summary="An ordered funnel of stages or events",
+    description="`{from, to, window_seconds, steps: [{step, kind, customers, conversion_rate, "
+    "conversion_rate_from_first, median_seconds_from_previous}]}`; `conversion_rate` is from "
+    "the previous step.\n\n" + _doc("window", "funnel", "breakdown"),
+    responses=_ERRORS,
+)
+async def get_funnel(
+    request: Request,
+    workspace_id: ReadWorkspace,
+    steps: Annotated[
+        str,
+        Query(
+            description="2 to 10 comma-separated stage or event names",
+            examples=["consideration,purchase,loyalty"],
+        ),
+    ],
+    window: Annotated[
+        str, Query(description="Time allowed from the first step: 14d, 24h, 30m or 3600s")
+    ] = "14d",
+    start: From = None,
+    end: To = None,
+    breakdown: Breakdown = None,
+) -> Response:
+    win = service.window(start, end)
+    span = service.funnel_window(window)
+    async with runtime(request).read_connection() as conn:
+        model = await model_for(conn, workspace_id)
+        dim = service.breakdown_dim(model, breakdown)
+        parsed = service.funnel_steps(model, steps)
+        return _json(
+            await service.funnel(
+                conn, workspace_id, model, dim=dim, win=win, steps=parsed, span=span
+            )
+        )
+
+
+@router.get(
+    "/channels",
+    summary="Channels that touched customers in a stage",
+    description="`{from, to, stage, channels: [{channel, touches, customers}]}`; without "
+    "`stage`, touches over the whole journey, filed under each customer's first day.\n\n"
+    + _doc("window", "touches", "customers", "breakdown"),
+    responses=_ERRORS,
+)
+async def get_channels(
+    request: Request,
+    workspace_id: ReadWorkspace,
+    stage: Annotated[str | None, Query(description="A stage of the journey model")] = None,
+    start: From = None,
+    end: To = None,
+    breakdown: Breakdown = None,
+) -> Response:
+    win = service.window(start, end)
+    async with runtime(request).read_connection() as conn:
+        model = await model_for(conn, workspace_id)
+        dim = service.breakdown_dim(model, breakdown)
+        return _json(
+            await service.channels(conn, workspace_id, model, dim=dim, win=win, stage=stage)
+        )
+
+
+@router.get(
+    "/attribution",
+    summary="Conversion credit per channel",
+    description="`{from, to, model, conversion, conversions, channels: [{channel, credit}]}`"
+    "\n\n" + _doc("window", "attribution", "breakdown"),
+    responses=_ERRORS,
+)
+async def get_attribution(
+    request: Request,
+    workspace_id: ReadWorkspace,
+    model: Annotated[str, Query(description=f"One of {', '.join(ATTRIBUTION_MODELS)}")] = "last",
+    conversion: Annotated[str, Query(description="The conversion stage")] = "purchase",
+    start: From = None,
+    end: To = None,
+    breakdown: Breakdown = None,
+) -> Response:
+    win = service.window(start, end)
+    async with runtime(request).read_connection() as conn:
+        journey = await model_for(conn, workspace_id)
+        dim = service.breakdown_dim(journey, breakdown)
+        return _json(
+            await service.attribution(
+                conn,
+                workspace_id,
+                journey,
+                dim=dim,
+                win=win,
+                model_name=model,
+                conversion=conversion,
+            )
+        )
+
+
+@router.get(
+    "/journey-map",
+    summary="The journey map: every stage with its channels and feedback",
+    description="`{from, to, stages: [{stage, customers, entered, conversion_rate, "
+    "median_seconds_in_stage, dropoff, feedback, channels: [{channel, touches, customers, "
+    "conversion_rate, feedback}]}]}`; `feedback` = `{responses, nps, csat, effort, "
+    "success_rate, sentiment}`.\n\n"
+    + _doc("window", "customers", "entered", "touches", "feedback", "dropoff", "breakdown"),
+    responses=_ERRORS,
+)
+async def get_journey_map(
+    request: Request,
+    workspace_id: ReadWorkspace,
+    start: From = None,
+    end: To = None,
+    breakdown: Breakdown = None,
+) -> Response:
+    win = service.window(start, end)
+    async with runtime(request).read_connection() as conn:
+        model = await model_for(conn, workspace_id)
+        dim = service.breakdown_dim(model, breakdown)
+        return _json(await service.journey_map(conn, workspace_id, model, dim=dim, win=win))
+
+
+@router.get(
+    "/dropoff",
+    summary="Customers stalled in a stage",
+    description="`{stages: [{stage, threshold_seconds, stalled}]}`; with `customers=true&stage=`"
+    ", `{stage, threshold_seconds, customers: [{customer_id, entered_at, stalled_seconds, "
+    "last_seen, email}], next_cursor}` for automation tools. Without from/to: everyone stalled "
+    "now.\n\n" + _doc("dropoff", "breakdown"),
+    responses=_ERRORS,
+)
+async def get_dropoff(
+    request: Request,
+    workspace_id: ReadWorkspace,
+    customers: bool = False,
+    stage: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+    start: From = None,
+    end: To = None,
+    breakdown: Breakdown = None,
+) -> Response:
+    win = service.window(start, end) if start or end else None
+    async with runtime(request).read_connection() as conn:
+        model = await model_for(conn, workspace_id)
+        dim = service.breakdown_dim(model, breakdown)
+        return _json(
+            await service.dropoff(
+                conn,
+                workspace_id,
+                model,
+                dim=dim,
+                win=win,
+                with_customers=customers,
+                stage=stage,
+                limit=limit,
+                cursor=cursor,
+            )
+        )

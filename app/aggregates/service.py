@@ -1,0 +1,810 @@
+"""Stage-level aggregates read from the rollups (and, for funnels and drop-off lists, from the
+stage entries and timelines). Every figure's definition is in `DEFINITIONS`, which the OpenAPI
+docs and the README show.
+
+Windows are UTC days, `from` and `to` inclusive. Cohorts: a customer's stage figures (entered,
+converted, time to next stage, its touches and feedback while in the stage) are filed under the
+day it entered the stage; `customers` (now in the stage) and drop-off are snapshots of now.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+
+from app.aggregates.facts import (
+    ANY_STAGE,
+    ATTRIBUTION_MODELS,
+    NONE_VALUE,
+    TOTAL,
+    TOUCH_FIELDS,
+    median_of_buckets,
+)
+from app.core.errors import ProblemError
+from app.journeys.stages import JourneyModel
+
+DEFAULT_DAYS = 30
+MAX_DAYS = 3 * 366
+MAX_FUNNEL_STEPS = 10
+MAX_FUNNEL_WINDOW = timedelta(days=365)
+FLAG_BOT = 2
+
+DEFINITIONS: dict[str, str] = {
+    "window": "`from` and `to` are UTC dates, both included (default: the last 30 days). "
+    "Stage figures are cohorts: a customer counts on the day it entered the stage.",
+    "customers": "stages: customers whose current (furthest) stage is this one, now, whatever "
+    "the window. channels: customers of the cohort with at least one touch on the channel.",
+    "entered": "customers who entered the stage in the window (each customer enters a stage "
+    "at most once).",
+    "converted": "of those who entered in the window, how many have reached a later stage by now.",
+    "conversion_rate": "converted / entered (null when nobody entered).",
+    "median_seconds_to_next": "median time from entering the stage to entering the next stage "
+    "reached, over the converted; read off log buckets, within 5% of the exact median.",
+    "touches": "events (page, screen, track; not bot traffic) of the cohort while in the stage, "
+    "by the channel of their session.",
+    "feedback": "responses: events carrying feedback; nps: % promoters (9-10) minus % detractors "
+    "(0-6) of `Survey Responded` properties.score; csat: mean `CSAT Submitted` properties.score "
+    "(1-5); effort: mean properties.effort (CES 1-7); success_rate: share of "
+    "properties.success = true; sentiment: mean properties.sentiment (-1..1). Null where no "
+    "event carries it.",
+    "attribution": "each customer who entered the conversion stage in the window is one "
+    "conversion; its credit goes to the channels of its sessions up to the converting event: "
+    "first, last, linear (equal shares), position (40% first, 40% last, 20% shared by the "
+    "middle) or time_decay (weight halves every 7 days before the conversion). Credits sum to "
+    "conversions.",
+    "dropoff": "stalled: customers now in the stage for longer than its drop-off threshold "
+    "(journey model `dropoff_after_seconds`); with from/to, only those who entered the stage in "
+    "the window.",
+    "funnel": "a customer enters the funnel the first time it does step 1 in the window; each "
+    "next step counts when done, in order, within `window` of that first step. Steps are stage "
+    "names (the stage was entered) or event names (prefix `event:` to force an event).",
+    "breakdown": "`trait:NAME` groups customers by the trait's current value, `property:NAME` "
+    "by the value on the customer's latest event that carries it. Only the journey model's "
+    "`breakdowns` are kept (default: trait:persona, property:variation_name).",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Inclusive UTC days."""
+
+    start: date
+    end: date
+
+    @property
+    def start_at(self) -> datetime:
+        return datetime.combine(self.start, time(0), UTC)
+
+    @property
+    def end_at(self) -> datetime:
+        """The instant just after the window."""
+        return datetime.combine(self.end + timedelta(days=1), time(0), UTC)
+
+    def body(self) -> dict[str, str]:
+        return {"from": self.start.isoformat(), "to": self.end.isoformat()}
+
+
+def window(start: date | None, end: date | None, *, today: date | None = None) -> Window:
+    """The window of a request; 422 when it is inverted or too long."""
+    end = end or today or datetime.now(UTC).date()
+    start = start or end - timedelta(days=DEFAULT_DAYS - 1)
+    if start > end:
+        raise ProblemError(422, "invalid_window", "`from` is after `to`", field="from")
+    if (end - start).days >= MAX_DAYS:
+        raise ProblemError(
+            422, "invalid_window", f"the window is longer than {MAX_DAYS} days", field="from"
+        )
+    return Window(start, end)
+
+
+def breakdown_dim(model: JourneyModel, breakdown: str | None) -> str:
+    """The rollup `dim` of a breakdown, which must be one the journey model keeps."""
+    if breakdown is None:
+        return TOTAL
+    if breakdown not in model.breakdowns:
+        kept = ", ".join(model.breakdowns) or "none"
+        raise ProblemError(
+            400,
+            "unknown_breakdown",
+            f"breakdown {breakdown!r} is not kept by this workspace's journey model (kept: "
+            f"{kept}); add it to `breakdowns` with PUT /v1/settings/journey-model",
+            field="breakdown",
+        )
+    return breakdown
+
+
+def _stage(model: JourneyModel, stage: str, field: str) -> str:
+    if stage not in model.stage_names:
+        raise ProblemError(
+            422,
+            "unknown_stage",
+            f"unknown stage {stage!r}; stages: {', '.join(model.stage_names)}",
+            field=field,
+        )
+    return stage
+
+
+def _rate(part: float, whole: float) -> float | None:
+    return round(part / whole, 4) if whole > 0 else None
+
+
+def _count(value: float | None) -> int:
+    return round(value or 0)
+
+
+def _grouped(
+    dim: str,
+    win: Window | None,
+    groups: Mapping[str, dict[str, Any]],
+    *,
+    extra: Mapping[str, Any],
+    empty: dict[str, Any],
+) -> dict[str, Any]:
+    """The answer: one body, or with a breakdown `{breakdown, groups: [{value, ...body}]}`."""
+    head = {**(win.body() if win else {}), **extra}
+    if dim == TOTAL:
+        return {**head, **groups.get(TOTAL, empty)}
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0] == NONE_VALUE, kv[0]))
+    return {
+        **head,
+        "breakdown": dim,
+        "groups": [
+            {"value": None if value == NONE_VALUE else value, **body} for value, body in ordered
+        ],
+    }
+
+
+# --------------------------------------------------------------------------- stages
+
+
+async def _stage_rows(
+    conn: asyncpg.Connection, ws: int, dim: str, win: Window
+) -> dict[str, dict[str, list[int]]]:
+    """dval -> stage -> [now, entered, converted]."""
+    rows = await conn.fetch(
+        """
+        SELECT dval, stage, sum(entered - converted)::int8 AS now,
+            coalesce(sum(entered) FILTER (WHERE day BETWEEN $3 AND $4), 0)::int8 AS entered,
+            coalesce(sum(converted) FILTER (WHERE day BETWEEN $3 AND $4), 0)::int8 AS converted
+        FROM agg_stage_days WHERE workspace_id = $1 AND dim = $2
+        GROUP BY dval, stage
+        """,
+        ws,
+        dim,
+        win.start,
+        win.end,
+    )
+    out: dict[str, dict[str, list[int]]] = defaultdict(dict)
+    for r in rows:
+        out[r["dval"]][r["stage"]] = [r["now"], r["entered"], r["converted"]]
+    return out
+
+
+async def _median_rows(
+    conn: asyncpg.Connection, ws: int, dim: str, win: Window
+) -> dict[str, dict[str, float | None]]:
+    """dval -> stage -> median seconds to the next stage."""
+    rows = await conn.fetch(
+        "SELECT dval, stage, bucket, sum(n)::int8 AS n FROM agg_stage_durations "
+        "WHERE workspace_id = $1 AND dim = $2 AND day BETWEEN $3 AND $4 "
+        "GROUP BY dval, stage, bucket",
+        ws,
+        dim,
+        win.start,
+        win.end,
+    )
+    buckets: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        buckets[r["dval"], r["stage"]][r["bucket"]] = float(r["n"])
+    out: dict[str, dict[str, float | None]] = defaultdict(dict)
+    for (dval, stage), counts in buckets.items():
+        out[dval][stage] = median_of_buckets(counts)
+    return out
+
+
+def _dvals(*tables: Mapping[str, Any]) -> list[str]:
+    return sorted({dval for table in tables for dval in table})
+
+
+async def stages(
+    conn: asyncpg.Connection, ws: int, model: JourneyModel, *, dim: str, win: Window
+) -> dict[str, Any]:
+    """`GET /v1/aggregates/stages`."""
+    counts = await _stage_rows(conn, ws, dim, win)
+    medians = await _median_rows(conn, ws, dim, win)
+    groups: dict[str, dict[str, Any]] = {}
+    for dval in _dvals(counts, medians):
+        body = []
+        for stage in model.stage_names:
+            now, entered, converted = counts.get(dval, {}).get(stage, [0, 0, 0])
+            body.append(
+                {
+                    "stage": stage,
+                    "customers": now,
+                    "entered": entered,
+                    "converted": converted,
+                    "conversion_rate": _rate(converted, entered),
+                    "median_seconds_to_next": medians.get(dval, {}).get(stage),
+                }
+            )
+        groups[dval] = {"stages": body}
+    empty = {"stages": [_empty_stage(s) for s in model.stage_names]}
+    return _grouped(dim, win, groups, extra={}, empty=empty)
+
+
+def _empty_stage(stage: str) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "customers": 0,
+        "entered": 0,
+        "converted": 0,
+        "conversion_rate": None,
+        "median_seconds_to_next": None,
+    }
+
+
+# --------------------------------------------------------------------------- channels
+
+
+_TOUCH_SUMS = ", ".join(f"sum({name}) AS {name}" for name in TOUCH_FIELDS)
+
+
+async def _touch_rows(
+    conn: asyncpg.Connection, ws: int, dim: str, win: Window, stage: str | None = None
+) -> list[asyncpg.Record]:
+    """Summed touch counters per (dval, stage, channel) in the window (one stage, or all
+    stages but the whole-journey rows)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"SELECT dval, stage, channel, {_TOUCH_SUMS} FROM agg_touch_days "
+        "WHERE workspace_id = $1 AND dim = $2 AND day BETWEEN $3 AND $4 "
+        "AND (stage = $5 OR ($5 IS NULL AND stage <> '')) "
+        "GROUP BY dval, stage, channel HAVING sum(touches) > 0.5",
+        ws,
+        dim,
+        win.start,
+        win.end,
+        stage,
+    )
+    return rows
+
+
+async def channels(
+    conn: asyncpg.Connection,
+    ws: int,
+    model: JourneyModel,
+    *,
+    dim: str,
+    win: Window,
+    stage: str | None,
+) -> dict[str, Any]:
+    """`GET /v1/aggregates/channels`."""
+    key = ANY_STAGE if stage is None else _stage(model, stage, "stage")
+    groups: dict[str, dict[str, Any]] = defaultdict(lambda: {"channels": []})
+    for r in await _touch_rows(conn, ws, dim, win, key):
+        groups[r["dval"]]["channels"].append(
+            {
+                "channel": r["channel"],
+                "touches": _count(r["touches"]),
+                "customers": _count(r["customers"]),
+            }
+        )
+    for body in groups.values():
+        body["channels"].sort(key=lambda c: (-c["touches"], c["channel"]))
+    return _grouped(dim, win, groups, extra={"stage": stage}, empty={"channels": []})
+
+
+# --------------------------------------------------------------------------- attribution
+
+
+async def attribution(
+    conn: asyncpg.Connection,
+    ws: int,
+    model: JourneyModel,
+    *,
+    dim: str,
+    win: Window,
+    model_name: str,
+    conversion: str,
+) -> dict[str, Any]:
+    """`GET /v1/aggregates/attribution`."""
+    stage = _stage(model, conversion, "conversion")
+    if model_name not in ATTRIBUTION_MODELS:
+        raise ProblemError(
+            422,
+            "unknown_model",
+            f"unknown attribution model {model_name!r}; models: {', '.join(ATTRIBUTION_MODELS)}",
+            field="model",
+        )
+    column = model_name  # one of ATTRIBUTION_MODELS: safe to name in SQL
+    rows = await conn.fetch(
+        f"SELECT dval, channel, sum({column}) AS credit FROM agg_attribution_days "
+        "WHERE workspace_id = $1 AND dim = $2 AND day BETWEEN $3 AND $4 AND stage = $5 "
+        "GROUP BY dval, channel",
+        ws,
+        dim,
+        win.start,
+        win.end,
+        stage,
+    )
+    conversions = await conn.fetch(
+        "SELECT dval, sum(entered)::int8 AS n FROM agg_stage_days WHERE workspace_id = $1 "
+        "AND dim = $2 AND day BETWEEN $3 AND $4 AND stage = $5 GROUP BY dval",
+        ws,
+        dim,
+        win.start,
+        win.end,
+        stage,
+    )
+    groups: dict[str, dict[str, Any]] = defaultdict(lambda: {"conversions": 0, "channels": []})
+    for r in conversions:
+        if r["n"]:
+            groups[r["dval"]]["conversions"] = r["n"]
+    for r in rows:
+        if r["credit"] > 1e-9:
+            groups[r["dval"]]["channels"].append(
+                {"channel": r["channel"], "credit": round(r["credit"], 4)}
+            )
+    for body in groups.values():
+        body["channels"].sort(key=lambda c: (-c["credit"], c["channel"]))
+    return _grouped(
+        dim,
+        win,
+        groups,
+        extra={"model": model_name, "conversion": stage},
+        empty={"conversions": 0, "channels": []},
+    )
+
+
+# --------------------------------------------------------------------------- feedback, map
+
+
+def feedback(counters: Mapping[str, float]) -> dict[str, Any]:
+    """The feedback summary of summed touch counters."""
+
+    def mean(total: str, n: str, digits: int) -> float | None:
+        return round(counters[total] / counters[n], digits) if counters[n] > 0.5 else None
+
+    nps = None
+    if counters["nps_n"] > 0.5:
+        nps = round(
+            100 * (counters["nps_promoters"] - counters["nps_detractors"]) / counters["nps_n"], 1
+        )
+    return {
+        "responses": _count(counters["responses"]),
+        "nps": nps,
+        "csat": mean("csat_sum", "csat_n", 2),
+        "effort": mean("effort_sum", "effort_n", 2),
+        "success_rate": mean("success_yes", "success_n", 4),
+        "sentiment": mean("sentiment_sum", "sentiment_n", 3),
+    }
+
+
+async def journey_map(
+    conn: asyncpg.Connection,
+    ws: int,
+    model: JourneyModel,
+    *,
+    dim: str,
+    win: Window,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """`GET /v1/aggregates/journey-map`."""
+    counts = await _stage_rows(conn, ws, dim, win)
+    medians = await _median_rows(conn, ws, dim, win)
+    stalled = await _stalled_counts(conn, ws, model, dim=dim, win=None, now=now)
+    touch: dict[str, dict[str, list[asyncpg.Record]]] = defaultdict(lambda: defaultdict(list))
+    for r in await _touch_rows(conn, ws, dim, win):
+        touch[r["dval"]][r["stage"]].append(r)
+    groups: dict[str, dict[str, Any]] = {}
+    for dval in _dvals(counts, medians, touch):
+        body = []
+        for stage in model.stage_names:
+            now_in, entered, converted = counts.get(dval, {}).get(stage, [0, 0, 0])
+            stage_totals = dict.fromkeys(TOUCH_FIELDS, 0.0)
+            channel_rows = []
+            for r in sorted(touch[dval][stage], key=lambda r: (-r["touches"], r["channel"])):
+                for name in TOUCH_FIELDS:
+                    stage_totals[name] += r[name]
+                channel_rows.append(
+                    {
+                        "channel": r["channel"],
+                        "touches": _count(r["touches"]),
+                        "customers": _count(r["customers"]),
+                        "conversion_rate": _rate(r["converted"], r["customers"]),
+                        "feedback": feedback(r),
+                    }
+                )
+            body.append(
+                {
+                    "stage": stage,
+                    "customers": now_in,
+                    "entered": entered,
+                    "conversion_rate": _rate(converted, entered),
+                    "median_seconds_in_stage": medians.get(dval, {}).get(stage),
+                    "dropoff": stalled.get(dval, {}).get(stage),
+                    "feedback": feedback(stage_totals),
+                    "channels": channel_rows,
+                }
+            )
+        groups[dval] = {"stages": body}
+    empty_fb = feedback(dict.fromkeys(TOUCH_FIELDS, 0.0))
+    empty: dict[str, Any] = {
+        "stages": [
+            {
+                "stage": s.name,
+                "customers": 0,
+                "entered": 0,
+                "conversion_rate": None,
+                "median_seconds_in_stage": None,
+                "dropoff": 0 if s.dropoff_after is not None else None,
+                "feedback": empty_fb,
+                "channels": [],
+            }
+            for s in model.stages
+        ]
+    }
+    return _grouped(dim, win, groups, extra={}, empty=empty)
+
+
+# --------------------------------------------------------------------------- drop-off
+
+
+def _cutoff(threshold: timedelta, now: datetime) -> datetime:
+    return now - threshold
+
+
+async def _stalled_counts(
+    conn: asyncpg.Connection,
+    ws: int,
+    model: JourneyModel,
+    *,
+    dim: str,
+    win: Window | None,
+    now: datetime | None,
+) -> dict[str, dict[str, int]]:
+    """dval -> stage -> customers stalled now. Whole days before the cutoff's day come from the
+    rollup (customers still in the stage = entered - converted); the cutoff's own day from the
+    customers themselves, so the count is exact to the microsecond."""
+    now = now or datetime.now(UTC)
+    out: dict[str, dict[str, int]] = defaultdict(dict)
+    for stage in model.stages:
+        if stage.dropoff_after is None:
+            continue
+        cutoff = _cutoff(stage.dropoff_after, now)
+        cutoff_day = cutoff.astimezone(UTC).date()
+        low = win.start if win else date.min
+        high = (
+            min(win.end, cutoff_day - timedelta(days=1)) if win else cutoff_day - timedelta(days=1)
+        )
+        rows = await conn.fetch(
+            "SELECT dval, sum(entered - converted)::int8 AS n FROM agg_stage_days "
+            "WHERE workspace_id = $1 AND dim = $2 AND stage = $3 AND day BETWEEN $4 AND $5 "
+            "GROUP BY dval",
+            ws,
+            dim,
+            stage.name,
+            low,
+            high,
+        )
+        for r in rows:
+            out[r["dval"]][stage.name] = out[r["dval"]].get(stage.name, 0) + r["n"]
+        if win is None or win.start <= cutoff_day <= win.end:
+            day_start = datetime.combine(cutoff_day, time(0), UTC)
+            rows = await conn.fetch(
+                "SELECT coalesce(dims ->> $4, '') AS dval, count(*) AS n FROM customers "
+                "WHERE workspace_id = $1 AND stage = $2 AND stage_entered_at >= $3 "
+                "AND stage_entered_at < $5 GROUP BY 1",
+                ws,
+                stage.name,
+                day_start,
+                dim,
+                cutoff,
+            )
+            for r in rows:
+                dval = TOTAL if dim == TOTAL else r["dval"]
+                out[dval][stage.name] = out[dval].get(stage.name, 0) + r["n"]
+        if dim == TOTAL:
+            out[TOTAL].setdefault(stage.name, 0)
+        for counts in out.values():
+            counts.setdefault(stage.name, 0)
+    return out
+
+
+def _encode_cursor(entered_at: datetime, customer_id: str) -> str:
+    raw = orjson.dumps([entered_at.isoformat(), customer_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, customer_id = orjson.loads(raw)
+        return datetime.fromisoformat(at), str(customer_id)
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError) as exc:
+        raise ProblemError(422, "invalid_cursor", "malformed cursor", field="cursor") from exc
+
+
+async def dropoff(
+    conn: asyncpg.Connection,
+    ws: int,
+    model: JourneyModel,
+    *,
+    dim: str,
+    win: Window | None,
+    with_customers: bool = False,
+    stage: str | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """`GET /v1/aggregates/dropoff`; with `customers=true`, one stage's stalled customers."""
+    now = now or datetime.now(UTC)
+    if with_customers:
+        if stage is None:
+            raise ProblemError(422, "stage_required", "customers=true needs a stage", field="stage")
+        return await _stalled_customers(
+            conn, ws, model, stage=stage, win=win, limit=limit, cursor=cursor, now=now
+        )
+    counts = await _stalled_counts(conn, ws, model, dim=dim, win=win, now=now)
+    groups: dict[str, dict[str, Any]] = {}
+    for dval, by_stage in counts.items():
+        groups[dval] = {
+            "stages": [
+                {
+                    "stage": s.name,
+                    "threshold_seconds": int(s.dropoff_after.total_seconds()),
+                    "stalled": by_stage.get(s.name, 0),
+                }
+                for s in model.stages
+                if s.dropoff_after is not None
+            ]
+        }
+    empty: dict[str, Any] = {"stages": []}
+    return _grouped(dim, win, groups, extra={}, empty=empty)
+
+
+async def _stalled_customers(
+    conn: asyncpg.Connection,
+    ws: int,
+    model: JourneyModel,
+    *,
+    stage: str,
+    win: Window | None,
+    limit: int,
+    cursor: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    threshold = model.stages[model.index_of(_stage(model, stage, "stage"))].dropoff_after
+    if threshold is None:
+        return {"stage": stage, "threshold_seconds": None, "customers": [], "next_cursor": None}
+    cutoff = _cutoff(threshold, now)
+    after_at, after_id = (
+        _decode_cursor(cursor) if cursor else (datetime.min.replace(tzinfo=UTC), "")
+    )
+    low = win.start_at if win else datetime.min.replace(tzinfo=UTC)
+    high = min(cutoff, win.end_at) if win else cutoff
+    rows = await conn.fetch(
+        """
+        SELECT customer_id, stage_entered_at, last_seen, traits ->> 'email' AS email
+        FROM customers
+        WHERE workspace_id = $1 AND stage = $2 AND stage_entered_at < $3
+          AND stage_entered_at >= $4 AND (stage_entered_at, customer_id) > ($5, $6)
+        ORDER BY stage_entered_at, customer_id
+        LIMIT $7
+        """,
+        ws,
+        stage,
+        high,
+        low,
+        after_at,
+        after_id,
+        limit + 1,
+    )
+    page = rows[:limit]
+    more = len(rows) > limit
+    return {
+        "stage": stage,
+        "threshold_seconds": int(threshold.total_seconds()),
+        "customers": [
+            {
+                "customer_id": r["customer_id"],
+                "entered_at": r["stage_entered_at"],
+                "stalled_seconds": int((now - r["stage_entered_at"]).total_seconds()),
+                "last_seen": r["last_seen"],
+                "email": r["email"],
+            }
+            for r in page
+        ],
+        "next_cursor": (
+            _encode_cursor(page[-1]["stage_entered_at"], page[-1]["customer_id"])
+            if more and page
+            else None
+        ),
+    }
+
+
+# --------------------------------------------------------------------------- funnel
+
+_WINDOW = re.compile(r"(\d{1,6})([dhms])")
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def funnel_window(raw: str) -> timedelta:
+    """`14d`, `24h`, `30m`, `3600s` → a duration (at most 365 days)."""
+    match = _WINDOW.fullmatch(raw.strip())
+    if match is None:
+        raise ProblemError(
+            422, "invalid_window", "window must look like 14d, 24h, 30m or 3600s", field="window"
+        )
+    span = timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+    if not timedelta(0) < span <= MAX_FUNNEL_WINDOW:
+        raise ProblemError(
+            422, "invalid_window", "window must be between 1 second and 365 days", field="window"
+        )
+    return span
+
+
+@dataclass(frozen=True, slots=True)
+class FunnelStep:
+    name: str
+    kind: str  # "stage" | "event"
+
+
+def funnel_steps(model: JourneyModel, raw: str) -> list[FunnelStep]:
+    """Parse `steps=a,b,c`: stage names, or event names (`event:` forces an event)."""
+    names = [part.strip() for part in raw.split(",")]
+    if len(names) < 2 or len(names) > MAX_FUNNEL_STEPS or not all(names):
+        raise ProblemError(
+            422,
+            "invalid_steps",
+            f"steps must be 2 to {MAX_FUNNEL_STEPS} comma-separated stage or event names",
+            field="steps",
+        )
+    steps = []
+    for name in names:
+        if name.startswith("event:"):
+            steps.append(FunnelStep(name.removeprefix("event:"), "event"))
+        elif name in model.stage_names:
+            steps.append(FunnelStep(name, "stage"))
+        else:
+            steps.append(FunnelStep(name, "event"))
+    return steps
+
+
+def _funnel_sql(steps: Sequence[FunnelStep]) -> str:
+    parts = [
+        """
+        WITH occ AS MATERIALIZED (
+            SELECT e.customer_id, s.step, e.timestamp AS ts
+            FROM unnest($2::text[], $3::int[]) AS s(name, step)
+            JOIN journey_events e ON e.workspace_id = $1 AND e.event = s.name
+             AND e.timestamp >= $4 AND e.timestamp < $5 AND e.customer_id IS NOT NULL
+             AND e.flags & 2 = 0
+            UNION ALL
+            SELECT se.customer_id, s.step, se.entered_at
+            FROM unnest($6::text[], $7::int[]) AS s(name, step)
+            JOIN stage_entries se ON se.workspace_id = $1 AND se.stage = s.name
+             AND se.entered_at >= $4 AND se.entered_at < $5
+        ),
+        s1 AS (
+            SELECT o.customer_id, min(o.ts) AS t1, min(o.ts) AS t FROM occ o
+            WHERE o.step = 1 AND o.ts < $8 GROUP BY o.customer_id
+        ),
+        g AS (
+            SELECT s1.customer_id, coalesce(c.dims ->> $10, '') AS dval FROM s1
+            LEFT JOIN customers c ON c.workspace_id = $1 AND c.customer_id = s1.customer_id
+        )"""
+    ]
+    for k in range(2, len(steps) + 1):
+        op = ">" if steps[k - 1] == steps[k - 2] else ">="
+        parts.append(
+            f""",
+        s{k} AS (
+            SELECT p.customer_id, p.t1, min(o.ts) AS t FROM s{k - 1} p
+            JOIN occ o ON o.customer_id = p.customer_id AND o.step = {k}
+             AND o.ts {op} p.t AND o.ts <= p.t1 + $9::interval
+            GROUP BY p.customer_id, p.t1
+        )"""
+        )
+    selects = ["SELECT 1 AS step, g.dval, NULL::float8 AS secs FROM s1 JOIN g USING (customer_id)"]
+    for k in range(2, len(steps) + 1):
+        selects.append(
+            f"SELECT {k}, g.dval, extract(epoch FROM s{k}.t - s{k - 1}.t)::float8 "
+            f"FROM s{k} JOIN s{k - 1} USING (customer_id) JOIN g USING (customer_id)"
+        )
+    parts.append(
+        "\nSELECT step, dval, count(*) AS n, "
+        "percentile_cont(0.5) WITHIN GROUP (ORDER BY secs) AS median FROM ("
+        + "\nUNION ALL ".join(selects)
+        + ") x GROUP BY step, dval"
+    )
+    return "".join(parts)
+
+
+async def funnel(
+    conn: asyncpg.Connection,
+    ws: int,
+    model: JourneyModel,
+    *,
+    dim: str,
+    win: Window,
+    steps: Sequence[FunnelStep],
+    span: timedelta,
+) -> dict[str, Any]:
+    """`GET /v1/aggregates/funnel`."""
+    events = [(s.name, i + 1) for i, s in enumerate(steps) if s.kind == "event"]
+    stage_steps = [(s.name, i + 1) for i, s in enumerate(steps) if s.kind == "stage"]
+    rows = await conn.fetch(
+        _funnel_sql(steps),
+        ws,
+        [n for n, _ in events],
+        [i for _, i in events],
+        win.start_at,
+        win.end_at + span,
+        [n for n, _ in stage_steps],
+        [i for _, i in stage_steps],
+        win.end_at,
+        span,
+        dim if dim != TOTAL else "",
+    )
+    found: dict[str, dict[int, tuple[int, float | None]]] = defaultdict(dict)
+    for r in rows:
+        dval = TOTAL if dim == TOTAL else r["dval"]
+        found[dval][r["step"]] = (r["n"], r["median"])
+    groups: dict[str, dict[str, Any]] = {}
+    for dval, by_step in found.items():
+        groups[dval] = {"steps": _funnel_body(steps, by_step)}
+    return _grouped(
+        dim,
+        win,
+        groups,
+        extra={"window_seconds": int(span.total_seconds())},
+        empty={"steps": _funnel_body(steps, {})},
+    )
+
+
+def _funnel_body(
+    steps: Sequence[FunnelStep], by_step: Mapping[int, tuple[int, float | None]]
+) -> list[dict[str, Any]]:
+    body = []
+    first = by_step.get(1, (0, None))[0]
+    previous = first
+    for i, step in enumerate(steps, start=1):
+        n, median = by_step.get(i, (0, None))
+        body.append(
+            {
+                "step": step.name,
+                "kind": step.kind,
+                "customers": n,
+                "conversion_rate": _rate(n, previous) if i > 1 else (1.0 if n else None),
+                "conversion_rate_from_first": _rate(n, first),
+                "median_seconds_from_previous": None if median is None else round(median, 1),
+            }
+        )
+        previous = n
+    return body
+
+
+__all__ = [
+    "DEFINITIONS",
+    "Window",
+    "attribution",
+    "breakdown_dim",
+    "channels",
+    "dropoff",
+    "funnel",
+    "funnel_steps",
+    "funnel_window",
+    "journey_map",
+    "stages",
+    "window",
+]
