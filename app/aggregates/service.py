@@ -176,7 +176,7 @@ async def _stage_rows(
             coalesce(sum(entered) FILTER (WHERE day BETWEEN $3 AND $4), 0)::int8 AS entered,
             coalesce(sum(converted) FILTER (WHERE day BETWEEN $3 AND $4), 0)::int8 AS converted
         FROM agg_stage_days WHERE workspace_id = $1 AND dim = $2
-        GROUP BY dval, stage
+        GROUP BY dval, stage HAVING sum(entered) > 0
         """,
         ws,
         dim,
@@ -196,7 +196,7 @@ async def _median_rows(
     rows = await conn.fetch(
         "SELECT dval, stage, bucket, sum(n)::int8 AS n FROM agg_stage_durations "
         "WHERE workspace_id = $1 AND dim = $2 AND day BETWEEN $3 AND $4 "
-        "GROUP BY dval, stage, bucket",
+        "GROUP BY dval, stage, bucket HAVING sum(n) > 0",
         ws,
         dim,
         win.start,
@@ -488,7 +488,7 @@ async def _stalled_counts(
         rows = await conn.fetch(
             "SELECT dval, sum(entered - converted)::int8 AS n FROM agg_stage_days "
             "WHERE workspace_id = $1 AND dim = $2 AND stage = $3 AND day BETWEEN $4 AND $5 "
-            "GROUP BY dval",
+            "GROUP BY dval HAVING sum(entered - converted) > 0",
             ws,
             dim,
             stage.name,

@@ -12,7 +12,18 @@ from app.journeys.stitch import WorkspaceStitcher
 from app.journeys.stitcher import model_for
 
 BATCH = 5_000
-_DERIVED = ("identities", "identity_links", "identity_ledger", "journey_events", "customers")
+_DERIVED = (
+    "identities",
+    "identity_links",
+    "identity_ledger",
+    "journey_events",
+    "customers",
+    "stage_entries",
+    "agg_stage_days",
+    "agg_stage_durations",
+    "agg_touch_days",
+    "agg_attribution_days",
+)
 
 
 async def rebuild_workspace(

@@ -120,7 +120,7 @@ async def test_stages_count_current_customers_entries_and_conversions(
     body = await _get(client, journeys, "stages")
     assert body["from"] == "2026-01-01" and body["to"] == "2026-01-31"
     stages = _by_stage(body)
-    assert [s["stage"] for s in body["stages"]][0] == "awareness"
+    assert [s["stage"] for s in body["stages"]] == list(stages)
     assert stages["awareness"]["entered"] == 3
     assert stages["awareness"]["converted"] == 2
     assert stages["awareness"]["customers"] == 1  # Cat
@@ -204,7 +204,9 @@ async def test_breakdowns_by_trait_and_latest_property(
     assert r.json()["code"] == "unknown_breakdown"
 
 
-async def test_funnel_of_stages_and_events(client: httpx.AsyncClient, journeys: NewWorkspace) -> None:
+async def test_funnel_of_stages_and_events(
+    client: httpx.AsyncClient, journeys: NewWorkspace
+) -> None:
     body = await _get(
         client, journeys, "funnel", steps="awareness,Product Viewed,purchase", window="2d"
     )
