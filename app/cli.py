@@ -282,11 +282,89 @@ def rebuild(
         asyncio.run(rebuild_workspaces(url, workspace, console=console))
 
 
+@cli.command()
+def demo(
+    customers: Annotated[int, typer.Option(min=1, help="customers to generate")] = 500,
+    days: Annotated[int, typer.Option(min=1, help="spread the journeys over the last DAYS")] = 30,
+    url: Annotated[str, typer.Option(help="the Journeys service")] = "http://127.0.0.1:8000",
+    write_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="JOURNEYS_WRITE_KEY",
+            help="write key (default: workspace `demo` in this command's database, "
+            "created, or given new write and read keys)",
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="random seed: the same seed sends the same journeys")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=32, help="HTTP connections")] = 4,
+    gzip: Annotated[bool, typer.Option(help="gzip the request bodies")] = False,
+    wait: Annotated[bool, typer.Option(help="wait until the stitcher has caught up")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
+) -> None:
+    """Send realistic synthetic customer journeys through the HTTP API (POST /v1/batch)."""
+    import random
+    from datetime import UTC, datetime
+
+    from app.demo import send
+    from app.demo.generator import generate
+    from app.demo.workspace import demo_workspace_keys
+
+    settings = get_settings()
+    configure_logging(settings)
+    keys = None
+    try:
+        send.check_service(url)
+        if not write_key:
+            try:
+                with database(settings) as db_url:
+                    keys = _run_db(db_url, demo_workspace_keys)
+            except Exception as exc:
+                raise send.DemoError(
+                    f"no write key given and the database is unreachable ({exc!r}); "
+                    "pass --write-key or set JOURNEYS_WRITE_KEY"
+                ) from None
+            write_key = keys.write_key
+            if not as_json:
+                console.print(send.keys_panel(keys, url))
+        if seed is None:
+            seed = random.SystemRandom().randrange(1_000_000)
+        dataset = generate(customers=customers, days=days, seed=seed, now=datetime.now(UTC))
+        report = asyncio.run(
+            send.run_demo(
+                dataset,
+                url=url,
+                write_key=write_key,
+                console=console,
+                concurrency=concurrency,
+                compress=gzip,
+                wait=wait,
+                show_progress=not as_json,
+            )
+        )
+    except send.DemoError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    if as_json:
+        workspace = None if keys is None else keys.as_dict()
+        _print_json({**report.as_dict(dataset), "workspace": workspace})
+        return
+    console.print(send.summary_table(dataset, report))
+    if report.stitch is not None and not report.stitch.caught_up:
+        console.print(
+            "[yellow]the stitcher has not caught up yet: with JOURNEYS_INPROCESS_WORKER=false "
+            "run `journeys worker`[/]"
+        )
+
+
 def main() -> None:
     """Console-script entry point."""
     from app.bench.cli import bench_cli
+    from app.links.cli import links_cli
 
     cli.add_typer(bench_cli, name="bench")
+    cli.add_typer(links_cli, name="links")
     cli()
 
 

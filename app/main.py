@@ -14,10 +14,13 @@ from app.core.http import RequestMiddleware
 from app.core.logging import configure_logging
 from app.core.settings import Settings, get_settings
 from app.ingest.routes import router as ingest_router
+from app.links.routes import router as links_router
 from app.ops.routes import router as ops_router
+from app.privacy.routes import router as privacy_router
 from app.profiles.routes import router as profiles_router
 from app.runtime import running
 from app.settings.routes import router as settings_router
+from app.tracker.routes import router as tracker_router
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,7 +47,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(profiles_router)
     app.include_router(aggregates_router)
     app.include_router(settings_router)
+    app.include_router(privacy_router)
     app.include_router(ingest_router)
     app.include_router(ops_router)
+    app.include_router(links_router)
+    app.include_router(tracker_router)
     app.add_middleware(RequestMiddleware, max_header_bytes=settings.max_header_bytes)
     return app

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Annotated, Any
 
 import orjson
@@ -17,12 +16,24 @@ from app.journeys.stitcher import model_for
 
 router = APIRouter(prefix="/v1/aggregates", tags=["aggregates"])
 
+_DAY = r"^\d{4}-\d{2}-\d{2}$"
 From = Annotated[
-    date | None,
-    Query(alias="from", description="First UTC day of the window (default: 29 days before `to`)"),
+    str | None,
+    Query(
+        alias="from",
+        pattern=_DAY,
+        description="First UTC day of the window, YYYY-MM-DD (default: 29 days before `to`)",
+        json_schema_extra={"format": "date"},
+    ),
 ]
 To = Annotated[
-    date | None, Query(alias="to", description="Last UTC day of the window (default: today)")
+    str | None,
+    Query(
+        alias="to",
+        pattern=_DAY,
+        description="Last UTC day of the window, YYYY-MM-DD (default: today)",
+        json_schema_extra={"format": "date"},
+    ),
 ]
 Breakdown = Annotated[
     str | None,

@@ -30,13 +30,13 @@ from app.aggregates.facts import (
     median_of_buckets,
 )
 from app.core.errors import ProblemError
+from app.ingest.segment import FLAG_BOT
 from app.journeys.stages import JourneyModel
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 3 * 366
 MAX_FUNNEL_STEPS = 10
 MAX_FUNNEL_WINDOW = timedelta(days=365)
-FLAG_BOT = 2
 
 DEFINITIONS: dict[str, str] = {
     "window": "`from` and `to` are UTC dates, both included (default: the last 30 days). "
@@ -93,8 +93,23 @@ class Window:
         return {"from": self.start.isoformat(), "to": self.end.isoformat()}
 
 
-def window(start: date | None, end: date | None, *, today: date | None = None) -> Window:
-    """The window of a request; 422 when it is inverted or too long."""
+def _day(raw: str | None, field: str) -> date | None:
+    if raw is None:
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError as exc:
+        raise ProblemError(
+            422, "invalid_window", f"`{field}` must be a date YYYY-MM-DD", field=field
+        ) from exc
+
+
+def window(
+    start_raw: str | date | None, end_raw: str | date | None, *, today: date | None = None
+) -> Window:
+    """The window of a request (ISO dates); 422 when one is invalid, inverted or too long."""
+    start = start_raw if isinstance(start_raw, date) else _day(start_raw, "from")
+    end = end_raw if isinstance(end_raw, date) else _day(end_raw, "to")
     end = end or today or datetime.now(UTC).date()
     start = start or end - timedelta(days=DEFAULT_DAYS - 1)
     if start > end:
@@ -682,13 +697,13 @@ def funnel_steps(model: JourneyModel, raw: str) -> list[FunnelStep]:
 
 def _funnel_sql(steps: Sequence[FunnelStep]) -> str:
     parts = [
-        """
+        f"""
         WITH occ AS MATERIALIZED (
             SELECT e.customer_id, s.step, e.timestamp AS ts
             FROM unnest($2::text[], $3::int[]) AS s(name, step)
             JOIN journey_events e ON e.workspace_id = $1 AND e.event = s.name
              AND e.timestamp >= $4 AND e.timestamp < $5 AND e.customer_id IS NOT NULL
-             AND e.flags & 2 = 0
+             AND e.flags & {FLAG_BOT} = 0
             UNION ALL
             SELECT se.customer_id, s.step, se.entered_at
             FROM unnest($6::text[], $7::int[]) AS s(name, step)

@@ -118,6 +118,8 @@ class RequestMiddleware:
                     extra += [
                         (b"access-control-allow-origin", origin),
                         (b"access-control-allow-credentials", b"true"),
+                        # Browser SDKs (journeys.js) honour Retry-After on 429 and 503.
+                        (b"access-control-expose-headers", b"Retry-After"),
                         (b"vary", b"Origin"),
                     ]
                 message["headers"] = [*message.get("headers", []), *extra]

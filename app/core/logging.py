@@ -28,7 +28,11 @@ def configure_logging(settings: Settings) -> None:
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
         shared.append(structlog.processors.format_exc_info)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(),
+            # Never print frames' local variables: they hold keys and customer data.
+            exception_formatter=structlog.dev.plain_traceback,
+        )
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),

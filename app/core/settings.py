@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"
     admin_token: str | None = None
+    # Signs email open/click links (app/links); servers on several machines must share it.
+    # Unset: one is generated into DATA_DIR/link-secret on first use.
+    link_secret: SecretStr | None = Field(default=None, min_length=32)
     inprocess_worker: bool = True
 
     # Database pool and group commit.

@@ -78,6 +78,8 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.InterfaceError,
+    # The connection's protocol state broke mid-operation (seen when the server restarts).
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
     # A full disk or a read-only server: the database cannot take writes now, retry later.
     asyncpg.exceptions.DiskFullError,

@@ -10,7 +10,13 @@ from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from app.core.deps import ingest_service
-from app.core.errors import ProblemError, json_bytes, problem_response, unexpected_error_response
+from app.core.errors import (
+    ProblemError,
+    json_bytes,
+    problem_response,
+    problem_responses,
+    unexpected_error_response,
+)
 from app.core.settings import get_settings
 from app.ingest.segment import SHORT_PATHS
 from app.ingest.service import IngestRequest, body_limit, read_body
@@ -29,15 +35,104 @@ _EXAMPLE = {
     "batch": {"batch": [{"type": "track", "userId": "u1", "event": "Order Completed"}]},
 }
 
+_ID = {
+    "type": ["string", "number", "null"],
+    "description": "a string (a number is taken as its text); null means absent",
+}
+_OBJECT = {"type": ["object", "null"]}
+_TIME = {"type": ["string", "null"], "description": "ISO-8601 date-time"}
+_COMMON: dict[str, Any] = {
+    "type": {"description": "ignored on single-event routes: the route says the type"},
+    "userId": _ID,
+    "anonymousId": _ID,
+    "messageId": {"type": ["string", "number", "null"], "maxLength": 100},
+    "timestamp": _TIME,
+    "originalTimestamp": _TIME,
+    "sentAt": _TIME,
+    "properties": _OBJECT,
+    "traits": _OBJECT,
+    "context": _OBJECT,
+    "integrations": _OBJECT,
+    "writeKey": {"description": "the write key, when not sent as HTTP Basic (which wins)"},
+}
+# The fields a route reads besides the common ones; any other field is kept as it is.
+_ROUTE_FIELDS: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "track": ({"event": {"type": "string", "minLength": 1, "maxLength": 512}}, ["event"]),
+    "page": ({"name": {"type": ["string", "null"]}}, []),
+    "screen": ({"name": {"type": ["string", "null"]}}, []),
+    "alias": ({"previousId": _ID}, ["previousId"]),
+    "group": ({"groupId": _ID}, ["groupId"]),
+    "identify": ({}, []),
+}
+
+
+def _event_schema(route_type: str) -> dict[str, Any]:
+    """One Segment event as a single-event route accepts it."""
+    fields, required = _ROUTE_FIELDS[route_type]
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {**_COMMON, **fields},
+        "anyOf": [{"required": ["userId"]}, {"required": ["anonymousId"]}],
+    }
+    if required:
+        schema["required"] = required
+    return schema
+
+
+_BATCH_SCHEMA = {
+    "type": "object",
+    "required": ["batch"],
+    "properties": {
+        "batch": {
+            "type": "array",
+            "description": "at most 2,500 events (else 413); each item is checked on its own, "
+            "and an invalid one is listed in `rejected` without costing the others",
+            "items": {"description": "an event, with its `type`"},
+        },
+        "context": _OBJECT,
+        "integrations": _OBJECT,
+        "sentAt": _TIME,
+        "writeKey": _COMMON["writeKey"],
+    },
+}
+_REJECTED = {
+    "type": "array",
+    "description": "batch items refused (the others are stored)",
+    "items": {
+        "type": "object",
+        "required": ["index", "code", "detail"],
+        "properties": {
+            "index": {"type": "integer", "minimum": 0},
+            "code": {"type": "string"},
+            "detail": {"type": "string"},
+            "field": {"type": ["string", "null"]},
+        },
+    },
+}
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "Stored durably (committed). Batches list refused items in `rejected`."},
-    400: {"description": "Invalid event (problem+json naming the field)"},
-    401: {"description": "Missing or unknown write key"},
-    403: {"description": "A key of another kind"},
-    413: {"description": "Event > 32 KB, batch > 500 KB or > 2,500 events"},
-    415: {"description": "Unsupported Content-Type or Content-Encoding"},
-    429: {"description": "Workspace rate limit; honour Retry-After"},
-    503: {"description": "Database unavailable; honour Retry-After"},
+    200: {
+        "description": "Stored durably (committed). Batches list refused items in `rejected`.",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["success"],
+                    "properties": {"success": {"const": True}, "rejected": _REJECTED},
+                }
+            }
+        },
+    },
+    **problem_responses(
+        {
+            400: "Invalid event (problem+json naming the field)",
+            401: "Missing or unknown write key",
+            403: "A key of another kind",
+            413: "Event > 32 KB, batch > 500 KB or > 2,500 events",
+            415: "Unsupported Content-Type or Content-Encoding",
+            429: "Workspace rate limit; honour Retry-After",
+            503: "Database unavailable; honour Retry-After",
+        }
+    ),
 }
 
 
@@ -107,9 +202,18 @@ def _register(path: str, route_type: str, *, in_schema: bool) -> None:
         openapi_extra={
             "requestBody": {
                 "required": True,
+                "description": "JSON, or the same JSON as `text/plain` (browser beacons); "
+                "`Content-Encoding: gzip` is accepted",
                 "content": {
-                    "application/json": {"example": _EXAMPLE[route_type]},
-                    "text/plain": {},
+                    "application/json": {
+                        "schema": _BATCH_SCHEMA
+                        if route_type == "batch"
+                        else _event_schema(route_type),
+                        "example": _EXAMPLE[route_type],
+                    },
+                    "text/plain": {
+                        "schema": {"type": "string", "description": "the same JSON, as text"}
+                    },
                 },
             }
         },

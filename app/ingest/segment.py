@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import re
 import uuid
 import zlib
 from collections.abc import Mapping
@@ -39,6 +40,15 @@ MAX_MESSAGE_ID: Final = 100
 MAX_FUTURE: Final = timedelta(hours=24)
 
 FLAG_FUTURE_CLAMPED: Final = 1
+# Bot or scanner traffic: stored and shown on the timeline, never moves a stage or counts as a
+# touch. Set for known crawler user agents and for events the server itself marked (signed email
+# links fetched by Apple's privacy proxy or a mail scanner: `context.journeys.bot`).
+FLAG_BOT: Final = 2
+_BOT_AGENT: Final = re.compile(
+    r"bot\b|bot/|crawler|spider|crawling|slurp|headlesschrome|phantomjs|lighthouse"
+    r"|facebookexternalhit|bingpreview|pingdom|uptimerobot|statuscake|site24x7",
+    re.IGNORECASE,
+)
 
 # asyncpg stores this instant (Go's zero time, a common "unset" value) as -infinity.
 _UNSTORABLE: Final = datetime.min.replace(tzinfo=UTC)
@@ -290,6 +300,15 @@ def truncate_ip(value: str) -> str | None:
 # --------------------------------------------------------------------------- normalising
 
 
+def _is_bot(context: dict[str, Any]) -> bool:
+    """A crawler's user agent, or traffic the server marked as a machine's."""
+    marker = context.get("journeys")
+    if isinstance(marker, dict) and marker.get("bot") is True:
+        return True
+    agent = context.get("userAgent")
+    return isinstance(agent, str) and _BOT_AGENT.search(agent[:1024]) is not None
+
+
 def normalise_event(
     item: Any,
     *,
@@ -425,6 +444,8 @@ def normalise_event(
     ip = truncate_ip(raw_ip) if isinstance(raw_ip, str) else None
     if ip is None and meta.client_ip:
         ip = truncate_ip(meta.client_ip)
+    if isinstance(context, dict) and _is_bot(context):
+        flags |= FLAG_BOT
     if isinstance(context, dict) or ip:
         event["context"] = (
             {**(context or {}), "ip": ip}

@@ -12,7 +12,8 @@ from app.journeys.stitch import WorkspaceStitcher
 from app.journeys.stitcher import model_for
 
 BATCH = 5_000
-_DERIVED = (
+# Every table whose rows of a workspace are derived from its raw events (what a rebuild clears).
+DERIVED_TABLES = (
     "identities",
     "identity_links",
     "identity_ledger",
@@ -32,7 +33,7 @@ async def rebuild_workspace(
     """Replay one workspace in one transaction; readers see the old state until it commits."""
     async with conn.transaction():
         position = await journeys.lock_progress(conn, workspace_id % journeys.SHARDS)
-        for table in _DERIVED:
+        for table in DERIVED_TABLES:
             await conn.execute(f"DELETE FROM {table} WHERE workspace_id = $1", workspace_id)
         total = await conn.fetchval(
             "SELECT count(*) FROM events WHERE workspace_id = $1 "

@@ -19,6 +19,7 @@ import asyncpg
 from app.aggregates import repository as rollups
 from app.aggregates.facts import (
     Deltas,
+    Facts,
     TimelineItem,
     add_facts,
     customer_dims,
@@ -44,13 +45,13 @@ from app.identity.graph import (
     own_identifiers,
     resolve,
 )
+from app.ingest.segment import FLAG_BOT
 from app.journeys import repository as journeys
 from app.journeys.channels import channel_of, session_channels_from
 from app.journeys.model import StitchEvent, campaign_of, from_payload
 from app.journeys.sessions import assign_sessions
 from app.journeys.stages import JourneyModel, stage_at, stage_history
-
-FLAG_BOT = 2
+from app.privacy.screen import drop_unwanted
 
 
 @dataclass(slots=True)
@@ -243,8 +244,16 @@ class _Groups:
 class WorkspaceStitcher:
     """Stitches batches of one workspace's events inside the caller's transaction."""
 
-    def __init__(self, conn: asyncpg.Connection, workspace_id: int, model: JourneyModel) -> None:
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        workspace_id: int,
+        model: JourneyModel,
+        *,
+        rollups: bool = True,
+    ) -> None:
         self.conn = conn
+        self.rollups = rollups
         self.ws = workspace_id
         self.model = model
         self.customer_of: dict[Identifier, str] = {}
@@ -256,9 +265,14 @@ class WorkspaceStitcher:
         """Stitch raw `events` rows (any order; events already stitched are skipped)."""
         stats = StitchStats()
         parsed: dict[str, tuple[StitchEvent, journeys.TimelineRow]] = {}
+        screened: list[tuple[asyncpg.Record, StitchEvent]] = []
         for record in records:
             e, row = parse_raw(record)
             parsed.setdefault(e.message_id, (e, row))
+            screened.append((record, e))
+        # Suppressed identifiers (deleted customers) and denied consent: dropped, raw rows too.
+        for message_id in await drop_unwanted(self.conn, self.ws, screened):
+            parsed.pop(message_id, None)
         done = await journeys.existing_message_ids(self.conn, self.ws, list(parsed))
         fresh = [parsed[m] for m in sorted(parsed) if m not in done]
         if not fresh:
@@ -584,7 +598,9 @@ class WorkspaceStitcher:
         from all its events; new rows are inserted with their final values, stored rows updated
         where they changed, and the rollups get each customer's new contribution minus its old."""
         stored = await journeys.load_customer_events(self.conn, self.ws, customer_ids)
-        old_facts = await rollups.load_facts(self.conn, self.ws, customer_ids)
+        old_facts = (
+            await rollups.load_facts(self.conn, self.ws, customer_ids) if self.rollups else {}
+        )
         deltas = Deltas()
         by_customer: dict[str, list[Mapping[str, Any]]] = {}
         for record in stored:
@@ -634,13 +650,16 @@ class WorkspaceStitcher:
                     derived.append((mid, *values))
                 if r["traits"]:
                     traits.update(r["traits"])
-            dims = customer_dims(self.model.breakdowns, traits=traits, items=timeline)
-            facts = customer_facts(timeline, history, dims=dims)
-            old = old_facts.get(customer)
-            if old is not None:
-                add_facts(deltas, old, -1)
-            add_facts(deltas, facts, 1)
-            diff_entries(deltas, customer, old, facts)
+            dims: dict[str, str] = {}
+            facts = Facts()
+            if self.rollups:
+                dims = customer_dims(self.model.breakdowns, traits=traits, items=timeline)
+                facts = customer_facts(timeline, history, dims=dims)
+                old = old_facts.get(customer)
+                if old is not None:
+                    add_facts(deltas, old, -1)
+                add_facts(deltas, facts, 1)
+                diff_entries(deltas, customer, old, facts)
             summaries.append(
                 journeys.CustomerRow(
                     customer_id=customer,

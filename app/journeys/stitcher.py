@@ -85,8 +85,11 @@ class Stitcher:
         batch_size: int = 2_000,
         poll_interval: float = 0.2,
         shards: tuple[int, ...] = tuple(range(journeys.SHARDS)),
+        rollups: bool = True,
     ) -> None:
         self._engine = engine
+        # Off only in `journeys bench stitch`, to measure what maintaining the rollups costs.
+        self._rollups = rollups
         self._batch_size = batch_size
         self._poll = poll_interval
         self._wanted = shards
@@ -218,7 +221,9 @@ class Stitcher:
                 by_workspace.setdefault(record["workspace_id"], []).append(record)
             for workspace_id, rows in sorted(by_workspace.items()):
                 model = await self._models.get(conn, workspace_id)
-                await WorkspaceStitcher(conn, workspace_id, model).stitch(rows)
+                await WorkspaceStitcher(conn, workspace_id, model, rollups=self._rollups).stitch(
+                    rows
+                )
             last = records[-1]
             await journeys.save_progress(conn, shard, (last["tx"], last["seq"]), len(records))
         STITCHED.inc(len(records))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
@@ -24,17 +25,61 @@ STITCH_LAG = Gauge(
 _HEAD = head_revision()
 
 
+_STATUS: dict[str, Any] = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {"status": {"type": "string"}},
+}
+_READY: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Database reachable and migrated; the stitcher's lag is reported",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["status", "database", "migration", "stitcher"],
+                    "properties": {
+                        "status": {"const": "ok"},
+                        "database": {"const": "ok"},
+                        "migration": {"type": "string"},
+                        "stitcher": {"type": "object"},
+                    },
+                }
+            }
+        },
+    },
+    503: {
+        "description": "Database unreachable, or its schema is not at the newest migration",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"const": "unavailable"}},
+                }
+            }
+        },
+    },
+}
+
+
 def _json(body: object, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-@router.get("/healthz", summary="The process is up")
+@router.get(
+    "/healthz",
+    summary="The process is up",
+    responses={
+        200: {"description": "Always", "content": {"application/json": {"schema": _STATUS}}}
+    },
+)
 async def healthz() -> Response:
     """Always 200 while the process serves requests."""
     return _json({"status": "ok"})
 
 
-@router.get("/readyz", summary="Database reachable and migrated to head")
+@router.get("/readyz", summary="Database reachable and migrated to head", responses=_READY)
 async def readyz(request: Request) -> Response:
     """200 when the database answers and its schema is at the newest migration, else 503."""
     rt = runtime(request)
@@ -57,7 +102,17 @@ async def readyz(request: Request) -> Response:
     return _json({"status": "ok", "database": "ok", "migration": current, "stitcher": stitcher})
 
 
-@router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format",
+            "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition (the stitcher lag is measured on each scrape)."""
     try:

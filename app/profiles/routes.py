@@ -6,14 +6,20 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.types import Receive, Scope, Send
 
 from app.core.auth import ReadWorkspace, ServerWorkspace, read_workspace
 from app.core.deps import runtime
-from app.core.errors import ProblemError, problem_response, unexpected_error_response
+from app.core.errors import (
+    PROBLEM_SCHEMA,
+    ProblemError,
+    problem_response,
+    problem_responses,
+    unexpected_error_response,
+)
 from app.db.engine import raw_connection
 from app.profiles import service
 from app.profiles.unmerge import unmerge
@@ -23,38 +29,164 @@ router = APIRouter(prefix="/v1/profiles", tags=["profiles"])
 _ID_DOC = (
     "An identifier `kind:value`: user_id, anonymous_id, email, customer_id or external id type"
 )
-IdPath = Annotated[str, "identifier"]
 
 
 def _json(body: Any) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing or unknown read key"},
-    403: {"description": "A key of another kind"},
-    404: {"description": "No customer has this identifier"},
-    409: {"description": "A shared device: the body lists `customer_ids`"},
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+_NULLABLE_TEXT = {"type": ["string", "null"]}
+
+
+def _body(description: str, properties: dict[str, Any]) -> dict[str, Any]:
+    """A documented 200 answer: a JSON object with exactly these keys."""
+    schema = {"type": "object", "required": sorted(properties), "properties": properties}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _array(items: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "array", "items": items}
+
+
+def _object(properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": sorted(properties), "properties": properties}
+
+
+_SHARED_DEVICE = {
+    **PROBLEM_SCHEMA,
+    "required": [*PROBLEM_SCHEMA["required"], "customer_ids"],
+    "properties": {**PROBLEM_SCHEMA["properties"], "customer_ids": _array({"type": "string"})},
 }
+_ERRORS = problem_responses(
+    {
+        400: "Not an identifier `kind:value`, or an invalid parameter",
+        401: "Missing or unknown read key",
+        403: "A key of another kind",
+        404: "No customer has this identifier",
+        409: "A shared device: the body lists `customer_ids`",
+        503: "The database is unavailable; honour Retry-After",
+    },
+    schemas={409: _SHARED_DEVICE},
+)
+_SERVER_ERRORS = problem_responses(
+    {
+        400: "Neither two `identifiers` nor a `message_id`, or an invalid identifier",
+        401: "Missing or unknown server key",
+        403: "A key of another kind",
+        404: "No such customer, or no link of its ledger matches",
+        409: "A shared device: the body lists `customer_ids`",
+        503: "The database is unavailable; honour Retry-After",
+    },
+    schemas={409: _SHARED_DEVICE},
+)
+_IDENTIFIER = _object({"kind": {"type": "string"}, "value": {"type": "string"}})
+_STAGE_HISTORY = {
+    "type": ["array", "null"],
+    "items": _object(
+        {"stage": {"type": "string"}, "entered_at": _TIME, "message_id": _NULLABLE_TEXT}
+    ),
+}
+_PROFILE = _body(
+    "The customer's summary",
+    {
+        "customer_id": {"type": "string"},
+        "identifiers": _array(_IDENTIFIER),
+        "traits": {"type": ["object", "null"]},
+        "stage": _NULLABLE_TEXT,
+        "first_seen": _TIME,
+        "last_seen": _TIME,
+        "event_count": {"type": "integer", "minimum": 0},
+    },
+)
+_STAGE_BODY = _body(
+    "The current stage and the history of stages entered",
+    {
+        "customer_id": {"type": "string"},
+        "stage": _NULLABLE_TEXT,
+        "entered_at": _TIME,
+        "stage_history": _STAGE_HISTORY,
+    },
+)
+_TIMELINE = _body(
+    "A page of events; `next_cursor` (null on the last page) fetches the next",
+    {
+        "customer_id": {"type": "string"},
+        "events": _array(
+            {
+                "type": "object",
+                "required": ["message_id", "type", "timestamp", "received_at"],
+                "properties": {
+                    "message_id": {"type": "string"},
+                    "type": {"type": "string"},
+                    "event": _NULLABLE_TEXT,
+                    "timestamp": {"type": "string", "format": "date-time"},
+                    "received_at": {"type": "string", "format": "date-time"},
+                    "channel": _NULLABLE_TEXT,
+                    "session_id": _NULLABLE_TEXT,
+                    "stage": _NULLABLE_TEXT,
+                    "properties": {"type": ["object", "null"]},
+                },
+            }
+        ),
+        "next_cursor": _NULLABLE_TEXT,
+    },
+)
+_IDENTITIES = _body(
+    "Identifiers with their first sighting, and the ledger decisions about them",
+    {
+        "customer_id": {"type": "string"},
+        "identifiers": _array(
+            _object({"kind": {"type": "string"}, "value": {"type": "string"}, "first_seen": _TIME})
+        ),
+        "ledger": _array(
+            {
+                "type": "object",
+                "required": ["at", "message_id", "action", "rule", "identifiers", "into", "reason"],
+                "properties": {
+                    "at": _TIME,
+                    "message_id": _NULLABLE_TEXT,
+                    "action": {"enum": ["linked", "merged", "refused", "unmerged"]},
+                    "rule": _NULLABLE_TEXT,
+                    "identifiers": _array({"type": "string"}),
+                    "into": _NULLABLE_TEXT,
+                    "reason": _NULLABLE_TEXT,
+                },
+            }
+        ),
+    },
+)
+_UNMERGED = _body(
+    "The links undone and the customers the replay produced",
+    {
+        "customer_id": {"type": "string"},
+        "unmerged": _array(_array({"type": "string"})),
+        "customers": _array({"type": "string"}),
+    },
+)
+# `{id}` is validated by the service (a 400 naming it); the pattern documents the form.
+IdParam = Annotated[str, Path(description=_ID_DOC, json_schema_extra={"pattern": "^[^:]+:.+$"})]
 
 
-@router.get("/{id}", summary="A customer's profile", responses=_ERRORS)
-async def get_profile(id: str, request: Request, workspace_id: ReadWorkspace) -> Response:
+@router.get("/{id}", summary="A customer's profile", responses={200: _PROFILE, **_ERRORS})
+async def get_profile(id: IdParam, request: Request, workspace_id: ReadWorkspace) -> Response:
     """`{customer_id, identifiers, traits, stage, first_seen, last_seen, event_count}`."""
     async with runtime(request).read_connection() as conn:
         return _json(await service.profile(conn, workspace_id, id))
 
 
-@router.get("/{id}/stage", summary="A customer's current stage", responses=_ERRORS)
-async def get_stage(id: str, request: Request, workspace_id: ReadWorkspace) -> Response:
+@router.get(
+    "/{id}/stage", summary="A customer's current stage", responses={200: _STAGE_BODY, **_ERRORS}
+)
+async def get_stage(id: IdParam, request: Request, workspace_id: ReadWorkspace) -> Response:
     """`{customer_id, stage, entered_at, stage_history: [{stage, entered_at, message_id}]}`."""
     async with runtime(request).read_connection() as conn:
         return _json(await service.stage(conn, workspace_id, id))
 
 
-@router.get("/{id}/timeline", summary="A customer's events", responses=_ERRORS)
+@router.get("/{id}/timeline", summary="A customer's events", responses={200: _TIMELINE, **_ERRORS})
 async def get_timeline(
-    id: str,
+    id: IdParam,
     request: Request,
     workspace_id: ReadWorkspace,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -79,8 +211,12 @@ async def get_timeline(
         )
 
 
-@router.get("/{id}/identities", summary="Identifiers and the identity ledger", responses=_ERRORS)
-async def get_identities(id: str, request: Request, workspace_id: ReadWorkspace) -> Response:
+@router.get(
+    "/{id}/identities",
+    summary="Identifiers and the identity ledger",
+    responses={200: _IDENTITIES, **_ERRORS},
+)
+async def get_identities(id: IdParam, request: Request, workspace_id: ReadWorkspace) -> Response:
     """Every identifier with its first sighting, and each ledger decision that concerns them."""
     async with runtime(request).read_connection() as conn:
         return _json(await service.identities(conn, workspace_id, id))
@@ -123,9 +259,13 @@ class UnmergeRequest(BaseModel):
     message_id: str | None = Field(default=None, max_length=100)
 
 
-@router.post("/{id}/unmerge", summary="Undo a merge (server key)", responses=_ERRORS)
+@router.post(
+    "/{id}/unmerge",
+    summary="Undo a merge (server key)",
+    responses={200: _UNMERGED, **_SERVER_ERRORS},
+)
 async def post_unmerge(
-    id: str, body: UnmergeRequest, request: Request, workspace_id: ServerWorkspace
+    id: IdParam, body: UnmergeRequest, request: Request, workspace_id: ServerWorkspace
 ) -> Response:
     """Blocks the link and replays the customer's identity evidence without it."""
     rt = runtime(request)

@@ -285,3 +285,50 @@ async def test_aggregates_need_the_read_key(
     assert (await client.get("/v1/aggregates/stages")).status_code == 401
     r = await client.get("/v1/aggregates/stages", auth=(workspace.write_key, ""))
     assert r.status_code == 403
+
+
+async def test_bot_traffic_is_flagged_and_never_moves_a_stage_or_counts(
+    client: httpx.AsyncClient, database_url: str, stitch: Stitch, db: Any
+) -> None:
+    ws = await new_workspace(database_url, "agg")
+    crawler = {
+        "userAgent": "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+    }
+    scanner = {"journeys": {"bot": True, "botReason": "link_scanner"}}
+    await _send(
+        client,
+        ws,
+        [
+            _ev("page", "2026-01-10T10:00:00Z", userId="h1"),
+            _ev(
+                "track",
+                "2026-01-10T10:01:00Z",
+                userId="h1",
+                event="Product Viewed",
+                context=crawler,
+            ),
+            _ev(
+                "track",
+                "2026-01-10T10:02:00Z",
+                userId="h1",
+                event="Email Link Clicked",
+                context=scanner,
+            ),
+            _ev("track", "2026-01-10T10:03:00Z", userId="h1", event="Order Completed"),
+        ],
+    )
+    await stitch()
+    flags = await db.fetch(
+        "SELECT event, flags FROM events WHERE workspace_id = $1 ORDER BY timestamp",
+        ws.workspace_id,
+    )
+    assert [f["flags"] & 2 for f in flags] == [0, 2, 2, 0]
+    history = (
+        await client.get(
+            "/v1/profiles/user_id:h1/stage", headers={"Authorization": f"Bearer {ws.read_key}"}
+        )
+    ).json()["stage_history"]
+    # The bots' product view and click moved nothing: straight from awareness to purchase.
+    assert [h["stage"] for h in history] == ["awareness", "purchase"]
+    body = await _get(client, ws, "channels")
+    assert sum(c["touches"] for c in body["channels"]) == 2

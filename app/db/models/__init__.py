@@ -21,6 +21,7 @@ from app.db.models.journeys import (
     StitchFailure,
     StitchProgress,
 )
+from app.db.models.privacy import Deletion, SuppressedIdentifier
 from app.db.models.workspaces import ApiKey, Workspace
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "BlockedLink",
     "Customer",
     "CustomerChange",
+    "Deletion",
     "Event",
     "Identity",
     "IdentityLink",
@@ -42,5 +44,6 @@ __all__ = [
     "StageEntryRow",
     "StitchFailure",
     "StitchProgress",
+    "SuppressedIdentifier",
     "Workspace",
 ]

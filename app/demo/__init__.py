@@ -1,0 +1,1 @@
+"""`journeys demo`: synthetic but realistic customer journeys, sent through the HTTP API."""

@@ -1,0 +1,1 @@
+"""Signed email links: open pixels and click redirects that record email events."""

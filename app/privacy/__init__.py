@@ -1,0 +1,1 @@
+"""Privacy: deletion and suppression of a customer, export, and consent."""

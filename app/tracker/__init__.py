@@ -1,0 +1,1 @@
+"""The first-party browser tracker (`journeys.js`) and the route that serves it."""
