@@ -75,6 +75,9 @@ async def model_for(conn: asyncpg.Connection, workspace_id: int) -> JourneyModel
     return await _ModelCache().get(conn, workspace_id)
 
 
+JOB_EVERY = 1.0
+
+
 class Stitcher:
     """Owns shards and stitches their feed in batches."""
 
@@ -105,6 +108,7 @@ class Stitcher:
     async def run(self, stop: asyncio.Event) -> None:
         """Stitch until `stop` is set; survives database outages."""
         last_claim = 0.0
+        last_job = 0.0
         while not stop.is_set():
             try:
                 if time.monotonic() - last_claim > 5 or not self._held:
@@ -116,7 +120,14 @@ class Stitcher:
                 # Straight on only after a full batch; otherwise let events accumulate for a poll
                 # interval, so the stitcher works in batches instead of competing with ingest
                 # for the CPU on every commit.
-                if done >= self._batch_size or await self._run_job():
+                # Jobs (deletions first) get a chunk at least every JOB_EVERY seconds, so a
+                # shard that never runs dry cannot starve them.
+                full = done >= self._batch_size
+                ran_job = False
+                if not full or time.monotonic() - last_job > JOB_EVERY:
+                    ran_job = await self._run_job()
+                    last_job = time.monotonic()
+                if full or ran_job:
                     continue
             except Exception as exc:
                 STITCH_ERRORS.inc()
