@@ -24,7 +24,7 @@ import pytest
 import pytest_asyncio
 
 from app.core.settings import Settings
-from app.db.engine import asyncpg_dsn, make_engine
+from app.db.engine import asyncpg_dsn, connect, make_engine
 from app.db.migrate import upgrade_head
 from app.main import create_app
 from app.workspaces.repository import NewWorkspace, create_workspace
@@ -126,6 +126,16 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection with the app's JSON codecs (what rebuilds and state snapshots need)."""
+    c = await connect(database_url)
+    try:
+        yield c
+    finally:
+        await c.close()
 
 
 async def new_workspace(database_url: str, prefix: str = "ws") -> NewWorkspace:

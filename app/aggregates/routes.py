@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
+import asyncpg
 import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -12,6 +15,7 @@ from app.aggregates import service
 from app.aggregates.facts import ATTRIBUTION_MODELS
 from app.core.auth import ReadWorkspace
 from app.core.deps import runtime
+from app.journeys.stages import JourneyModel
 from app.journeys.stitcher import model_for
 
 router = APIRouter(prefix="/v1/aggregates", tags=["aggregates"])
@@ -55,6 +59,16 @@ def _doc(*names: str) -> str:
     return "\n\n".join(f"**{name}**: {service.DEFINITIONS[name]}" for name in names)
 
 
+@asynccontextmanager
+async def _reading(
+    request: Request, workspace_id: int, breakdown: str | None
+) -> AsyncIterator[tuple[asyncpg.Connection, JourneyModel, str]]:
+    """A read connection, the workspace's journey model and the breakdown's rollup `dim`."""
+    async with runtime(request).read_connection() as conn:
+        model = await model_for(conn, workspace_id)
+        yield conn, model, service.breakdown_dim(model, breakdown)
+
+
 def _json(body: Any) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
@@ -83,9 +97,7 @@ async def get_stages(
     breakdown: Breakdown = None,
 ) -> Response:
     win = service.window(start, end)
-    async with runtime(request).read_connection() as conn:
-        model = await model_for(conn, workspace_id)
-        dim = service.breakdown_dim(model, breakdown)
+    async with _reading(request, workspace_id, breakdown) as (conn, model, dim):
         return _json(await service.stages(conn, workspace_id, model, dim=dim, win=win))
 
 
@@ -116,9 +128,7 @@ async def get_funnel(
 ) -> Response:
     win = service.window(start, end)
     span = service.funnel_window(window)
-    async with runtime(request).read_connection() as conn:
-        model = await model_for(conn, workspace_id)
-        dim = service.breakdown_dim(model, breakdown)
+    async with _reading(request, workspace_id, breakdown) as (conn, model, dim):
         parsed = service.funnel_steps(model, steps)
         return _json(
             await service.funnel(
@@ -144,9 +154,7 @@ async def get_channels(
     breakdown: Breakdown = None,
 ) -> Response:
     win = service.window(start, end)
-    async with runtime(request).read_connection() as conn:
-        model = await model_for(conn, workspace_id)
-        dim = service.breakdown_dim(model, breakdown)
+    async with _reading(request, workspace_id, breakdown) as (conn, model, dim):
         return _json(
             await service.channels(conn, workspace_id, model, dim=dim, win=win, stage=stage)
         )
@@ -169,9 +177,7 @@ async def get_attribution(
     breakdown: Breakdown = None,
 ) -> Response:
     win = service.window(start, end)
-    async with runtime(request).read_connection() as conn:
-        journey = await model_for(conn, workspace_id)
-        dim = service.breakdown_dim(journey, breakdown)
+    async with _reading(request, workspace_id, breakdown) as (conn, journey, dim):
         return _json(
             await service.attribution(
                 conn,
@@ -203,9 +209,7 @@ async def get_journey_map(
     breakdown: Breakdown = None,
 ) -> Response:
     win = service.window(start, end)
-    async with runtime(request).read_connection() as conn:
-        model = await model_for(conn, workspace_id)
-        dim = service.breakdown_dim(model, breakdown)
+    async with _reading(request, workspace_id, breakdown) as (conn, model, dim):
         return _json(await service.journey_map(conn, workspace_id, model, dim=dim, win=win))
 
 
@@ -230,9 +234,7 @@ async def get_dropoff(
     breakdown: Breakdown = None,
 ) -> Response:
     win = service.window(start, end) if start or end else None
-    async with runtime(request).read_connection() as conn:
-        model = await model_for(conn, workspace_id)
-        dim = service.breakdown_dim(model, breakdown)
+    async with _reading(request, workspace_id, breakdown) as (conn, model, dim):
         return _json(
             await service.dropoff(
                 conn,

@@ -11,18 +11,16 @@ rebuild from the raw events, and the same as a brute-force count over the stitch
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import date, datetime
 from typing import Any
 
 import asyncpg
 import httpx
 import orjson
-import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.db.engine import connect
 from app.journeys.rebuild import rebuild_workspace
 from app.workspaces.repository import NewWorkspace
 from tests.conftest import new_workspace
@@ -51,15 +49,6 @@ QUERIES: list[tuple[str, dict[str, str]]] = [
     ("funnel", {"steps": "Product Viewed,Order Completed", "window": "1d"}),
     ("funnel", {"steps": "awareness,Order Completed,loyalty", "breakdown": "trait:plan"}),
 ]
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await connect(database_url)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def prepared_workspace(client: httpx.AsyncClient, database_url: str) -> NewWorkspace:

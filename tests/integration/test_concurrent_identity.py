@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-import pytest_asyncio
 
-from app.db.engine import connect, make_engine
+from app.db.engine import make_engine
 from app.journeys.stitcher import Stitcher
 from app.workspaces.repository import NewWorkspace
 from tests.conftest import new_workspace
@@ -75,15 +74,6 @@ def evidence(rng: random.Random) -> list[Payload]:
         add(i * 240 + 100, "alias", previousId=a, userId=b)
         add(i * 240 + 100, "alias", previousId=b, userId=a)
     return events
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await connect(database_url)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def deadlocks(conn: asyncpg.Connection) -> int:

@@ -15,7 +15,7 @@ import random
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,8 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import pytest_asyncio
 
-from app.db.engine import connect, make_engine
+from app.db.engine import make_engine
 from app.journeys.stitcher import LOCK_BASE, Stitcher
 from app.workspaces.repository import NewWorkspace
 from tests.conftest import ROOT, new_workspace, stop_process
@@ -129,16 +128,6 @@ def chunks(events: list[Payload], size: int) -> list[list[Payload]]:
 
 
 # --------------------------------------------------------------------------- observing
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    """A connection with the app's JSON codecs, for the snapshots."""
-    c = await connect(database_url)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 class Worker:

@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,11 +23,9 @@ import asyncpg
 import httpx
 import orjson
 import pytest
-import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.db.engine import connect
 from app.identity.graph import Identifier, LedgerEntry, assign, resolve
 from app.journeys.channels import session_channels
 from app.journeys.model import StitchEvent, from_payload
@@ -92,16 +90,6 @@ async def profile(
 
 def key_of(identifier: str) -> str:
     return "cus_" + hashlib.sha256(identifier.encode()).hexdigest()[:20]
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    """A connection with the app's JSON codecs (what rebuild and the snapshots need)."""
-    c = await connect(database_url)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 # --------------------------------------------------------------------------- snapshots
