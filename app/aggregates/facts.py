@@ -383,18 +383,76 @@ def _add(target: dict[Any, list[Any]], key: Any, values: Iterable[float], sign: 
 
 def add_facts(deltas: Deltas, facts: Facts, sign: int) -> None:
     """Add (sign=1) or remove (sign=-1) one customer's contribution."""
-    groups = _groups(facts)
+    _expand(
+        deltas,
+        _groups(facts),
+        [(entry, sign) for entry in facts.stages],
+        {key: [sign * v for v in values] for key, values in facts.touches.items()},
+        {key: [sign * v for v in values] for key, values in facts.attribution.items()},
+    )
+
+
+def add_change(deltas: Deltas, old: Facts | None, new: Facts | None) -> None:
+    """Add `new - old`. When the customer's groups did not change (the usual case: a few new
+    events), only the keys whose figures changed are expanded over the groups."""
+    if old is None or new is None or old.dims != new.dims:
+        if old is not None:
+            add_facts(deltas, old, -1)
+        if new is not None:
+            add_facts(deltas, new, 1)
+        return
+    stages: list[tuple[tuple[str, int, int, int], int]] = []
+    if old.stages != new.stages:
+        before, after = set(old.stages), set(new.stages)
+        stages = [(e, -1) for e in old.stages if e not in after]
+        stages += [(e, 1) for e in new.stages if e not in before]
+    _expand(
+        deltas,
+        _groups(new),
+        stages,
+        _difference(old.touches, new.touches),
+        _difference(old.attribution, new.attribution),
+    )
+
+
+def _difference(
+    old: dict[tuple[str, str, int], list[float]], new: dict[tuple[str, str, int], list[float]]
+) -> dict[tuple[str, str, int], list[float]]:
+    changed: dict[tuple[str, str, int], list[float]] = {}
+    for key, values in new.items():
+        before = old.get(key)
+        if before is None:
+            changed[key] = values
+        elif before != values:
+            changed[key] = [a - b for a, b in zip(values, before, strict=True)]
+    for key, values in old.items():
+        if key not in new:
+            changed[key] = [-v for v in values]
+    return changed
+
+
+def _expand(
+    deltas: Deltas,
+    groups: list[tuple[str, str]],
+    stages: list[tuple[tuple[str, int, int, int], int]],
+    touches: dict[tuple[str, str, int], list[float]],
+    attribution: dict[tuple[str, str, int], list[float]],
+) -> None:
+    """File signed stage entries and touch / attribution deltas under every group."""
+    entries = [
+        (stage, day_of(epoch_us_to_datetime(entered_us)), did_convert, bucket, sign)
+        for (stage, entered_us, did_convert, bucket), sign in stages
+    ]
     for dim, dval in groups:
-        for stage, entered_us, did_convert, bucket in facts.stages:
-            day = day_of(epoch_us_to_datetime(entered_us))
+        for stage, day, did_convert, bucket, sign in entries:
             _add(deltas.stages, (dim, dval, stage, day), (1, did_convert), sign)
             if bucket >= 0:
                 key = (dim, dval, stage, day, bucket)
                 deltas.durations[key] = deltas.durations.get(key, 0) + sign
-        for (stage, channel, day), counters in facts.touches.items():
-            _add(deltas.touches, (dim, dval, stage, channel, day), counters, sign)
-        for (stage, channel, day), credits in facts.attribution.items():
-            _add(deltas.attribution, (dim, dval, stage, channel, day), credits, sign)
+        for (stage, channel, day), counters in touches.items():
+            _add(deltas.touches, (dim, dval, stage, channel, day), counters, 1)
+        for (stage, channel, day), credits in attribution.items():
+            _add(deltas.attribution, (dim, dval, stage, channel, day), credits, 1)
 
 
 def diff_entries(deltas: Deltas, customer_id: str, old: Facts | None, new: Facts | None) -> None:
@@ -432,6 +490,7 @@ __all__ = [
     "Deltas",
     "Facts",
     "TimelineItem",
+    "add_change",
     "add_facts",
     "attribution_credits",
     "bucket_seconds",

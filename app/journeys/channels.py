@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from app.journeys.model import StitchEvent, campaign_of, query_params, sort_key
@@ -310,6 +311,7 @@ def _source_category(source: str) -> str | None:
     return None
 
 
+@lru_cache(maxsize=8192)
 def _campaign_channel(source: str, medium: str, name: str) -> str | None:
     """GA4's rules on a campaign, in GA4's order; None when there is no source or medium."""
     s, m, n = source.strip().lower(), medium.strip().lower(), name.strip().lower()
@@ -352,6 +354,7 @@ def _own(host: str, own_hosts: Iterable[str]) -> bool:
     return False
 
 
+@lru_cache(maxsize=8192)
 def _is_internal(referrer: str, *, page_url: str | None, own_hosts: frozenset[str]) -> bool:
     host = _host(referrer)
     if host is None:
@@ -365,6 +368,7 @@ def _is_internal(referrer: str, *, page_url: str | None, own_hosts: frozenset[st
     return page_host is not None and _split_host(host)[1] == _split_host(_strip_www(page_host))[1]
 
 
+@lru_cache(maxsize=8192)
 def _referrer_channel(referrer: str) -> str:
     text = referrer.strip().lower()
     if text.startswith("android-app://"):

@@ -10,6 +10,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -81,16 +83,18 @@ def campaign_of(e: StitchEvent) -> dict[str, str]:
     return found
 
 
-def query_params(url: str) -> dict[str, str]:
-    """Query parameters of a URL with lower-cased names (first value wins); {} if unparsable."""
+@lru_cache(maxsize=8192)
+def query_params(url: str) -> Mapping[str, str]:
+    """Query parameters of a URL with lower-cased names (first value wins); {} if unparsable.
+    Cached (pages and landing URLs repeat across events): the mapping is read-only."""
     try:
         query = urlsplit(url).query
     except ValueError:
-        return {}
+        return MappingProxyType({})
     params: dict[str, str] = {}
     for name, value in parse_qsl(query, keep_blank_values=True):
         params.setdefault(name.lower(), value)
-    return params
+    return MappingProxyType(params)
 
 
 def from_payload(

@@ -21,7 +21,7 @@ from app.aggregates.facts import (
     Deltas,
     Facts,
     TimelineItem,
-    add_facts,
+    add_change,
     customer_dims,
     customer_facts,
     diff_entries,
@@ -656,9 +656,7 @@ class WorkspaceStitcher:
                 dims = customer_dims(self.model.breakdowns, traits=traits, items=timeline)
                 facts = customer_facts(timeline, history, dims=dims)
                 old = old_facts.get(customer)
-                if old is not None:
-                    add_facts(deltas, old, -1)
-                add_facts(deltas, facts, 1)
+                add_change(deltas, old, facts)
                 diff_entries(deltas, customer, old, facts)
             summaries.append(
                 journeys.CustomerRow(
@@ -684,8 +682,7 @@ class WorkspaceStitcher:
         gone = sorted(set(customer_ids) - set(by_customer))
         for customer in gone:
             old = old_facts.get(customer)
-            if old is not None:
-                add_facts(deltas, old, -1)
+            add_change(deltas, old, None)
             diff_entries(deltas, customer, old, None)
         prune(deltas)
         await journeys.insert_timeline(self.conn, self.ws, new_rows)
