@@ -241,6 +241,7 @@ def worker(
     """Stitch in a separate process (several may run; shards are divided by advisory locks)."""
     from app.db.engine import make_engine as engine_for
     from app.journeys.stitcher import Stitcher
+    from app.webhooks.delivery import WebhookDeliverer
 
     settings = get_settings()
     configure_logging(settings)
@@ -258,7 +259,11 @@ def worker(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
-            await Stitcher(engine, shards=wanted).run(stop)
+            # Webhook deliveries go out from every worker (claims skip each other's rows).
+            await asyncio.gather(
+                Stitcher(engine, shards=wanted).run(stop),
+                WebhookDeliverer(engine, settings=settings).run(stop),
+            )
         finally:
             await engine.dispose()
 
@@ -361,9 +366,11 @@ def demo(
 def main() -> None:
     """Console-script entry point."""
     from app.bench.cli import bench_cli
+    from app.export.cli import export_cli
     from app.links.cli import links_cli
 
     cli.add_typer(bench_cli, name="bench")
+    cli.add_typer(export_cli, name="export")
     cli.add_typer(links_cli, name="links")
     cli()
 

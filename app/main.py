@@ -13,6 +13,7 @@ from app.core.errors import install_error_handlers
 from app.core.http import RequestMiddleware
 from app.core.logging import configure_logging
 from app.core.settings import Settings, get_settings
+from app.dashboard.routes import router as dashboard_router
 from app.ingest.routes import router as ingest_router
 from app.links.routes import router as links_router
 from app.ops.routes import router as ops_router
@@ -21,6 +22,7 @@ from app.profiles.routes import router as profiles_router
 from app.runtime import running
 from app.settings.routes import router as settings_router
 from app.tracker.routes import router as tracker_router
+from app.webhooks.routes import router as webhooks_router
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -48,9 +50,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(aggregates_router)
     app.include_router(settings_router)
     app.include_router(privacy_router)
+    app.include_router(webhooks_router)
     app.include_router(ingest_router)
     app.include_router(ops_router)
     app.include_router(links_router)
     app.include_router(tracker_router)
+    app.include_router(dashboard_router)  # `/` and /dashboard/…, after every API route
     app.add_middleware(RequestMiddleware, max_header_bytes=settings.max_header_bytes)
     return app

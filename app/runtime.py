@@ -21,6 +21,7 @@ from app.ingest.commit import GroupCommitter
 from app.ingest.ratelimit import RateLimiter
 from app.ingest.service import IngestService
 from app.journeys.stitcher import Stitcher
+from app.webhooks.delivery import WebhookDeliverer
 from app.workspaces.auth import KeyResolver
 
 log = get_logger(__name__)
@@ -103,6 +104,8 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self._maintain(), name="partition-maintenance"))
         if self.settings.inprocess_worker:
             self._tasks.append(asyncio.create_task(self.stitcher.run(self._stop), name="stitcher"))
+            deliverer = WebhookDeliverer(self.engine, settings=self.settings)
+            self._tasks.append(asyncio.create_task(deliverer.run(self._stop), name="webhooks"))
 
     async def stop(self) -> None:
         """Flush acknowledged-to-be work, stop tasks, close the pool, stop our own database."""

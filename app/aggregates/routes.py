@@ -48,10 +48,12 @@ Breakdown = Annotated[
 ]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "A breakdown the journey model does not keep"},
+    400: {
+        "description": "Invalid window, stage, steps, model or cursor, or a breakdown the "
+        "journey model does not keep"
+    },
     401: {"description": "Missing or unknown read key"},
     403: {"description": "A key of another kind"},
-    422: {"description": "Invalid window, stage, steps or model"},
 }
 
 

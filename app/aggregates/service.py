@@ -100,23 +100,29 @@ def _day(raw: str | None, field: str) -> date | None:
         return date.fromisoformat(raw)
     except ValueError as exc:
         raise ProblemError(
-            422, "invalid_window", f"`{field}` must be a date YYYY-MM-DD", field=field
+            400, "invalid_window", f"`{field}` must be a date YYYY-MM-DD", field=field
         ) from exc
 
 
 def window(
     start_raw: str | date | None, end_raw: str | date | None, *, today: date | None = None
 ) -> Window:
-    """The window of a request (ISO dates); 422 when one is invalid, inverted or too long."""
+    """The window of a request (ISO dates); 400 when one is invalid, inverted or too long."""
     start = start_raw if isinstance(start_raw, date) else _day(start_raw, "from")
     end = end_raw if isinstance(end_raw, date) else _day(end_raw, "to")
     end = end or today or datetime.now(UTC).date()
-    start = start or end - timedelta(days=DEFAULT_DAYS - 1)
+    if start is None:
+        try:
+            start = end - timedelta(days=DEFAULT_DAYS - 1)
+        except OverflowError:
+            start = date.min
+    if end >= date.max - timedelta(days=1):
+        raise ProblemError(400, "invalid_window", "`to` is out of range", field="to")
     if start > end:
-        raise ProblemError(422, "invalid_window", "`from` is after `to`", field="from")
+        raise ProblemError(400, "invalid_window", "`from` is after `to`", field="from")
     if (end - start).days >= MAX_DAYS:
         raise ProblemError(
-            422, "invalid_window", f"the window is longer than {MAX_DAYS} days", field="from"
+            400, "invalid_window", f"the window is longer than {MAX_DAYS} days", field="from"
         )
     return Window(start, end)
 
@@ -140,7 +146,7 @@ def breakdown_dim(model: JourneyModel, breakdown: str | None) -> str:
 def _stage(model: JourneyModel, stage: str, field: str) -> str:
     if stage not in model.stage_names:
         raise ProblemError(
-            422,
+            400,
             "unknown_stage",
             f"unknown stage {stage!r}; stages: {', '.join(model.stage_names)}",
             field=field,
@@ -334,7 +340,7 @@ async def attribution(
     stage = _stage(model, conversion, "conversion")
     if model_name not in ATTRIBUTION_MODELS:
         raise ProblemError(
-            422,
+            400,
             "unknown_model",
             f"unknown attribution model {model_name!r}; models: {', '.join(ATTRIBUTION_MODELS)}",
             field="model",
@@ -545,7 +551,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         at, customer_id = orjson.loads(raw)
         return datetime.fromisoformat(at), str(customer_id)
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError) as exc:
-        raise ProblemError(422, "invalid_cursor", "malformed cursor", field="cursor") from exc
+        raise ProblemError(400, "invalid_cursor", "malformed cursor", field="cursor") from exc
 
 
 async def dropoff(
@@ -565,7 +571,7 @@ async def dropoff(
     now = now or datetime.now(UTC)
     if with_customers:
         if stage is None:
-            raise ProblemError(422, "stage_required", "customers=true needs a stage", field="stage")
+            raise ProblemError(400, "stage_required", "customers=true needs a stage", field="stage")
         return await _stalled_customers(
             conn, ws, model, stage=stage, win=win, limit=limit, cursor=cursor, now=now
         )
@@ -658,12 +664,12 @@ def funnel_window(raw: str) -> timedelta:
     match = _WINDOW.fullmatch(raw.strip())
     if match is None:
         raise ProblemError(
-            422, "invalid_window", "window must look like 14d, 24h, 30m or 3600s", field="window"
+            400, "invalid_window", "window must look like 14d, 24h, 30m or 3600s", field="window"
         )
     span = timedelta(seconds=int(match[1]) * _UNITS[match[2]])
     if not timedelta(0) < span <= MAX_FUNNEL_WINDOW:
         raise ProblemError(
-            422, "invalid_window", "window must be between 1 second and 365 days", field="window"
+            400, "invalid_window", "window must be between 1 second and 365 days", field="window"
         )
     return span
 
@@ -679,7 +685,7 @@ def funnel_steps(model: JourneyModel, raw: str) -> list[FunnelStep]:
     names = [part.strip() for part in raw.split(",")]
     if len(names) < 2 or len(names) > MAX_FUNNEL_STEPS or not all(names):
         raise ProblemError(
-            422,
+            400,
             "invalid_steps",
             f"steps must be 2 to {MAX_FUNNEL_STEPS} comma-separated stage or event names",
             field="steps",

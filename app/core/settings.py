@@ -30,6 +30,17 @@ class Settings(BaseSettings):
     link_secret: SecretStr | None = Field(default=None, min_length=32)
     inprocess_worker: bool = True
 
+    # Webhooks (app/webhooks, docs/webhooks.md). Private, loopback, link-local and other
+    # non-global destinations are refused (SSRF) unless allowed: a receiver on the server's
+    # own network, or tests.
+    webhooks_allow_private: bool = False
+    webhooks_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    webhooks_backoff_base_seconds: float = Field(
+        default=10.0, gt=0, description="first retry delay, doubling on each failure"
+    )
+    webhooks_backoff_max_seconds: float = Field(default=3600.0, gt=0)
+    webhooks_give_up_hours: float = Field(default=24.0, gt=0)
+
     # Database pool and group commit.
     pool_size: int = Field(default=10, ge=1)
     commit_max_events: int = Field(default=5_000, ge=1, description="events per group commit")

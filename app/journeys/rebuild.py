@@ -62,7 +62,7 @@ async def rebuild_workspace(
             )
             if not rows:
                 break
-            await WorkspaceStitcher(conn, workspace_id, model).stitch(rows)
+            await WorkspaceStitcher(conn, workspace_id, model, webhooks=False).stitch(rows)
             after = (rows[-1]["tx"], rows[-1]["seq"])
             done += len(rows)
             if progress is not None and task is not None:

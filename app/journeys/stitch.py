@@ -52,6 +52,7 @@ from app.journeys.model import StitchEvent, campaign_of, from_payload
 from app.journeys.sessions import assign_sessions
 from app.journeys.stages import JourneyModel, stage_at, stage_history
 from app.privacy.screen import drop_unwanted
+from app.webhooks import outbox as webhook_outbox
 
 
 @dataclass(slots=True)
@@ -251,9 +252,12 @@ class WorkspaceStitcher:
         model: JourneyModel,
         *,
         rollups: bool = True,
+        webhooks: bool = True,
     ) -> None:
         self.conn = conn
         self.rollups = rollups
+        # Off in `journeys rebuild`: a replay re-derives history, it does not change anything.
+        self.webhooks = webhooks
         self.ws = workspace_id
         self.model = model
         self.customer_of: dict[Identifier, str] = {}
@@ -490,6 +494,7 @@ class WorkspaceStitcher:
                 occurrences_of[home[anon]].append(occ)
 
         before: set[str] = {row.customer_id for row in rows}
+        previous = {row.ident: row.customer_id for row in rows}  # rows are updated in place
         writes: list[ids.IdentityRow] = []
         stale: list[Identifier] = []
         ledgers: dict[int, list[LedgerEntry]] = {}
@@ -510,6 +515,10 @@ class WorkspaceStitcher:
                     self.customer_of.pop(row.ident, None)
                     self.cluster_of.pop(row.ident, None)
             ledgers[cluster_id] = _dedupe_ledger(resolution.ledger)
+        if self.webhooks:
+            await webhook_outbox.record_merges(
+                self.conn, self.ws, previous=previous, ledgers=ledgers, resolutions=self.resolutions
+            )
         await ids.upsert_identities(self.conn, self.ws, writes)
         await ids.delete_identities(self.conn, self.ws, stale)
         await ids.replace_ledgers(self.conn, self.ws, ledgers)
@@ -687,6 +696,8 @@ class WorkspaceStitcher:
         prune(deltas)
         await journeys.insert_timeline(self.conn, self.ws, new_rows)
         await journeys.update_derived(self.conn, self.ws, derived)
+        if self.webhooks:
+            await webhook_outbox.record_stage_changes(self.conn, self.ws, summaries)
         await journeys.upsert_customers(self.conn, self.ws, summaries)
         await rollups.apply_deltas(self.conn, self.ws, deltas)
         await journeys.delete_customers(self.conn, self.ws, gone)

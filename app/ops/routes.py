@@ -15,6 +15,7 @@ from app.core.deps import runtime
 from app.db.engine import raw_connection
 from app.db.migrate import head_revision
 from app.journeys.lag import stitch_lag
+from app.webhooks.delivery import BACKLOG, measure_backlog
 
 router = APIRouter(tags=["operations"])
 
@@ -118,6 +119,8 @@ async def metrics(request: Request) -> Response:
     try:
         async with asyncio.timeout(2), raw_connection(runtime(request).engine) as conn:
             STITCH_LAG.set((await stitch_lag(conn))["lag_seconds"])
+            await measure_backlog(conn)
     except Exception:  # metrics must render even when the database is down
         STITCH_LAG.set(float("nan"))
+        BACKLOG.set(float("nan"))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -27,6 +27,7 @@ from app.privacy import repository as privacy
 from app.privacy.screen import identifier_hash
 from app.profiles import repository as profiles
 from app.profiles.service import resolve_customer
+from app.webhooks import outbox as webhook_outbox
 
 # Events removed per transaction: keeps each lock on the shard short.
 EVENT_CHUNK = 5_000
@@ -108,6 +109,9 @@ async def run_chunk(conn: asyncpg.Connection, job: Mapping[str, Any], model: Jou
     await _forget_identities(conn, workspace_id, customer_id, rows, model)
     await privacy.count_progress(conn, workspace_id, job_id, removed)
     await privacy.finish_deletion(conn, workspace_id, job_id)
+    await webhook_outbox.record_customer_deleted(
+        conn, workspace_id, customer_id, job_id=job_id, identifiers=[str(r.ident) for r in rows]
+    )
 
 
 def _carries(record: Mapping[str, Any], idents: set[Identifier]) -> bool:

@@ -266,7 +266,7 @@ async def test_recent_entries_are_not_stalled(
         ("funnel", {"steps": "awareness,purchase", "window": "forever"}, "window"),
     ],
 )
-async def test_bad_parameters_are_422_problems(
+async def test_bad_parameters_are_400_problems_naming_the_field(
     client: httpx.AsyncClient, workspace: NewWorkspace, path: str, params: Any, field: str
 ) -> None:
     r = await client.get(
@@ -274,7 +274,7 @@ async def test_bad_parameters_are_422_problems(
         params=params,
         headers={"Authorization": f"Bearer {workspace.read_key}"},
     )
-    assert r.status_code == 422, r.text
+    assert r.status_code == 400, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
     assert r.json()["field"] == field
 
@@ -332,3 +332,24 @@ async def test_bot_traffic_is_flagged_and_never_moves_a_stage_or_counts(
     assert [h["stage"] for h in history] == ["awareness", "purchase"]
     body = await _get(client, ws, "channels")
     assert sum(c["touches"] for c in body["channels"]) == 2
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"to": "0001-01-01"}, {"from": "0001-01-01", "to": "0001-01-02"}, {"to": "9999-12-31"}],
+)
+async def test_windows_at_the_ends_of_the_calendar_are_answered(
+    client: httpx.AsyncClient, workspace: NewWorkspace, params: dict[str, str]
+) -> None:
+    for path, extra in (
+        ("stages", {}),
+        ("funnel", {"steps": "awareness,purchase"}),
+        ("journey-map", {}),
+        ("dropoff", {}),
+    ):
+        r = await client.get(
+            f"/v1/aggregates/{path}",
+            params={**params, **extra},
+            headers={"Authorization": f"Bearer {workspace.read_key}"},
+        )
+        assert r.status_code in (200, 400), (path, r.text)

@@ -122,6 +122,14 @@ PROFILE = f"/v1/profiles/{quote('user_id:' + USER, safe=':')}"
 DOOMED_PROFILE = f"/v1/profiles/{quote('user_id:' + DOOMED, safe=':')}"
 # Filled in by the test: the deletion job of DELETED (`{job_id}` of GET /v1/deletions).
 JOB_PATH = "/v1/deletions/{job}"
+# Filled in by the test: a webhook of the own workspace, and one that its DELETE removes.
+HOOK_PATH = "/v1/webhooks/{hook}"
+DOOMED_HOOK_PATH = "/v1/webhooks/{doomed_hook}"
+
+
+def webhook(_: Ctx) -> dict[str, Any]:
+    return {"url": "https://hooks.example.com/iso", "events": ["stage.changed"]}
+
 
 # (method, path template as routed) → how it is protected. Every route of the app must be here.
 TABLE: dict[tuple[str, str], Route] = {
@@ -167,6 +175,11 @@ TABLE: dict[tuple[str, str], Route] = {
     ("GET", "/v1/settings/journey-model"): Route(SERVER, scoped_by_path=False),
     ("PUT", "/v1/settings/journey-model"): Route(SERVER, journey_model, scoped_by_path=False),
     ("POST", "/v1/links"): Route(SERVER, links, scoped_by_path=False),
+    # Webhooks: server key only; a webhook of another workspace does not exist.
+    ("POST", "/v1/webhooks"): Route(SERVER, webhook, scoped_by_path=False),
+    ("GET", "/v1/webhooks"): Route(SERVER, scoped_by_path=False),
+    ("DELETE", "/v1/webhooks/{webhook_id}"): Route(SERVER, path=DOOMED_HOOK_PATH),
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries"): Route(SERVER, path=HOOK_PATH + "/deliveries"),
     # Email links authenticate by their signed token, never by a key: a forged token is a
     # pixel all the same (it tells nothing) or a 404 (never a redirect).
     ("GET", "/l/o/{token}.gif"): Route(PUBLIC, path="/l/o/forged.token.gif"),
@@ -182,6 +195,18 @@ TABLE: dict[tuple[str, str], Route] = {
     ("GET", "/docs"): Route(PUBLIC),
     ("GET", "/docs/oauth2-redirect"): Route(PUBLIC),
     ("GET", "/redoc"): Route(PUBLIC),
+    # The dashboard authenticates by its session cookie only (tests/api/test_dashboard.py): a key
+    # in a header is ignored. Without a session `/` is the login form and the other pages send
+    # the browser there; its POSTs refuse a request that is not from its own pages (no Origin).
+    ("GET", "/"): Route(PUBLIC),
+    ("GET", "/dashboard/funnel"): Route(PUBLIC, public_status=303),
+    ("GET", "/dashboard/trends"): Route(PUBLIC, public_status=303),
+    ("GET", "/dashboard/channels"): Route(PUBLIC, public_status=303),
+    ("GET", "/dashboard/attribution"): Route(PUBLIC, public_status=303),
+    ("GET", "/dashboard/profiles"): Route(PUBLIC, public_status=303),
+    ("POST", "/dashboard/login"): Route(PUBLIC, public_status=403),
+    ("POST", "/dashboard/logout"): Route(PUBLIC, public_status=403),
+    ("GET", "/dashboard/static/{name:path}"): Route(PUBLIC, path="/dashboard/static/dashboard.css"),
 }
 
 # The native way each class presents its key: SDKs send Basic, query and admin tools Bearer.
@@ -195,7 +220,11 @@ SUCCESS = {
     ("DELETE", SERVER): 202,
 }
 # Where a route's success is not the default of its method and class.
-SUCCESS_OF = {("PUT", "/v1/settings/journey-model"): 202}
+SUCCESS_OF = {
+    ("PUT", "/v1/settings/journey-model"): 202,
+    ("POST", "/v1/webhooks"): 201,
+    ("DELETE", "/v1/webhooks/{webhook_id}"): 204,
+}
 
 
 def app_routes(app: FastAPI) -> Iterator[tuple[str, str]]:
@@ -298,6 +327,15 @@ async def test_every_route_every_key_every_workspace(
     )
 
     job_path = await seed_customers(client, workspace, stitch)
+    hooks = []
+    for _ in range(2):
+        r = await client.post(
+            "/v1/webhooks",
+            json=webhook(Ctx(workspace, "", "own")),
+            headers={"authorization": f"Bearer {workspace.server_key}"},
+        )
+        assert r.status_code == 201, r.text
+        hooks.append(r.json()["id"])
     keys = {"write": "write_key", "read": "read_key", "server": "server_key"}
     cases: list[tuple[str, str, Route, str, NewWorkspace | None, str | None]] = []
     for (method, template), route in sorted(TABLE.items()):
@@ -325,7 +363,12 @@ async def test_every_route_every_key_every_workspace(
         body = route.body(ctx) if route.body else None
         if route.kind == INGEST:
             ledger.sent.add(ctx.message_id)
-        path = (route.path or template).replace(JOB_PATH, job_path)
+        path = (
+            (route.path or template)
+            .replace(JOB_PATH, job_path)
+            .replace(HOOK_PATH, HOOK_PATH.format(hook=hooks[0]))
+            .replace(DOOMED_HOOK_PATH, DOOMED_HOOK_PATH.format(doomed_hook=hooks[1]))
+        )
         r = await client.request(
             method, path, json=body, headers=headers_for(key, SCHEME[route.kind], garbage)
         )

@@ -22,6 +22,7 @@ from app.db.models.journeys import (
     StitchProgress,
 )
 from app.db.models.privacy import Deletion, SuppressedIdentifier
+from app.db.models.webhooks import Webhook, WebhookDelivery, WebhookEvent
 from app.db.models.workspaces import ApiKey, Workspace
 
 __all__ = [
@@ -45,5 +46,8 @@ __all__ = [
     "StitchFailure",
     "StitchProgress",
     "SuppressedIdentifier",
+    "Webhook",
+    "WebhookDelivery",
+    "WebhookEvent",
     "Workspace",
 ]

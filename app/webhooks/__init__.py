@@ -1,0 +1,1 @@
+"""Webhooks: stage changes, merges and deletions POSTed to subscribers, signed."""
