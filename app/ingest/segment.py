@@ -42,10 +42,12 @@ MAX_FUTURE: Final = timedelta(hours=24)
 FLAG_FUTURE_CLAMPED: Final = 1
 # Bot or scanner traffic: stored and shown on the timeline, never moves a stage or counts as a
 # touch. Set for known crawler user agents and for events the server itself marked (signed email
-# links fetched by Apple's privacy proxy or a mail scanner: `context.journeys.bot`).
+# links fetched by Apple's privacy proxy or a mail scanner: `context.journeys.bot`). Deliberately
+# narrow: a real visitor flagged by mistake would silently lose their journey, so headless
+# browsers in general (automation, tests, prerendering) are not treated as bots.
 FLAG_BOT: Final = 2
 _BOT_AGENT: Final = re.compile(
-    r"bot\b|bot/|crawler|spider|crawling|slurp|headlesschrome|phantomjs|lighthouse"
+    r"bot\b|bot/|crawler|spider|crawling|slurp|phantomjs|lighthouse"
     r"|facebookexternalhit|bingpreview|pingdom|uptimerobot|statuscake|site24x7",
     re.IGNORECASE,
 )
