@@ -751,6 +751,39 @@ def _funnel_sql(steps: Sequence[FunnelStep]) -> str:
     return "".join(parts)
 
 
+def _stage_funnel_sql(count: int) -> str:
+    """A funnel of distinct stages in one pass: a customer enters each stage at most once, so
+    its step times are its stage entries and the ordered match needs no join chain."""
+    picks = ",\n".join(
+        f"min(entered_at) FILTER (WHERE stage = ($2::text[])[{k}]) AS t{k}"
+        for k in range(1, count + 1)
+    )
+    reached = ["t1 IS NOT NULL AND t1 < $5"]
+    for k in range(2, count + 1):
+        reached.append(f"{reached[-1]} AND t{k} >= t{k - 1} AND t{k} <= t1 + $6::interval")
+    selects = [
+        f"count(*) FILTER (WHERE {cond}) AS n{k}" for k, cond in enumerate(reached, start=1)
+    ] + [
+        f"percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM t{k} - t{k - 1})) "
+        f"FILTER (WHERE {reached[k - 1]}) AS m{k}"
+        for k in range(2, count + 1)
+    ]
+    return f"""
+        WITH p AS (
+            SELECT customer_id, {picks}
+            FROM stage_entries
+            WHERE workspace_id = $1 AND stage = ANY($2::text[])
+              AND entered_at >= $3 AND entered_at < $4
+            GROUP BY customer_id
+        )
+        SELECT coalesce(c.dims ->> $7, '') AS dval, {", ".join(selects)}
+        FROM p LEFT JOIN customers c
+          ON $7 <> '' AND c.workspace_id = $1 AND c.customer_id = p.customer_id
+        WHERE p.t1 IS NOT NULL AND p.t1 < $5
+        GROUP BY 1
+    """
+
+
 async def funnel(
     conn: asyncpg.Connection,
     ws: int,
@@ -762,25 +795,57 @@ async def funnel(
     span: timedelta,
 ) -> dict[str, Any]:
     """`GET /v1/aggregates/funnel`."""
+    found: dict[str, dict[int, tuple[int, float | None]]] = defaultdict(dict)
+    names = [s.name for s in steps]
+    if all(s.kind == "stage" for s in steps) and len(set(names)) == len(names):
+        for r in await conn.fetch(
+            _stage_funnel_sql(len(steps)),
+            ws,
+            names,
+            win.start_at,
+            win.end_at + span,
+            win.end_at,
+            span,
+            dim if dim != TOTAL else "",
+        ):
+            dval = TOTAL if dim == TOTAL else r["dval"]
+            for k in range(1, len(steps) + 1):
+                found[dval][k] = (r[f"n{k}"], r[f"m{k}"] if k > 1 else None)
+        return _funnel_answer(dim, win, steps, span, found)
     events = [(s.name, i + 1) for i, s in enumerate(steps) if s.kind == "event"]
     stage_steps = [(s.name, i + 1) for i, s in enumerate(steps) if s.kind == "stage"]
-    rows = await conn.fetch(
-        _funnel_sql(steps),
-        ws,
-        [n for n, _ in events],
-        [i for _, i in events],
-        win.start_at,
-        win.end_at + span,
-        [n for n, _ in stage_steps],
-        [i for _, i in stage_steps],
-        win.end_at,
-        span,
-        dim if dim != TOTAL else "",
-    )
-    found: dict[str, dict[int, tuple[int, float | None]]] = defaultdict(dict)
+    async with conn.transaction(readonly=True):
+        # The step chain joins CTEs the planner cannot estimate (it guesses one row each, and a
+        # cached generic plan keeps the guess): nested loops over them are quadratic in the
+        # customers of the window. Hash joins are linear, so the funnel asks for them.
+        await conn.execute("SET LOCAL enable_nestloop = off")
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        rows = await conn.fetch(
+            _funnel_sql(steps),
+            ws,
+            [n for n, _ in events],
+            [i for _, i in events],
+            win.start_at,
+            win.end_at + span,
+            [n for n, _ in stage_steps],
+            [i for _, i in stage_steps],
+            win.end_at,
+            span,
+            dim if dim != TOTAL else "",
+        )
     for r in rows:
         dval = TOTAL if dim == TOTAL else r["dval"]
         found[dval][r["step"]] = (r["n"], r["median"])
+    return _funnel_answer(dim, win, steps, span, found)
+
+
+def _funnel_answer(
+    dim: str,
+    win: Window,
+    steps: Sequence[FunnelStep],
+    span: timedelta,
+    found: Mapping[str, Mapping[int, tuple[int, float | None]]],
+) -> dict[str, Any]:
     groups: dict[str, dict[str, Any]] = {}
     for dval, by_step in found.items():
         groups[dval] = {"steps": _funnel_body(steps, by_step)}
