@@ -188,12 +188,14 @@ def _print_human(report: object, text: str) -> None:
         out.print(prof)
 
 
-def _register_stitch_and_lookup() -> None:
+def _register_stitch_lookup_aggregates() -> None:
+    from app.bench.aggregates import bench_aggregates
     from app.bench.lookup import bench_lookup
     from app.bench.stitch import bench_stitch
 
     bench_cli.command("stitch")(bench_stitch)
     bench_cli.command("lookup")(bench_lookup)
+    bench_cli.command("aggregates")(bench_aggregates)
 
 
-_register_stitch_and_lookup()
+_register_stitch_lookup_aggregates()

@@ -57,21 +57,19 @@ from app.db.engine import asyncpg_dsn, make_engine, raw_connection
 from app.db.partitions import ensure_week_partition, week_of
 from app.identity.graph import Identifier, customer_key
 from app.ingest import segment
+from app.journeys.rebuild import DERIVED_TABLES
 from app.journeys.sessions import session_id
 
 Kind = Literal["raw", "full"]
 
 PH = "{C}"  # the customer token's placeholder in the archetype templates
 _TEMPLATE_TOKEN = re.compile(r"zq(\d{6})")
-_DERIVED_TABLES = (
-    "journey_events",
-    "customers",
-    "identities",
-    "identity_links",
-    "identity_ledger",
-    "customer_changes",
-    "blocked_links",
-)
+# A bench workspace's derived state: what a rebuild clears (one list, `app.journeys.rebuild`:
+# identities, links, ledger, timelines, customers, stage entries, rollups), and the change feed
+# and unmerge blocks, which only bench workspaces may lose with it.
+BENCH_DERIVED_TABLES = (*DERIVED_TABLES, "customer_changes", "blocked_links")
+# The tables the "full" kind copies from the stitched archetypes (vacuumed after the copy).
+_COPIED_TABLES = ("journey_events", "customers", "identities", "identity_links", "identity_ledger")
 
 
 def template_token(a: int) -> str:
@@ -105,9 +103,10 @@ class DatasetSpec:
 
     def prefix(self, kind: Kind) -> str:
         """Workspace name prefix (the name adds a timestamp)."""
+        days = "" if self.days == 180 else f"d{self.days}-"  # names of older datasets kept
         return (
             f"bench-{kind}-c{self.customers}-e{self.events_per_customer}-"
-            f"k{self.archetypes}-s{self.seed}-"
+            f"k{self.archetypes}-s{self.seed}-{days}"
         )
 
 
@@ -961,7 +960,7 @@ async def drop_workspace_data(
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("SET synchronous_commit = off")
-        tables = (*_DERIVED_TABLES, "events") if events else _DERIVED_TABLES
+        tables = (*BENCH_DERIVED_TABLES, "events") if events else BENCH_DERIVED_TABLES
         for table in tables:
             if progress:
                 progress(table)
@@ -1470,7 +1469,7 @@ async def generate(
                     "(renamed identifiers, shifted times)"
                 )
             t0 = time.perf_counter()
-            tables = ["events", *(_DERIVED_TABLES[:5] if derived is not None else ())]
+            tables = ["events", *(_COPIED_TABLES if derived is not None else ())]
             task = bar.add_task("vacuum analyze", total=len(tables), info="")
             await conn.execute("RESET synchronous_commit")
             for table in tables:

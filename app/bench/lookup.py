@@ -242,6 +242,7 @@ def _wrk(
     postmaster: int | None,
     dsn: str,
     profile_dir: Path | None = None,
+    profile_prefix: str = "lookup",
 ) -> LookupPhase:
     from app.bench.ingest import CpuMeter, _pg_pids_now
 
@@ -269,7 +270,7 @@ def _wrk(
         if profile_dir is not None:
             time.sleep(min(2.0, duration / 4))
             profile_dir.mkdir(parents=True, exist_ok=True)
-            spy_out = profile_dir / f"lookup-{name}.txt"
+            spy_out = profile_dir / f"{profile_prefix}-{name}.txt"
             spy = start_recording(server_pid, spy_out, max(1, duration - 4))
         output = proc.communicate(timeout=duration + 60)[0].decode(errors="replace")
     except BaseException:

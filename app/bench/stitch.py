@@ -14,6 +14,14 @@ Phases, against one database, in one run:
     its history; customers' histories are short there, later events cost more). Every call of
     the stitcher's SQL functions is counted and timed (module attributes wrapped, nothing else
     changed), which splits a batch into time awaiting SQL, per function, and Python.
+(b') Rollup cost (`--rollup-cost`, on by default): the workspace's derived state is deleted
+    (`dataset.drop_workspace_data`: every table of `app.journeys.rebuild.DERIVED_TABLES`, rollups
+    and stage entries included), the derived tables VACUUMed, the feed rewound, and the same
+    phase runs with `Stitcher(..., rollups=False)`: exactly the same warm-up events and the same
+    measured events (the first phase's counts; the feed and the batches are deterministic), so
+    the only difference is maintaining the rollups. With `--rounds N` the two alternate (with,
+    without, with, without, …) and the medians are compared:
+    `rollup_cost_pct = 100 * (1 - with / without)` events/s, target < 30 %.
 (c) Ingest: `/v1/batch` through a `journeys serve` subprocess driven by wrk, the ingest bench's
     own phase (`app.bench.ingest`), with the in-process stitcher disabled so that both rates are
     measured with the machine to themselves.
@@ -29,6 +37,7 @@ import functools
 import inspect
 import os
 import secrets
+import statistics
 import sys
 import tempfile
 import time
@@ -49,6 +58,7 @@ from rich.table import Table
 from app.bench import dataset as ds
 from app.bench.profile import ProfileSummary, start_recording, summarise
 from app.db.engine import asyncpg_dsn, make_engine
+from app.journeys.rebuild import DERIVED_TABLES
 
 SHARDS = 16
 
@@ -74,6 +84,8 @@ class StitchBenchOptions:
     profile_dir: Path | None = None
     skip_ingest: bool = False
     warmup_seconds: float = 10.0
+    rollup_cost: bool = True
+    rounds: int = 1
 
 
 @dataclass(slots=True)
@@ -102,6 +114,62 @@ class StitchPhase:
     cpu_pct: dict[str, float] = field(default_factory=dict)
     busiest_others: list[str] = field(default_factory=list)
     profile: ProfileSummary | None = None
+    rollups: bool = True
+
+    def cpu_us_per_event(self, who: str) -> float | None:
+        """CPU of one consumer (`bench`: the stitcher, `postgres`) per stitched event, in µs:
+        the robust figure on a busy machine."""
+        pct = self.cpu_pct.get(who)
+        if pct is None or not self.events:
+            return None
+        return pct / 100 * self.seconds / self.events * 1e6
+
+
+ROLLUP_COST_TARGET_PCT = 30.0
+ROLLUP_FUNCTIONS = ("load_facts", "apply_deltas")  # app.aggregates.repository's round trips
+
+
+@dataclass(slots=True)
+class RollupCost:
+    """Stitch phases with and without the rollups over the same events, and the verdict."""
+
+    with_rollups: list[StitchPhase] = field(default_factory=list)
+    without_rollups: list[StitchPhase] = field(default_factory=list)
+    with_events_per_s: float = 0.0
+    without_events_per_s: float = 0.0
+    cost_pct: float | None = None
+    cpu_cost_pct: float | None = None
+    order: list[str] = field(default_factory=list)
+
+
+def rollup_cost_pct(with_rate: float, without_rate: float) -> float | None:
+    """100 * (1 - with / without): the share of stitcher throughput the rollups take."""
+    if without_rate <= 0:
+        return None
+    return 100 * (1 - with_rate / without_rate)
+
+
+def summarise_rollup_cost(cost: RollupCost) -> None:
+    """Medians of both sides, the throughput cost and the cost in stitcher CPU per event."""
+    if not cost.with_rollups or not cost.without_rollups:
+        return
+    cost.with_events_per_s = statistics.median(p.events_per_s for p in cost.with_rollups)
+    cost.without_events_per_s = statistics.median(p.events_per_s for p in cost.without_rollups)
+    cost.cost_pct = rollup_cost_pct(cost.with_events_per_s, cost.without_events_per_s)
+    cpu_with = [v for p in cost.with_rollups if (v := _cpu_per_event(p)) is not None]
+    cpu_without = [v for p in cost.without_rollups if (v := _cpu_per_event(p)) is not None]
+    if cpu_with and cpu_without:
+        # CPU per event is inverse throughput: cost = 1 - without / with.
+        w, wo = statistics.median(cpu_with), statistics.median(cpu_without)
+        cost.cpu_cost_pct = 100 * (1 - wo / w) if w > 0 else None
+
+
+def _cpu_per_event(p: StitchPhase) -> float | None:
+    """Stitcher process + PostgreSQL CPU per event (µs)."""
+    bench, pg = p.cpu_us_per_event("bench"), p.cpu_us_per_event("postgres")
+    if bench is None:
+        return None
+    return bench + (pg or 0.0)
 
 
 @dataclass(slots=True)
@@ -113,6 +181,7 @@ class StitchBenchReport:
     database: str
     dataset: dict[str, Any]
     stitch: StitchPhase | None = None
+    rollup_cost: RollupCost | None = None
     ingest: dict[str, Any] | None = None
     ratio: float | None = None
     targets: list[dict[str, Any]] = field(default_factory=list)
@@ -144,8 +213,10 @@ def _percentile(values: list[float], pct: float) -> float:
 @contextmanager
 def timed_queries() -> Iterator[dict[str, list[float]]]:
     """Count and time every call of the stitcher's SQL functions (`app.journeys.repository`,
-    `app.identity.repository`: the stitcher calls them through the module, so wrapping the
-    module attributes sees every round trip without changing what runs). name → [calls, s]."""
+    `app.identity.repository`, `app.aggregates.repository`: the stitcher calls them through
+    the module, so wrapping the module attributes sees every round trip without changing what
+    runs). name → [calls, s]."""
+    from app.aggregates import repository as rollups_repo
     from app.identity import repository as ids_repo
     from app.journeys import repository as journeys_repo
 
@@ -165,7 +236,7 @@ def timed_queries() -> Iterator[dict[str, list[float]]]:
 
         return wrapper
 
-    for module in (journeys_repo, ids_repo):
+    for module in (journeys_repo, ids_repo, rollups_repo):
         for name, fn in list(vars(module).items()):
             if inspect.iscoroutinefunction(fn) and fn.__module__ == module.__name__:
                 saved.append((module, name, fn))
@@ -175,9 +246,6 @@ def timed_queries() -> Iterator[dict[str, list[float]]]:
     finally:
         for module, name, fn in saved:
             setattr(module, name, fn)
-
-
-_DERIVED = ("journey_events", "customers", "identities", "identity_links", "identity_ledger")
 
 
 # --------------------------------------------------------------------------- the feed
@@ -232,8 +300,20 @@ async def rewind_feed(dsn: str, workspace_id: int) -> int:
 
 
 async def _stitch_phase(
-    url: str, workspace_id: int, opts: StitchBenchOptions, postmaster: int | None, console: Console
+    url: str,
+    workspace_id: int,
+    opts: StitchBenchOptions,
+    postmaster: int | None,
+    console: Console,
+    *,
+    rollups: bool = True,
+    warmup_events: int | None = None,
+    max_events: int | None = None,
+    profile_name: str = "stitch",
 ) -> StitchPhase:
+    """One stitch window. By default: warm up for `opts.warmup_seconds`, then stitch for
+    `opts.seconds`. With `warmup_events`/`max_events` (the rollup-cost replays): warm up on
+    exactly that many events and stitch exactly that many more, whatever the time."""
     from app.bench.ingest import CpuMeter, _pg_pids
     from app.journeys.stitcher import LOCK_BASE, Stitcher
 
@@ -249,7 +329,7 @@ async def _stitch_phase(
                 f"shard {shard} is held by another stitcher (a running `journeys serve` or "
                 "`journeys worker` on this database): stop it for the benchmark"
             )
-        stitcher = Stitcher(engine, batch_size=opts.batch_size, shards=(shard,))
+        stitcher = Stitcher(engine, batch_size=opts.batch_size, shards=(shard,), rollups=rollups)
         backlog = int(
             await lock.fetchval(
                 "SELECT count(*) FROM events e JOIN stitch_progress p ON p.shard = $1 "
@@ -262,13 +342,15 @@ async def _stitch_phase(
         # batches run on stale plans, reported separately).
         warm = 0
         warm_until = time.perf_counter() + opts.warmup_seconds
-        while time.perf_counter() < warm_until:
+        while (
+            warm < warmup_events if warmup_events is not None else time.perf_counter() < warm_until
+        ):
             done = await stitcher.stitch_shard(shard)
             if not done:
                 break
             warm += done
         if opts.warmup_seconds:
-            for table in _DERIVED:
+            for table in DERIVED_TABLES:
                 await lock.execute(f"ANALYZE {table}")
             console.log(f"warm-up: {warm:,} events stitched, derived tables analyzed")
         meter = CpuMeter(None, postmaster)
@@ -276,15 +358,19 @@ async def _stitch_phase(
         events = 0
         if opts.profile_dir is not None:
             opts.profile_dir.mkdir(parents=True, exist_ok=True)
-            spy_out = opts.profile_dir / "stitch.txt"
+            spy_out = opts.profile_dir / f"{profile_name}.txt"
             spy = start_recording(os.getpid(), spy_out, max(1, int(opts.seconds)))
             await asyncio.sleep(1.0)  # py-spy attaches
-        console.log(f"stitching shard {shard} (workspace {workspace_id}) for {opts.seconds:.0f} s")
+        console.log(
+            f"stitching shard {shard} (workspace {workspace_id}), rollups "
+            f"{'on' if rollups else 'OFF'}, "
+            + (f"{max_events:,} events" if max_events is not None else f"{opts.seconds:.0f} s")
+        )
         with timed_queries() as queries:
             meter.start(await _pg_pids(lock, include_self=False))
             started = time.perf_counter()
             deadline = started + opts.seconds
-            while time.perf_counter() < deadline:
+            while events < max_events if max_events is not None else time.perf_counter() < deadline:
                 t0 = time.perf_counter()
                 done = await stitcher.stitch_shard(shard)
                 if not done:
@@ -355,7 +441,74 @@ async def _stitch_phase(
         cpu_pct=cpu,
         busiest_others=busiest,
         profile=profile,
+        rollups=rollups,
     )
+
+
+async def reset_derived(dsn: str, workspace_id: int) -> None:
+    """Delete the workspace's derived state (rollups and stage entries included) and VACUUM
+    the derived tables, so that every replay starts from the same, clean tables."""
+    await ds.drop_workspace_data(dsn, workspace_id, events=False, workspace=False)
+    conn = await asyncpg.connect(dsn)
+    try:
+        for table in ds.BENCH_DERIVED_TABLES:
+            await conn.execute(f"VACUUM (ANALYZE) {table}")
+    finally:
+        await conn.close()
+
+
+def rollup_cost_order(rounds: int) -> list[bool]:
+    """`rollups` of each phase after the first (which has them): without, then with/without
+    alternating, `rounds` of each in all."""
+    return [False] + [r for _ in range(rounds - 1) for r in (True, False)]
+
+
+def _rollup_cost_phases(
+    url: str,
+    workspace_id: int,
+    opts: StitchBenchOptions,
+    postmaster: int | None,
+    console: Console,
+    *,
+    first: StitchPhase,
+) -> RollupCost:
+    """Replays of the first phase's events, alternating without and with the rollups."""
+    dsn = asyncpg_dsn(url)
+    cost = RollupCost(with_rollups=[first], order=["with"])
+    for i, rollups in enumerate(rollup_cost_order(opts.rounds)):
+        console.log(
+            f"rollup cost: resetting the derived state and rewinding the feed, then replaying "
+            f"{first.warmup_events:,} + {first.events:,} events with rollups "
+            f"{'on' if rollups else 'OFF'}"
+        )
+        asyncio.run(reset_derived(dsn, workspace_id))
+        asyncio.run(rewind_feed(dsn, workspace_id))
+        phase = asyncio.run(
+            _stitch_phase(
+                url,
+                workspace_id,
+                opts,
+                postmaster,
+                console,
+                rollups=rollups,
+                warmup_events=first.warmup_events,
+                max_events=first.events,
+                profile_name=f"stitch-{'with' if rollups else 'without'}-rollups-{i + 1}",
+            )
+        )
+        (cost.with_rollups if rollups else cost.without_rollups).append(phase)
+        cost.order.append("with" if rollups else "without")
+        console.log(
+            f"rollups {'on' if rollups else 'OFF'}: {phase.events:,} events in "
+            f"{phase.seconds:.1f} s: {phase.events_per_s:,.0f} events/s"
+        )
+    summarise_rollup_cost(cost)
+    if cost.cost_pct is not None:
+        console.log(
+            f"rollup cost: {cost.with_events_per_s:,.0f} events/s with, "
+            f"{cost.without_events_per_s:,.0f} without: {cost.cost_pct:.1f} %"
+        )
+    return cost
 
 
 # --------------------------------------------------------------------------- ingest
@@ -464,6 +617,10 @@ def run(opts: StitchBenchOptions, console: Console) -> StitchBenchReport:
             f"{s.events_per_s:,.0f} events/s (batch p50 {s.batch_p50_ms:.0f} ms, "
             f"p99 {s.batch_p99_ms:.0f} ms)"
         )
+        if opts.rollup_cost and s.events:
+            report.rollup_cost = _rollup_cost_phases(
+                url, data.workspace_id, opts, postmaster, console, first=s
+            )
         if not opts.skip_ingest:
             report.ingest = _ingest_phase(url, opts, postmaster, console)
             console.log(f"ingest /v1/batch: {report.ingest['events_per_s']:,.0f} events/s")
@@ -496,6 +653,32 @@ def _judge(report: StitchBenchReport) -> None:
             "the stitcher consumed no events (feed empty or held back by a "
             "long-running transaction: see pg_stat_activity)"
         )
+    cost = report.rollup_cost
+    if cost is not None:
+        for p in [*cost.with_rollups[1:], *cost.without_rollups]:
+            other = p.cpu_pct.get("other", 0.0)
+            if other >= 25:
+                report.warnings.append(
+                    f"rollup cost, stitch {'with' if p.rollups else 'without'} rollups: other "
+                    f"processes used {other:.0f}% of a core (busiest: "
+                    f"{', '.join(p.busiest_others) or '?'})"
+                )
+        if cost.cost_pct is not None:
+            cpu = (
+                f"; in stitcher + PostgreSQL CPU per event: {cost.cpu_cost_pct:.1f} %"
+                if cost.cpu_cost_pct is not None
+                else ""
+            )
+            report.targets.append(
+                {
+                    "target": "maintaining the rollups costs < "
+                    f"{ROLLUP_COST_TARGET_PCT:g} % of stitcher throughput",
+                    "met": cost.cost_pct < ROLLUP_COST_TARGET_PCT,
+                    "measured": f"{cost.cost_pct:.1f} % ({cost.with_events_per_s:,.0f} events/s "
+                    f"with, {cost.without_events_per_s:,.0f} without, medians of "
+                    f"{len(cost.with_rollups)} + {len(cost.without_rollups)} runs{cpu})",
+                }
+            )
     if report.ingest is not None:
         other = report.ingest.get("cpu_pct", {}).get("other", 0.0)
         if other >= 25:
@@ -587,6 +770,8 @@ def markdown(report: StitchBenchReport) -> str:
             "CPU during the stitch window (% of one core): "
             + ", ".join(f"{k} {v:.0f}" for k, v in s.cpu_pct.items())
         )
+    if report.rollup_cost is not None:
+        lines += ["", *rollup_cost_markdown(report.rollup_cost)]
     if report.ingest is not None:
         lines.append(
             "CPU during the ingest window (% of one core): "
@@ -608,6 +793,51 @@ def markdown(report: StitchBenchReport) -> str:
     if report.failures:
         lines += ["", "**RUN FAILED:**"] + [f"- {f}" for f in report.failures]
     return "\n".join(lines) + "\n"
+
+
+def _phase_sql(p: StitchPhase, names: tuple[str, ...]) -> float:
+    return float(sum(q["ms_per_batch"] for q in p.queries if q["function"] in names))
+
+
+def rollup_cost_markdown(cost: RollupCost) -> list[str]:
+    """The with/without table: every run in the order it ran, then the medians."""
+    if not cost.with_rollups:
+        return []
+    first = cost.with_rollups[0]
+    lines = [
+        f"Rollup cost: the same {first.events:,} events (after the same {first.warmup_events:,} "
+        "warm-up events), stitched from a clean slate with and without maintaining the rollups "
+        "(`Stitcher(..., rollups=False)`), in this order:",
+        "",
+        "| run | rollups | events/s | batch p50 ms | batch p99 ms | SQL share | rollup SQL "
+        "ms/batch | stitcher CPU µs/event | PostgreSQL CPU µs/event | other CPU % |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    runs = iter(cost.with_rollups), iter(cost.without_rollups)
+    for i, kind in enumerate(cost.order, start=1):
+        p = next(runs[0] if kind == "with" else runs[1])
+        lines.append(
+            f"| {i} | {kind} | {p.events_per_s:,.0f} | {_num(p.batch_p50_ms, ',.0f')} | "
+            f"{_num(p.batch_p99_ms, ',.0f')} | {p.db_share_pct:.0f} % | "
+            f"{_phase_sql(p, ROLLUP_FUNCTIONS):,.1f} | "
+            f"{_num(p.cpu_us_per_event('bench'), ',.0f')} | "
+            f"{_num(p.cpu_us_per_event('postgres'), ',.0f')} | "
+            f"{p.cpu_pct.get('other', 0.0):.0f} |"
+        )
+    if cost.cost_pct is not None:
+        cpu = (
+            f" (stitcher + PostgreSQL CPU per event: **{cost.cpu_cost_pct:.1f} %**)"
+            if cost.cpu_cost_pct is not None
+            else ""
+        )
+        lines += [
+            "",
+            f"**rollup_cost_pct = 100 * (1 - with / without) = 100 * (1 - "
+            f"{cost.with_events_per_s:,.0f} / {cost.without_events_per_s:,.0f}) = "
+            f"{cost.cost_pct:.1f} %**{cpu}, target < {ROLLUP_COST_TARGET_PCT:g} %; medians of "
+            f"{len(cost.with_rollups)} runs with and {len(cost.without_rollups)} without.",
+        ]
+    return lines
 
 
 def print_profile(out: Console, title: str, profile: ProfileSummary | None) -> None:
@@ -664,6 +894,21 @@ def bench_stitch(
         typer.Option(help="unmeasured stitching before the window (then ANALYZE)", min=0, max=600),
     ] = 10.0,
     skip_ingest: Annotated[bool, typer.Option(help="stitch phase only")] = False,
+    rollup_cost: Annotated[
+        bool,
+        typer.Option(
+            help="replay the stitch phase's events without maintaining the rollups and report "
+            "what the rollups cost"
+        ),
+    ] = True,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            help="rollup cost: runs with and without (alternating); medians are compared",
+            min=1,
+            max=10,
+        ),
+    ] = 1,
     reuse: Annotated[bool, typer.Option(help="use a kept dataset of the same shape")] = False,
     keep: Annotated[bool, typer.Option(help="keep the dataset for --reuse")] = False,
     profile: Annotated[
@@ -693,6 +938,8 @@ def bench_stitch(
         profile_dir=profile,
         skip_ingest=skip_ingest,
         warmup_seconds=warmup_seconds,
+        rollup_cost=rollup_cost,
+        rounds=rounds,
     )
     try:
         report = run(opts, console)
@@ -719,5 +966,8 @@ def bench_stitch(
         out.print(text, markup=False, highlight=False)
         if report.stitch is not None:
             print_profile(out, "stitcher", report.stitch.profile)
+        if report.rollup_cost is not None:
+            for p in [*report.rollup_cost.with_rollups[1:], *report.rollup_cost.without_rollups]:
+                print_profile(out, f"stitcher, rollups {'on' if p.rollups else 'off'}", p.profile)
     if not report.ok:
         raise typer.Exit(1)
