@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from app.core.errors import ProblemError
 from app.core.security import KeyKind, basic_auth_user
 from app.ingest import segment
@@ -14,6 +16,8 @@ from app.ingest.commit import DatabaseUnavailable, GroupCommitter, RowsRefused
 from app.ingest.metrics import EVENTS_ACCEPTED, EVENTS_DUPLICATE, EVENTS_REJECTED
 from app.ingest.ratelimit import RateLimiter, retry_after
 from app.ingest.repository import EventRow
+from app.privacy.consent import denies
+from app.privacy.screen import CONSENT, EVENTS_DROPPED
 from app.workspaces.auth import KeyResolver
 
 UNAVAILABLE_RETRY_SECONDS = 5
@@ -95,6 +99,8 @@ class IngestService:
                 "this workspace sends more events than its rate limit allows; retry later",
                 headers={"Retry-After": retry_after(wait)},
             )
+        if record.consent_category is not None:
+            events = _with_consent(events, record.consent_category)
         rows = [EventRow(record.workspace_id, event) for event in events]
         try:
             stored = await self._committer.submit(rows)
@@ -111,6 +117,18 @@ class IngestService:
         EVENTS_ACCEPTED.inc(stored)
         EVENTS_DUPLICATE.inc(len(rows) - stored)
         return IngestResult(stored=stored, accepted=len(rows), rejected=rejected)
+
+
+def _with_consent(
+    events: list[segment.NormalisedEvent], category: str
+) -> list[segment.NormalisedEvent]:
+    """Drop the events whose consent preferences deny the category the workspace requires:
+    answered 200 like the others, never stored (the stitcher screens again for events that
+    arrived before the setting changed)."""
+    kept = [e for e in events if not denies(orjson.loads(e.payload), category)]
+    if len(kept) < len(events):
+        EVENTS_DROPPED.labels(reason=CONSENT).inc(len(events) - len(kept))
+    return kept
 
 
 def _body_write_key(body: bytes | None) -> str | None:

@@ -20,6 +20,8 @@ class KeyRecord:
     kind: KeyKind
     key_hash: str
     rate_limit_per_second: float | None
+    # The consent category the workspace requires (privacy settings); None: store everything.
+    consent_category: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +136,11 @@ async def lookup_key(conn: AsyncConnection, key_hash: str) -> KeyRecord | None:
     row = (
         await conn.execute(
             select(
-                ApiKey.workspace_id, ApiKey.kind, ApiKey.key_hash, Workspace.rate_limit_per_second
+                ApiKey.workspace_id,
+                ApiKey.kind,
+                ApiKey.key_hash,
+                Workspace.rate_limit_per_second,
+                Workspace.settings["privacy"]["require_consent_category"].astext.label("consent"),
             )
             .join(Workspace, Workspace.id == ApiKey.workspace_id)
             .where(
@@ -150,4 +156,5 @@ async def lookup_key(conn: AsyncConnection, key_hash: str) -> KeyRecord | None:
         kind=KeyKind(row.kind),
         key_hash=row.key_hash,
         rate_limit_per_second=row.rate_limit_per_second,
+        consent_category=row.consent,
     )

@@ -633,3 +633,30 @@ async def test_consent_required_by_the_workspace_is_honoured(
         r = await client.put("/v1/settings/privacy", json=bad, headers=_server(workspace))
         assert r.status_code == 400, bad
         assert r.headers["content-type"] == "application/problem+json"
+
+
+async def test_events_denying_the_required_consent_are_never_stored(
+    client: httpx.AsyncClient, database_url: str, db: Any
+) -> None:
+    ws = await new_workspace(database_url, "consent")
+    # The setting comes before the write key is first used (key lookups are cached briefly).
+    r = await client.put(
+        "/v1/settings/privacy", json={"require_consent_category": "Analytics"}, headers=_server(ws)
+    )
+    assert r.status_code == 200
+    dropped_before = await _dropped(client, "consent")
+    denied = {"consent": {"categoryPreferences": {"Analytics": False}}}
+    await _send(
+        client,
+        ws,
+        [
+            _ev("track", "2026-01-03T10:00:00Z", userId="n1", event="Denied", context=denied),
+            _ev("track", "2026-01-03T10:01:00Z", userId="n1", event="Allowed"),
+        ],
+    )
+    # Not stored at all: no raw row, even before the stitcher runs.
+    rows = await db.fetch(
+        "SELECT payload->>'event' AS e FROM events WHERE workspace_id = $1", ws.workspace_id
+    )
+    assert [r["e"] for r in rows] == ["Allowed"]
+    assert await _dropped(client, "consent") - dropped_before == 1
