@@ -8,6 +8,7 @@ import time
 
 import orjson
 import structlog
+from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import problem_body
@@ -61,6 +62,29 @@ async def _too_large_headers(send: Send, limit: int) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+# Requests by area of the API (not by path: ids in paths would explode the label set).
+REQUESTS = Counter("journeys_http_requests_total", "HTTP requests answered", ["area", "status"])
+_AREAS = (
+    ("/v1/profiles", "profiles"),
+    ("/v1/aggregates", "aggregates"),
+    ("/v1/settings", "settings"),
+    ("/v1/webhooks", "webhooks"),
+    ("/v1/deletions", "privacy"),
+    ("/v1/links", "links"),
+    ("/v1/", "ingest"),
+    ("/l/", "links"),
+    ("/js/", "tracker"),
+    ("/dashboard", "dashboard"),
+)
+
+
+def _area(path: str) -> str:
+    for prefix, area in _AREAS:
+        if path.startswith(prefix):
+            return area
+    return "dashboard" if path == "/" else "ops"
 
 
 class RequestMiddleware:
@@ -141,6 +165,7 @@ class RequestMiddleware:
 
     @staticmethod
     def _log(scope: Scope, status: int, started: float, request_id: str) -> None:
+        REQUESTS.labels(area=_area(scope["path"]), status=str(status)).inc()
         log.info(
             "request",
             method=scope["method"],

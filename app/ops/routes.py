@@ -103,6 +103,9 @@ async def readyz(request: Request) -> Response:
     return _json({"status": "ok", "database": "ok", "migration": current, "stitcher": stitcher})
 
 
+POOL_IN_USE = Gauge("journeys_db_pool_in_use", "Database connections checked out", ["pool"])
+
+
 @router.get(
     "/metrics",
     summary="Prometheus metrics",
@@ -115,7 +118,12 @@ async def readyz(request: Request) -> Response:
     },
 )
 async def metrics(request: Request) -> Response:
-    """Prometheus text exposition (the stitcher lag is measured on each scrape)."""
+    """Prometheus text exposition (stitcher lag, webhook backlog and pools measured on each
+    scrape)."""
+    rt = runtime(request)
+    POOL_IN_USE.labels(pool="write").set(rt.engine.pool.checkedout())  # type: ignore[attr-defined]
+    if rt.read_pool is not None:
+        POOL_IN_USE.labels(pool="read").set(rt.read_pool.get_size() - rt.read_pool.get_idle_size())
     try:
         async with asyncio.timeout(2), raw_connection(runtime(request).engine) as conn:
             STITCH_LAG.set((await stitch_lag(conn))["lag_seconds"])

@@ -159,3 +159,15 @@ async def test_commit_to_an_unreachable_database_is_a_503(
         "/v1/batch", json={"batch": [{**EVENT, "type": "track"}]}, auth=(key, "")
     )
     assert_unavailable(r)
+
+
+async def test_metrics_count_requests_by_area_and_show_pool_use(
+    client: httpx.AsyncClient, workspace: NewWorkspace
+) -> None:
+    label = 'journeys_http_requests_total{area="aggregates",status="401"}'
+    before = (await client.get("/metrics")).text
+    assert (await client.get("/v1/aggregates/stages")).status_code == 401
+    after = (await client.get("/metrics")).text
+    assert metric(after, label) - metric(before, label) == 1
+    assert 'journeys_db_pool_in_use{pool="write"}' in after
+    assert 'journeys_db_pool_in_use{pool="read"}' in after
