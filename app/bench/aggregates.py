@@ -60,6 +60,7 @@ from rich.progress import (
 
 from app.bench import dataset as ds
 from app.bench.lookup import LookupBenchFailed, LookupPhase, _median_phase, _wrk
+from app.bench.report import verdict_lines
 from app.bench.wrk import LUA_DONE, WrkError, _lua_string, ensure_wrk
 from app.db.engine import asyncpg_dsn, make_engine
 
@@ -1001,16 +1002,7 @@ def markdown(report: AggregatesBenchReport) -> str:
         f"{m['python']}; {report.database}; server (1 process), PostgreSQL and wrk share the "
         "cores."
     )
-    if report.targets:
-        lines += ["", "Targets:"]
-        lines += [
-            f"- {'met' if t['met'] else 'MISSED'}: {t['target']} (measured {t['measured']})"
-            for t in report.targets
-        ]
-    if report.warnings:
-        lines += ["", "Warnings:"] + [f"- {w}" for w in report.warnings]
-    if report.failures:
-        lines += ["", "**RUN FAILED:**"] + [f"- {f}" for f in report.failures]
+    lines += verdict_lines(report.targets, report.warnings, report.failures)
     return "\n".join(lines) + "\n"
 
 

@@ -43,6 +43,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from app.bench import wrk
 from app.bench.events import MESSAGE_ID_PLACEHOLDER, EventTemplate, average_size, make_templates
 from app.bench.profile import ProfileSummary, start_recording, summarise
+from app.bench.report import verdict_lines
 from app.db.engine import asyncpg_dsn, make_engine
 from app.db.partitions import partition_name, week_of
 
@@ -992,16 +993,5 @@ def markdown(report: IngestBenchReport) -> str:
         f"stopped (at most {in_flight:,}: connections x events per request), stored but never "
         "answered to wrk.",
     ]
-    if report.targets:
-        lines += ["", "Targets:"]
-        lines += [
-            f"- {'met' if t['met'] else 'MISSED'}: {t['target']} (measured {t['measured']})"
-            for t in report.targets
-        ]
-    if report.warnings:
-        lines += ["", "Warnings:"]
-        lines += [f"- {w}" for w in report.warnings]
-    if report.failures:
-        lines += ["", "**RUN FAILED:**"]
-        lines += [f"- {f}" for f in report.failures]
+    lines += verdict_lines(report.targets, report.warnings, report.failures)
     return "\n".join(lines) + "\n"

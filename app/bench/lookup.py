@@ -49,6 +49,7 @@ from rich.panel import Panel
 from app.bench import dataset as ds
 from app.bench.ingest import ServerProcess
 from app.bench.profile import ProfileSummary, start_recording, summarise
+from app.bench.report import verdict_lines
 from app.bench.wrk import LUA_DONE, WrkError, _lua_string, ensure_wrk, parse_output
 from app.db.engine import asyncpg_dsn
 
@@ -717,16 +718,7 @@ def markdown(report: LookupBenchReport) -> str:
         f"{m['python']}; {report.database}; servers (1 worker each), PostgreSQL and wrk "
         "share the cores."
     )
-    if report.targets:
-        lines += ["", "Targets:"]
-        lines += [
-            f"- {'met' if t['met'] else 'MISSED'}: {t['target']} (measured {t['measured']})"
-            for t in report.targets
-        ]
-    if report.warnings:
-        lines += ["", "Warnings:"] + [f"- {w}" for w in report.warnings]
-    if report.failures:
-        lines += ["", "**RUN FAILED:**"] + [f"- {f}" for f in report.failures]
+    lines += verdict_lines(report.targets, report.warnings, report.failures)
     return "\n".join(lines) + "\n"
 
 

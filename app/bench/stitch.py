@@ -57,6 +57,7 @@ from rich.table import Table
 
 from app.bench import dataset as ds
 from app.bench.profile import ProfileSummary, start_recording, summarise
+from app.bench.report import verdict_lines
 from app.db.engine import asyncpg_dsn, make_engine
 from app.journeys.rebuild import DERIVED_TABLES
 
@@ -782,16 +783,7 @@ def markdown(report: StitchBenchReport) -> str:
         f"{m['python']}; {report.database}; stitcher, server, PostgreSQL and wrk share "
         "the cores."
     )
-    if report.targets:
-        lines += ["", "Targets:"]
-        lines += [
-            f"- {'met' if t['met'] else 'MISSED'}: {t['target']} (measured {t['measured']})"
-            for t in report.targets
-        ]
-    if report.warnings:
-        lines += ["", "Warnings:"] + [f"- {w}" for w in report.warnings]
-    if report.failures:
-        lines += ["", "**RUN FAILED:**"] + [f"- {f}" for f in report.failures]
+    lines += verdict_lines(report.targets, report.warnings, report.failures)
     return "\n".join(lines) + "\n"
 
 
