@@ -17,6 +17,8 @@ LIBRARY_NAME: Final = "journeys-email-links"
 
 APPLE_PRIVACY_PROXY: Final = "apple_mail_privacy_proxy"
 LINK_SCANNER: Final = "link_scanner"
+CLICKED_ON_DELIVERY: Final = "clicked_on_delivery"
+SCANNER_SECONDS: Final = 15.0
 
 # Apple owns 17.0.0.0/8; Mail Privacy Protection fetches remote content from Apple's network
 # ahead of any reading, with a bare "Mozilla/5.0" user agent.
@@ -30,9 +32,20 @@ _SCANNER_AGENT: Final = re.compile(
 )
 
 
-def machine_reason(kind: str, *, user_agent: str | None, ip: str | None) -> str | None:
-    """Why an open or click was probably made by a machine rather than the recipient, or None."""
+def machine_reason(
+    kind: str,
+    *,
+    user_agent: str | None,
+    ip: str | None,
+    seconds_since_sent: float | None = None,
+) -> str | None:
+    """Why an open or click was probably made by a machine rather than the recipient, or None.
+    `seconds_since_sent`: since the link was signed (emails are signed as they are sent)."""
     agent = (user_agent or "").strip()
+    # Mail security gateways follow every link as the message is delivered; people don't click
+    # within seconds of it being sent.
+    if kind == CLICK and seconds_since_sent is not None and seconds_since_sent < SCANNER_SECONDS:
+        return CLICKED_ON_DELIVERY
     # Apple's proxy fetches images; it does not follow links.
     if kind != CLICK and (agent.lower() in _APPLE_PROXY_AGENTS or _in_apple_network(ip)):
         return APPLE_PRIVACY_PROXY

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 import uuid
 from collections.abc import Callable
 from typing import Final
@@ -24,6 +25,11 @@ from app.workspaces.repository import KeyRecord
 log = get_logger(__name__)
 
 _CREDENTIAL_PREFIX: Final = "signed-link-workspace-"
+
+
+def now() -> float:
+    """The clock clicks are timed by (one place, so tests can move it)."""
+    return time.time()
 
 
 class _SignedLinkKeys(KeyResolver):
@@ -108,7 +114,12 @@ class LinkService:
             anonymous_id=signing.recipient_anonymous_id(secret, claims.recipient),
             message_id=f"link-{uuid.uuid4()}",
             user_agent=user_agent,
-            machine=events.machine_reason(claims.kind, user_agent=user_agent, ip=client_ip),
+            machine=events.machine_reason(
+                claims.kind,
+                user_agent=user_agent,
+                ip=client_ip,
+                seconds_since_sent=None if claims.issued is None else now() - claims.issued,
+            ),
             library_version=__version__,
         )
         try:

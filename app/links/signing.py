@@ -16,6 +16,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -53,6 +54,9 @@ class LinkClaims:
     message: str
     recipient: str
     url: str | None = None
+    # When the link was signed (Unix seconds): a click seconds later is a mail scanner's.
+    # Tokens signed before this field existed carry none.
+    issued: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,7 @@ def make_claims(
     message: object,
     recipient: object,
     url: object = None,
+    issued: int | None = None,
 ) -> LinkClaims:
     """Validated, normalised claims (the recipient's email trimmed and lower-cased)."""
     if kind not in KINDS:
@@ -124,6 +129,7 @@ def make_claims(
         message=_name(message, "message"),
         recipient=email,
         url=check_url(url) if kind == CLICK else None,
+        issued=issued,
     )
 
 
@@ -145,6 +151,8 @@ def _payload(claims: LinkClaims) -> bytes:
         claims.recipient,
         claims.url or "",
     ]
+    if claims.issued is not None:
+        fields.append(claims.issued)
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -173,7 +181,8 @@ def verify(token: str, secret_for: Callable[[int], bytes]) -> LinkClaims | None:
         return None
     if (
         not isinstance(fields, list)
-        or len(fields) != 7
+        or len(fields) not in (7, 8)
+        or (len(fields) == 8 and type(fields[7]) is not int)
         or fields[0] != VERSION
         or type(fields[2]) is not int
         or len(given) != _SIGNATURE_BYTES
@@ -181,7 +190,8 @@ def verify(token: str, secret_for: Callable[[int], bytes]) -> LinkClaims | None:
         return None
     if not hmac.compare_digest(_mac(secret_for(fields[2]), encoded), given):
         return None
-    _, kind, workspace_id, campaign, message, recipient, url = fields
+    _, kind, workspace_id, campaign, message, recipient, url = fields[:7]
+    issued = fields[7] if len(fields) == 8 else None
     try:
         # Signed by us, so valid when signed; checked again in case the rules got stricter.
         return make_claims(
@@ -191,6 +201,7 @@ def verify(token: str, secret_for: Callable[[int], bytes]) -> LinkClaims | None:
             message=message,
             recipient=recipient,
             url=url or None,
+            issued=issued,
         )
     except LinkError:
         return None
@@ -212,9 +223,10 @@ def link_urls(
     if parts.query or parts.fragment:
         raise LinkError("base_url", "must not have a query or a fragment")
     secret = workspace_secret(server_secret, workspace_id)
+    now = int(time.time())
     fields = {"campaign": campaign, "message": message, "recipient": recipient}
-    opened = make_claims(kind=OPEN, workspace_id=workspace_id, **fields)
-    clicked = make_claims(kind=CLICK, workspace_id=workspace_id, url=url, **fields)
+    opened = make_claims(kind=OPEN, workspace_id=workspace_id, issued=now, **fields)
+    clicked = make_claims(kind=CLICK, workspace_id=workspace_id, url=url, issued=now, **fields)
     return SignedLinks(
         open_url=f"{base}/l/o/{sign(opened, secret)}.gif",
         click_url=f"{base}/l/c/{sign(clicked, secret)}",

@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 
 from app.core.settings import Settings
 from app.links import events, secret, signing
+from app.links import service as link_service
 from app.links.routes import PIXEL
 from app.workspaces.repository import NewWorkspace
 from tests.conftest import ROOT, new_workspace
@@ -33,6 +35,13 @@ BROWSER = (
     "(KHTML, like Gecko) Version/17.4 Safari/605.1.15"
 )
 TARGET = "https://shop.example/spring?utm_source=newsletter&utm_medium=email#top"
+
+
+@pytest.fixture(autouse=True)
+def _read_an_hour_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    """People read their email a while after it is sent; clicks seconds after signing are a
+    mail scanner's (tested on its own below)."""
+    monkeypatch.setattr(link_service, "now", lambda: time.time() + 3600)
 
 
 @pytest.fixture(autouse=True)
@@ -422,3 +431,42 @@ async def test_cli_signs_links_the_server_accepts(
     )
     assert unknown.returncode == 1
     assert b"no workspace" in unknown.stderr
+
+
+async def test_a_click_seconds_after_sending_is_a_scanner_and_moves_no_stage(
+    client: httpx.AsyncClient,
+    workspace: NewWorkspace,
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(link_service, "now", time.time)  # clicked as the email is delivered
+    links = await _links(client, workspace, "scanned@example.com")
+    r = await client.get(_path(links["click_url"]), headers={"User-Agent": BROWSER})
+    assert r.status_code == 302 and r.headers["location"] == TARGET
+    [row] = await _stored(db, workspace)
+    marker = row["payload"]["context"]["journeys"]
+    assert marker == {"link": "click", "bot": True, "botReason": events.CLICKED_ON_DELIVERY}
+    assert row["flags"] & 2  # flagged at ingest: never moves a stage or counts as a touch
+
+
+def test_tokens_carry_when_they_were_signed_and_older_tokens_still_verify() -> None:
+    key = signing.workspace_secret(b"s" * 32, 7)
+    claims = signing.make_claims(
+        kind=signing.CLICK,
+        workspace_id=7,
+        campaign="c",
+        message="m",
+        recipient="a@example.com",
+        url=TARGET,
+        issued=1_700_000_000,
+    )
+    assert signing.verify(signing.sign(claims, key), lambda _: key) == claims
+    legacy = signing.make_claims(
+        kind=signing.CLICK,
+        workspace_id=7,
+        campaign="c",
+        message="m",
+        recipient="a@example.com",
+        url=TARGET,
+    )
+    assert signing.verify(signing.sign(legacy, key), lambda _: key) == legacy
