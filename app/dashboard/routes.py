@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 import re
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -213,6 +214,7 @@ class Filters:
 
     win: service.Window
     breakdown: str | None
+    dim: str  # the breakdown's rollup `dim` ("" without one)
     value: str | None
     params: dict[str, str]
 
@@ -229,24 +231,28 @@ class Filters:
 
 def _filters(request: Request, model: JourneyModel) -> Filters:
     q = request.query_params
-    start, end = q.get("from") or None, q.get("to") or None
-    try:
-        win = service.window(start, end)
-    except OverflowError:  # a day near 0001-01-01 or 9999-12-31: the window leaves the calendar
-        raise ProblemError(400, "invalid_window", "the window is outside the calendar") from None
+    win = service.window(q.get("from") or None, q.get("to") or None)
     breakdown = q.get("breakdown") or None
-    service.breakdown_dim(model, breakdown)  # 400 for a breakdown the model does not keep
+    dim = service.breakdown_dim(model, breakdown)  # 400 for a breakdown the model does not keep
     value = q.get("value") if breakdown else None
     params = {"from": win.start.isoformat(), "to": win.end.isoformat()}
     if breakdown:
         params["breakdown"] = breakdown
         if value is not None:
             params["value"] = value
-    return Filters(win=win, breakdown=breakdown, value=value, params=params)
+    return Filters(win=win, breakdown=breakdown, dim=dim, value=value, params=params)
 
 
-def _dim(model: JourneyModel, f: Filters) -> str:
-    return service.breakdown_dim(model, f.breakdown)
+@asynccontextmanager
+async def _analysis(
+    request: Request,
+) -> AsyncIterator[tuple[int, asyncpg.Connection, JourneyModel, Filters]]:
+    """What every analysis page starts with: the session's workspace, a read connection, the
+    journey model and the page's filters."""
+    ws = await _workspace(request)
+    async with runtime(request).read_connection() as conn:
+        model = await model_for(conn, ws)
+        yield ws, conn, model, _filters(request, model)
 
 
 NAV = (
@@ -388,11 +394,8 @@ async def static_file(name: str) -> Response:
 @router.get("/")
 async def journey_map_page(request: Request) -> Response:
     """Home: the journey map."""
-    ws = await _workspace(request)
-    async with runtime(request).read_connection() as conn:
-        model = await model_for(conn, ws)
-        f = _filters(request, model)
-        dim = _dim(model, f)
+    async with _analysis(request) as (ws, conn, model, f):
+        dim = f.dim
         answer = await service.journey_map(conn, ws, model, dim=dim, win=f.win)
         groups = views.pick_group(answer, f.value, _empty_map(model))
         if dim != TOTAL and f.value is None:  # the "All" tab: the whole workspace
@@ -424,18 +427,13 @@ async def journey_map_page(request: Request) -> Response:
 @router.get("/dashboard/funnel")
 async def funnel_page(request: Request) -> Response:
     """An ordered funnel of stages (default) or events."""
-    ws = await _workspace(request)
-    async with runtime(request).read_connection() as conn:
-        model = await model_for(conn, ws)
-        f = _filters(request, model)
+    async with _analysis(request) as (ws, conn, model, f):
         default_steps = ",".join(model.stage_names[: service.MAX_FUNNEL_STEPS])
         raw_steps = request.query_params.get("steps") or default_steps
         raw_window = request.query_params.get("window") or "14d"
         steps = service.funnel_steps(model, raw_steps)
         span = service.funnel_window(raw_window)
-        answer = await service.funnel(
-            conn, ws, model, dim=_dim(model, f), win=f.win, steps=steps, span=span
-        )
+        answer = await service.funnel(conn, ws, model, dim=f.dim, win=f.win, steps=steps, span=span)
         context = await _page_context(conn, ws, model, f, "funnel")
     groups = views.pick_group(answer, None, {"steps": []})
     series = groups.all or [(None, {"steps": []})]
@@ -471,11 +469,8 @@ async def funnel_page(request: Request) -> Response:
 @router.get("/dashboard/trends")
 async def trends_page(request: Request) -> Response:
     """Stage entries per day."""
-    ws = await _workspace(request)
-    async with runtime(request).read_connection() as conn:
-        model = await model_for(conn, ws)
-        f = _filters(request, model)
-        dim = _dim(model, f)
+    async with _analysis(request) as (ws, conn, model, f):
+        dim = f.dim
         values: list[str | None] = []
         dval = None
         if dim != TOTAL:
@@ -521,11 +516,8 @@ async def trends_page(request: Request) -> Response:
 @router.get("/dashboard/channels")
 async def channels_page(request: Request) -> Response:
     """Channel mix: over the whole journey, and in each stage."""
-    ws = await _workspace(request)
-    async with runtime(request).read_connection() as conn:
-        model = await model_for(conn, ws)
-        f = _filters(request, model)
-        dim = _dim(model, f)
+    async with _analysis(request) as (ws, conn, model, f):
+        dim = f.dim
         values: list[str | None] = []
         if dim != TOTAL:
             grouped = await service.channels(conn, ws, model, dim=dim, win=f.win, stage=None)
@@ -612,11 +604,8 @@ async def channels_page(request: Request) -> Response:
 @router.get("/dashboard/attribution")
 async def attribution_page(request: Request) -> Response:
     """The five attribution models side by side for one conversion stage."""
-    ws = await _workspace(request)
-    async with runtime(request).read_connection() as conn:
-        model = await model_for(conn, ws)
-        f = _filters(request, model)
-        dim = _dim(model, f)
+    async with _analysis(request) as (ws, conn, model, f):
+        dim = f.dim
         default = "purchase" if "purchase" in model.stage_names else model.stage_names[-1]
         conversion = request.query_params.get("conversion") or default
         values: list[str | None] = []
