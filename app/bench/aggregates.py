@@ -60,7 +60,7 @@ from rich.progress import (
 
 from app.bench import dataset as ds
 from app.bench.lookup import LookupBenchFailed, LookupPhase, _median_phase, _wrk
-from app.bench.report import verdict_lines
+from app.bench.report import machine_line, number, verdict_lines
 from app.bench.wrk import LUA_DONE, WrkError, _lua_string, ensure_wrk
 from app.db.engine import asyncpg_dsn, make_engine
 
@@ -881,12 +881,6 @@ def judge(report: AggregatesBenchReport) -> None:
 # --------------------------------------------------------------------------- output
 
 
-def _num(value: float | None, fmt: str) -> str:
-    if value is None or value != value:
-        return "-"
-    return format(value, fmt)
-
-
 def markdown(report: AggregatesBenchReport) -> str:
     """The results table, the row counts, the dataset, the machine, the targets."""
     m = report.machine
@@ -925,8 +919,8 @@ def markdown(report: AggregatesBenchReport) -> str:
         )
         lines.append(
             f"| {label} | {reads[e['name']]} | {p.requests_per_s:,.1f} | {p.p50_ms:.2f} | "
-            f"{p.p99_ms:.2f} | {ratio} | {_num(cpu_us_per_request(p, 'server'), ',.0f')} | "
-            f"{_num(cpu_us_per_request(p, 'postgres'), ',.0f')} | {e['bytes']:,} | {verdict} |"
+            f"{p.p99_ms:.2f} | {ratio} | {number(cpu_us_per_request(p, 'server'), ',.0f')} | "
+            f"{number(cpu_us_per_request(p, 'postgres'), ',.0f')} | {e['bytes']:,} | {verdict} |"
         )
     lines += [
         "",
@@ -998,9 +992,7 @@ def markdown(report: AggregatesBenchReport) -> str:
             + ".",
         ]
     lines.append(
-        f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB, Python "
-        f"{m['python']}; {report.database}; server (1 process), PostgreSQL and wrk share the "
-        "cores."
+        machine_line(m, report.database, "server (1 process), PostgreSQL and wrk share the cores.")
     )
     lines += verdict_lines(report.targets, report.warnings, report.failures)
     return "\n".join(lines) + "\n"

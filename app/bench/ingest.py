@@ -43,7 +43,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from app.bench import wrk
 from app.bench.events import MESSAGE_ID_PLACEHOLDER, EventTemplate, average_size, make_templates
 from app.bench.profile import ProfileSummary, start_recording, summarise
-from app.bench.report import verdict_lines
+from app.bench.report import machine_line, number, verdict_lines
 from app.db.engine import asyncpg_dsn, make_engine
 from app.db.partitions import partition_name, week_of
 
@@ -930,12 +930,6 @@ def _judge(report: IngestBenchReport) -> None:
 # --------------------------------------------------------------------------- output
 
 
-def _num(value: float | None, fmt: str) -> str:
-    if value is None or value != value:  # None or NaN
-        return "-"
-    return format(value, fmt)
-
-
 def cpu_per_event(phase: PhaseResult) -> dict[str, float]:
     """CPU microseconds per event of each consumer (the server, PostgreSQL, wrk, this process)."""
     if not phase.events_per_s:
@@ -957,15 +951,18 @@ def markdown(report: IngestBenchReport) -> str:
     ]
     for p in report.phases:
         lines.append(
-            f"| {p.label} | {_num(p.events_per_s, ',.0f')} | {_num(p.p50_ms, '.1f')} "
-            f"| {_num(p.p99_ms, '.1f')} | {_num(p.ratio_to_copy, '.2f')} |"
+            f"| {p.label} | {number(p.events_per_s, ',.0f')} | {number(p.p50_ms, '.1f')} "
+            f"| {number(p.p99_ms, '.1f')} | {number(p.ratio_to_copy, '.2f')} |"
         )
     lines += [
         "",
-        f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB, Python {m['python']}; "
-        f"{report.database}; server workers: {report.server['workers']}"
-        + (f", env {report.server['env']}" if report.server["env"] else "")
-        + ".",
+        machine_line(
+            m,
+            report.database,
+            f"server workers: {report.server['workers']}"
+            + (f", env {report.server['env']}" if report.server["env"] else "")
+            + ".",
+        ),
         f"The load generator (wrk) runs on the same {m['cores']} cores as the server and "
         "PostgreSQL. Events are Segment track events of "
         f"~{report.event_bytes:.0f} bytes; every HTTP event has a fresh messageId and goes through "

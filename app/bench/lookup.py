@@ -49,7 +49,7 @@ from rich.panel import Panel
 from app.bench import dataset as ds
 from app.bench.ingest import ServerProcess
 from app.bench.profile import ProfileSummary, start_recording, summarise
-from app.bench.report import verdict_lines
+from app.bench.report import machine_line, verdict_lines
 from app.bench.wrk import LUA_DONE, WrkError, _lua_string, ensure_wrk, parse_output
 from app.db.engine import asyncpg_dsn
 
@@ -714,9 +714,9 @@ def markdown(report: LookupBenchReport) -> str:
                 + ", ".join(f"{k} {v:.0f}" for k, v in p.cpu_pct.items())
             )
     lines.append(
-        f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB, Python "
-        f"{m['python']}; {report.database}; servers (1 worker each), PostgreSQL and wrk "
-        "share the cores."
+        machine_line(
+            m, report.database, "servers (1 worker each), PostgreSQL and wrk share the cores."
+        )
     )
     lines += verdict_lines(report.targets, report.warnings, report.failures)
     return "\n".join(lines) + "\n"

@@ -1,9 +1,26 @@
-"""What every benchmark report ends with: its verdicts, warnings and failures, in markdown."""
+"""What every benchmark report shares: numbers, the machine line, and the verdicts, warnings and
+failures it ends with, in markdown."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+
+def number(value: float | None, fmt: str) -> str:
+    """A figure for a table: `-` for a missing or NaN one."""
+    if value is None or value != value:
+        return "-"
+    return format(value, fmt)
+
+
+def machine_line(machine: dict[str, Any], database: str, sharing: str) -> str:
+    """`Machine: …` with what shares its cores."""
+    m = machine
+    return (
+        f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB, Python {m['python']}; "
+        f"{database}; {sharing}"
+    )
 
 
 def verdict_lines(

@@ -57,7 +57,7 @@ from rich.table import Table
 
 from app.bench import dataset as ds
 from app.bench.profile import ProfileSummary, start_recording, summarise
-from app.bench.report import verdict_lines
+from app.bench.report import machine_line, number, verdict_lines
 from app.db.engine import asyncpg_dsn, make_engine
 from app.journeys.rebuild import DERIVED_TABLES
 
@@ -702,12 +702,6 @@ def _judge(report: StitchBenchReport) -> None:
 # --------------------------------------------------------------------------- output
 
 
-def _num(value: float | None, fmt: str) -> str:
-    if value is None or value != value:
-        return "-"
-    return format(value, fmt)
-
-
 def markdown(report: StitchBenchReport) -> str:
     """The results table, the dataset, the machine, the targets."""
     m = report.machine
@@ -718,7 +712,7 @@ def markdown(report: StitchBenchReport) -> str:
         lines.append(
             f"| stitch: `Stitcher.stitch_shard`, 1 process, batches of {s.batch_size:,} "
             f"({s.events:,} events in {s.seconds:.0f} s) | {s.events_per_s:,.0f} | "
-            f"{_num(s.batch_p50_ms, ',.0f')} | {_num(s.batch_p99_ms, ',.0f')} | "
+            f"{number(s.batch_p50_ms, ',.0f')} | {number(s.batch_p99_ms, ',.0f')} | "
             "one batch (transaction) |"
         )
     if report.ingest is not None:
@@ -726,8 +720,8 @@ def markdown(report: StitchBenchReport) -> str:
         lines.append(
             f"| ingest: HTTP /v1/batch ({i['events_per_request']} events/request, "
             f"{i['connections']} connections, in-process stitcher off) | "
-            f"{i['events_per_s']:,.0f} | {_num(i['p50_ms'], '.1f')} | "
-            f"{_num(i['p99_ms'], '.1f')} | one request |"
+            f"{i['events_per_s']:,.0f} | {number(i['p50_ms'], '.1f')} | "
+            f"{number(i['p99_ms'], '.1f')} | one request |"
         )
     if report.ratio is not None:
         lines.append(f"| **ratio stitch / ingest** | **{report.ratio:.2f}** | | | |")
@@ -779,9 +773,7 @@ def markdown(report: StitchBenchReport) -> str:
             + ", ".join(f"{k} {v:.0f}" for k, v in report.ingest["cpu_pct"].items())
         )
     lines.append(
-        f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB, Python "
-        f"{m['python']}; {report.database}; stitcher, server, PostgreSQL and wrk share "
-        "the cores."
+        machine_line(m, report.database, "stitcher, server, PostgreSQL and wrk share the cores.")
     )
     lines += verdict_lines(report.targets, report.warnings, report.failures)
     return "\n".join(lines) + "\n"
@@ -809,11 +801,11 @@ def rollup_cost_markdown(cost: RollupCost) -> list[str]:
     for i, kind in enumerate(cost.order, start=1):
         p = next(runs[0] if kind == "with" else runs[1])
         lines.append(
-            f"| {i} | {kind} | {p.events_per_s:,.0f} | {_num(p.batch_p50_ms, ',.0f')} | "
-            f"{_num(p.batch_p99_ms, ',.0f')} | {p.db_share_pct:.0f} % | "
+            f"| {i} | {kind} | {p.events_per_s:,.0f} | {number(p.batch_p50_ms, ',.0f')} | "
+            f"{number(p.batch_p99_ms, ',.0f')} | {p.db_share_pct:.0f} % | "
             f"{_phase_sql(p, ROLLUP_FUNCTIONS):,.1f} | "
-            f"{_num(p.cpu_us_per_event('bench'), ',.0f')} | "
-            f"{_num(p.cpu_us_per_event('postgres'), ',.0f')} | "
+            f"{number(p.cpu_us_per_event('bench'), ',.0f')} | "
+            f"{number(p.cpu_us_per_event('postgres'), ',.0f')} | "
             f"{p.cpu_pct.get('other', 0.0):.0f} |"
         )
     if cost.cost_pct is not None:
