@@ -45,6 +45,13 @@ TOUCH_FIELDS = (
     "sentiment_sum",
 )
 _T = {name: i for i, name in enumerate(TOUCH_FIELDS)}
+_TOUCHES, _CUSTOMERS, _CONVERTED, _RESPONSES = (
+    _T["touches"],
+    _T["customers"],
+    _T["converted"],
+    _T["responses"],
+)
+_FEEDBACK_PROPERTIES = ("effort", "success", "sentiment")
 ATTRIBUTION_MODELS = ("first", "last", "linear", "position", "time_decay")
 TIME_DECAY_HALF_LIFE_SECONDS = 7 * 86400.0
 TOUCH_TYPES = frozenset({"track", "page", "screen"})
@@ -186,6 +193,10 @@ def _number(value: object, low: float, high: float) -> float | None:
 def feedback_of(e: StitchEvent) -> list[float] | None:
     """The feedback counters one event carries (None when it carries none)."""
     props = e.properties
+    if e.event not in (NPS_EVENT, CSAT_EVENT) and not any(
+        name in props for name in _FEEDBACK_PROPERTIES
+    ):
+        return None  # the usual case: no feedback, nothing to allocate
     counters = [0.0] * len(TOUCH_FIELDS)
     found = False
     if e.event == NPS_EVENT:
@@ -330,11 +341,11 @@ def customer_facts(
             counters = facts.touches.get(key)
             if counters is None:
                 counters = facts.touches[key] = [0.0] * len(TOUCH_FIELDS)
-                counters[_T["customers"]] = 1
-                counters[_T["converted"]] = did_convert
-            counters[_T["touches"]] += 1
+                counters[_CUSTOMERS] = 1
+                counters[_CONVERTED] = did_convert
+            counters[_TOUCHES] += 1
             if feedback is not None:
-                for i in range(_T["responses"], len(TOUCH_FIELDS)):
+                for i in range(_RESPONSES, len(TOUCH_FIELDS)):
                     counters[i] += feedback[i]
     sessions = _sessions(items)
     for entry in history:

@@ -162,14 +162,9 @@ def channel_of(e: StitchEvent, *, own_hosts: frozenset[str] = frozenset()) -> st
         return by_campaign
 
     if e.page_url:
-        params = query_params(e.page_url)
-        for names, channel in (
-            (_SEARCH_CLICK_IDS, PAID_SEARCH),
-            (_DISPLAY_CLICK_IDS, DISPLAY),
-            (_SOCIAL_CLICK_IDS, PAID_SOCIAL),
-        ):
-            if any(params.get(name) for name in names):
-                return channel
+        by_click = _click_id_channel(e.page_url)
+        if by_click is not None:
+            return by_click
 
     if _is_mobile(e):
         return MOBILE_APP
@@ -180,6 +175,20 @@ def channel_of(e: StitchEvent, *, own_hosts: frozenset[str] = frozenset()) -> st
     if e.page_url or e.type == "page":
         return DIRECT
     return UNASSIGNED
+
+
+@lru_cache(maxsize=8192)
+def _click_id_channel(url: str) -> str | None:
+    """The paid channel an ad click id in the URL names (landing URLs repeat: cached)."""
+    params = query_params(url)
+    for names, channel in (
+        (_SEARCH_CLICK_IDS, PAID_SEARCH),
+        (_DISPLAY_CLICK_IDS, DISPLAY),
+        (_SOCIAL_CLICK_IDS, PAID_SOCIAL),
+    ):
+        if any(params.get(name) for name in names):
+            return channel
+    return None
 
 
 def session_channels(

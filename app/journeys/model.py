@@ -68,9 +68,10 @@ def normalise_email(raw: object) -> str | None:
 
 def campaign_of(e: StitchEvent) -> dict[str, str]:
     """UTM fields from `context.campaign`, else from the page URL's `utm_*` parameters."""
-    explicit = {k: v for k in CAMPAIGN_FIELDS if (v := e.campaign.get(k, "").strip())}
-    if explicit:
-        return explicit
+    if e.campaign:
+        explicit = {k: v for k in CAMPAIGN_FIELDS if (v := e.campaign.get(k, "").strip())}
+        if explicit:
+            return explicit
     if not e.page_url:
         return {}
     params = query_params(e.page_url)
@@ -145,12 +146,16 @@ def from_payload(
 
 
 def _mapping(value: object) -> Mapping[str, Any]:
+    if type(value) is dict:  # the usual case, without the ABC check
+        return value
     return value if isinstance(value, Mapping) else {}
 
 
 def _text(value: object) -> str | None:
     """A string (stripped, non-empty) or a number the SDK did not quote, as ingest stores it."""
-    if isinstance(value, bool):
+    if type(value) is str:  # the usual case first
+        return value.strip() or None
+    if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int):
         value = str(value)

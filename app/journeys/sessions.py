@@ -27,6 +27,8 @@ def session_id(first_message_id: str) -> str:
 def campaign_key(e: StitchEvent) -> CampaignKey | None:
     """(source, medium, name), case-folded; None when the event carries no campaign."""
     campaign = campaign_of(e)
+    if not campaign:
+        return None
     key = tuple(campaign.get(part, "").strip().lower() for part in ("source", "medium", "name"))
     if not any(key):
         return None

@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from app.journeys.model import StitchEvent, sort_key
@@ -156,14 +157,58 @@ def moves_stage(e: StitchEvent) -> bool:
     """False for events that never move a stage: email opens and bot/scanner traffic."""
     if e.is_bot:
         return False
+    return e.event is None or not _is_email_open(e.event)
+
+
+@lru_cache(maxsize=4096)
+def _is_email_open(event: str) -> bool:
     # Email tools spell it "Email Opened", "email_opened" or "email opened".
-    name = re.sub(r"[\s_]+", " ", (e.event or "").strip().lower())
-    return name != EMAIL_OPENED.lower()
+    return re.sub(r"[\s_]+", " ", event.strip().lower()) == EMAIL_OPENED.lower()
+
+
+_Candidate = tuple[int, int, StageRule]
+
+
+@dataclass(frozen=True, slots=True)
+class _RuleIndex:
+    """A model's rules by the event name they require, so an event is only tested against
+    rules that could match it (rules without an event filter are tested on every event)."""
+
+    by_event: dict[str, tuple[_Candidate, ...]]
+    unfiltered: tuple[_Candidate, ...]
+
+    def candidates(self, event: str | None) -> tuple[_Candidate, ...]:
+        named = self.by_event.get(event, ()) if event is not None else ()
+        return named + self.unfiltered if named else self.unfiltered
+
+
+_RULE_INDEXES: dict[int, tuple[JourneyModel, _RuleIndex]] = {}
+
+
+def _rule_index(model: JourneyModel) -> _RuleIndex:
+    hit = _RULE_INDEXES.get(id(model))
+    if hit is not None and hit[0] is model:
+        return hit[1]
+    by_event: dict[str, list[_Candidate]] = {}
+    unfiltered: list[_Candidate] = []
+    for i, stage in enumerate(model.stages):
+        for j, rule in enumerate(stage.rules):
+            if rule.events:
+                for name in rule.events:
+                    by_event.setdefault(name, []).append((i, j, rule))
+            else:
+                unfiltered.append((i, j, rule))
+    index = _RuleIndex({k: tuple(v) for k, v in by_event.items()}, tuple(unfiltered))
+    if len(_RULE_INDEXES) > 64:  # models are few; replaced ones must not pile up
+        _RULE_INDEXES.clear()
+    _RULE_INDEXES[id(model)] = (model, index)  # the model is kept alive, so its id stays its own
+    return index
 
 
 def stage_history(events: Iterable[StitchEvent], model: JourneyModel) -> list[StageEntry]:
     """Each time the customer's furthest stage increased, walking events in event time."""
     index = {name: i for i, name in enumerate(model.stage_names)}
+    rules = _rule_index(model)
     counts: dict[tuple[int, int], int] = {}
     furthest = -1
     history: list[StageEntry] = []
@@ -171,17 +216,19 @@ def stage_history(events: Iterable[StitchEvent], model: JourneyModel) -> list[St
         if not moves_stage(e):
             continue
         best = -1
-        for i, stage in enumerate(model.stages):
-            for j, rule in enumerate(stage.rules):
-                if not rule.matches_event(e):
+        # Every rule that could match; the outcome does not depend on the order they are tried.
+        for i, j, rule in rules.candidates(e.event):
+            if i <= best and rule.occurrence is None:
+                continue  # cannot raise `best`, and counts nothing
+            if not rule.matches_event(e):
+                continue
+            if rule.occurrence is not None:
+                counts[i, j] = counts.get((i, j), 0) + 1
+                if counts[i, j] < rule.occurrence:
                     continue
-                if rule.occurrence is not None:
-                    counts[i, j] = counts.get((i, j), 0) + 1
-                    if counts[i, j] < rule.occurrence:
-                        continue
-                if rule.after_stage is not None and furthest < index[rule.after_stage]:
-                    continue
-                best = max(best, i)
+            if rule.after_stage is not None and furthest < index[rule.after_stage]:
+                continue
+            best = max(best, i)
         if best > furthest:
             furthest = best
             history.append(StageEntry(model.stages[best].name, e.timestamp, e.message_id))

@@ -622,72 +622,19 @@ class WorkspaceStitcher:
         derived: list[tuple[str, str, str | None, str | None]] = []
         summaries: list[journeys.CustomerRow] = []
         for customer, items in sorted(by_customer.items()):
-            items.sort(key=lambda r: (r["timestamp"], r["message_id"]))
-            events = [
-                StitchEvent(
-                    message_id=r["message_id"],
-                    type=r["type"],
-                    event=r["event"],
-                    timestamp=r["timestamp"],
-                    user_id=r["user_id"],
-                    anonymous_id=r["anonymous_id"],
-                    properties=r["properties"] or {},
-                    campaign=r["campaign"] or {},
-                    is_bot=bool(r["flags"] & FLAG_BOT),
-                )
-                for r in items
-            ]
-            sessions = assign_sessions(events)
-            channels = session_channels_from(
-                [(r["message_id"], r["source_channel"]) for r in items], sessions=sessions
-            )
-            history = stage_history(events, self.model)
-            traits: dict[str, Any] = {}
-            timeline: list[TimelineItem] = []
-            for r, e in zip(items, events, strict=True):
+            result = derive_customer(customer, items, self.model, with_facts=self.rollups)
+            for r, values in zip(result.items, result.values, strict=True):
                 mid = r["message_id"]
-                values = (
-                    channels[mid],
-                    sessions[mid],
-                    stage_at(history, r["timestamp"], message_id=mid),
-                )
-                timeline.append(TimelineItem(e, *values))
                 if mid in fresh:
                     row = fresh[mid]
                     row.channel, row.session_id, row.stage = values
                 elif values != (r["channel"], r["session_id"], r["stage"]):
                     derived.append((mid, *values))
-                if r["traits"]:
-                    traits.update(r["traits"])
-            dims: dict[str, str] = {}
-            facts = Facts()
             if self.rollups:
-                dims = customer_dims(self.model.breakdowns, traits=traits, items=timeline)
-                facts = customer_facts(timeline, history, dims=dims)
                 old = old_facts.get(customer)
-                add_change(deltas, old, facts)
-                diff_entries(deltas, customer, old, facts)
-            summaries.append(
-                journeys.CustomerRow(
-                    customer_id=customer,
-                    first_seen=events[0].timestamp,
-                    last_seen=events[-1].timestamp,
-                    event_count=len(events),
-                    stage=history[-1].stage if history else None,
-                    stage_entered_at=history[-1].entered_at if history else None,
-                    stage_history=[
-                        {
-                            "stage": h.stage,
-                            "entered_at": h.entered_at.isoformat(),
-                            "message_id": h.message_id,
-                        }
-                        for h in history
-                    ],
-                    traits=traits,
-                    dims=dims,
-                    facts=rollups.facts_bytes(facts),
-                )
-            )
+                add_change(deltas, old, result.facts)
+                diff_entries(deltas, customer, old, result.facts)
+            summaries.append(result.summary)
         gone = sorted(set(customer_ids) - set(by_customer))
         for customer in gone:
             old = old_facts.get(customer)
@@ -706,6 +653,76 @@ class WorkspaceStitcher:
             self.ws,
             [(c, "events") for c in sorted(by_customer)] + [(c, "removed") for c in gone],
         )
+
+
+@dataclass(slots=True)
+class Derivation:
+    """One customer's derived state: per event (in `items` order) its channel, session and
+    stage; the summary row; the rollup contribution (None when rollups are off)."""
+
+    items: list[Mapping[str, Any]]
+    values: list[tuple[str, str | None, str | None]]
+    summary: journeys.CustomerRow
+    facts: Facts | None
+
+
+def derive_customer(
+    customer: str, items: list[Mapping[str, Any]], model: JourneyModel, *, with_facts: bool
+) -> Derivation:
+    """Sessions, channels, stages, summary and contribution of one customer from all its
+    timeline rows (stored or new, any order). Pure."""
+    items.sort(key=lambda r: (r["timestamp"], r["message_id"]))
+    events = [
+        StitchEvent(
+            message_id=r["message_id"],
+            type=r["type"],
+            event=r["event"],
+            timestamp=r["timestamp"],
+            user_id=r["user_id"],
+            anonymous_id=r["anonymous_id"],
+            properties=r["properties"] or {},
+            campaign=r["campaign"] or {},
+            is_bot=bool(r["flags"] & FLAG_BOT),
+        )
+        for r in items
+    ]
+    sessions = assign_sessions(events)
+    channels = session_channels_from(
+        [(r["message_id"], r["source_channel"]) for r in items], sessions=sessions
+    )
+    history = stage_history(events, model)
+    traits: dict[str, Any] = {}
+    values: list[tuple[str, str | None, str | None]] = []
+    timeline: list[TimelineItem] = []
+    for r, e in zip(items, events, strict=True):
+        mid = r["message_id"]
+        value = (channels[mid], sessions[mid], stage_at(history, r["timestamp"], message_id=mid))
+        values.append(value)
+        if with_facts:
+            timeline.append(TimelineItem(e, *value))
+        if r["traits"]:
+            traits.update(r["traits"])
+    dims: dict[str, str] = {}
+    facts: Facts | None = None
+    if with_facts:
+        dims = customer_dims(model.breakdowns, traits=traits, items=timeline)
+        facts = customer_facts(timeline, history, dims=dims)
+    summary = journeys.CustomerRow(
+        customer_id=customer,
+        first_seen=events[0].timestamp,
+        last_seen=events[-1].timestamp,
+        event_count=len(events),
+        stage=history[-1].stage if history else None,
+        stage_entered_at=history[-1].entered_at if history else None,
+        stage_history=[
+            {"stage": h.stage, "entered_at": h.entered_at.isoformat(), "message_id": h.message_id}
+            for h in history
+        ],
+        traits=traits,
+        dims=dims,
+        facts=rollups.facts_bytes(facts if facts is not None else Facts()),
+    )
+    return Derivation(items, values, summary, facts)
 
 
 def _as_mapping(row: journeys.TimelineRow) -> dict[str, Any]:
@@ -727,4 +744,11 @@ def _as_mapping(row: journeys.TimelineRow) -> dict[str, Any]:
     }
 
 
-__all__ = ["FLAG_BOT", "StitchStats", "WorkspaceStitcher", "parse_raw"]
+__all__ = [
+    "FLAG_BOT",
+    "Derivation",
+    "StitchStats",
+    "WorkspaceStitcher",
+    "derive_customer",
+    "parse_raw",
+]
