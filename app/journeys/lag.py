@@ -1,4 +1,11 @@
-"""How far the stitcher is behind ingest: per shard, the oldest committed event not yet stitched."""
+"""How far the stitcher is behind ingest: per shard, the oldest committed event not yet stitched,
+and, when it is held back, by what.
+
+The feed only reads events of transactions older than every transaction still running on the
+PostgreSQL server (so no event can be overtaken by an earlier one that commits later). A long
+write transaction anywhere on the server (a migration, a bulk load, another database's batch job)
+therefore holds stitching back for as long as it runs: `held_back_by` names it.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +27,40 @@ LIMIT 1
 """
 
 
+# The oldest transaction that has written (has an xid) on the whole server: the feed cannot read
+# past it. Read-only transactions take no xid and hold nothing back.
+_HOLDER = """
+SELECT pid, datname, application_name, state,
+       extract(epoch FROM clock_timestamp() - xact_start)::float8 AS seconds
+FROM pg_stat_activity
+WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()
+ORDER BY age(backend_xid) DESC
+LIMIT 1
+"""
+# Ingest's own group commits last milliseconds; a writer open this long is worth naming.
+HOLD_REPORT_SECONDS = 5.0
+
+
+async def feed_holder(conn: asyncpg.Connection) -> dict[str, Any] | None:
+    """The oldest write transaction on the server when it has been open for
+    `HOLD_REPORT_SECONDS` or more (None otherwise)."""
+    row = await conn.fetchrow(_HOLDER)
+    if row is None or row["seconds"] is None or row["seconds"] < HOLD_REPORT_SECONDS:
+        return None
+    return {
+        "pid": row["pid"],
+        "database": row["datname"],
+        "application": row["application_name"] or None,
+        "state": row["state"],
+        "seconds": round(float(row["seconds"]), 1),
+    }
+
+
 async def stitch_lag(conn: asyncpg.Connection) -> dict[str, Any]:
-    """`{failed_events, lag_seconds, shards_behind, stitched_events}`; lag 0 when nothing is
-    pending; failed events are set aside in `stitch_failures` for a fix and a rebuild."""
+    """`{failed_events, lag_seconds, shards_behind, stitched_events, held_back_by}`; lag 0 when
+    nothing is pending; failed events are set aside in `stitch_failures` for a fix and a rebuild;
+    `held_back_by` (None unless shards are behind) is the long write transaction the feed waits
+    for (see the module docstring)."""
     now = datetime.now(UTC)
     oldest: datetime | None = None
     behind = 0
@@ -33,8 +71,10 @@ async def stitch_lag(conn: asyncpg.Connection) -> dict[str, Any]:
             oldest = received if oldest is None else min(oldest, received)
     stitched = await conn.fetchval("SELECT coalesce(sum(events), 0) FROM stitch_progress")
     failures = await conn.fetchval("SELECT count(*) FROM stitch_failures")
+    holder = await feed_holder(conn) if behind else None
     return {
         "failed_events": int(failures),
+        "held_back_by": holder,
         "lag_seconds": round((now - oldest).total_seconds(), 3) if oldest else 0.0,
         "shards_behind": behind,
         "stitched_events": int(stitched),

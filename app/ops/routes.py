@@ -22,6 +22,17 @@ router = APIRouter(tags=["operations"])
 STITCH_LAG = Gauge(
     "journeys_stitch_lag_seconds", "Age of the oldest committed event not yet stitched"
 )
+FEED_HELD = Gauge(
+    "journeys_stitch_feed_held_seconds",
+    "How long the write transaction holding the stitcher's feed back has been open (0: none)",
+)
+
+
+def _observe_lag(stitcher: dict[str, Any]) -> None:
+    STITCH_LAG.set(stitcher["lag_seconds"])
+    holder = stitcher["held_back_by"]
+    FEED_HELD.set(holder["seconds"] if holder else 0.0)
+
 
 _HEAD = head_revision()
 
@@ -98,7 +109,7 @@ async def readyz(request: Request) -> Response:
         )
     async with raw_connection(rt.engine) as conn:
         stitcher = await stitch_lag(conn)
-    STITCH_LAG.set(stitcher["lag_seconds"])
+    _observe_lag(stitcher)
     # Lag is reported, not a reason to refuse traffic: ingest stays available while it catches up.
     return _json({"status": "ok", "database": "ok", "migration": current, "stitcher": stitcher})
 
@@ -126,7 +137,7 @@ async def metrics(request: Request) -> Response:
         POOL_IN_USE.labels(pool="read").set(rt.read_pool.get_size() - rt.read_pool.get_idle_size())
     try:
         async with asyncio.timeout(2), raw_connection(runtime(request).engine) as conn:
-            STITCH_LAG.set((await stitch_lag(conn))["lag_seconds"])
+            _observe_lag(await stitch_lag(conn))
             await measure_backlog(conn)
     except Exception:  # metrics must render even when the database is down
         STITCH_LAG.set(float("nan"))

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import asyncpg
 import httpx
 import orjson
+import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 
 from app.core.security import KeyKind, hash_key
 from app.core.settings import Settings
+from app.db.engine import asyncpg_dsn
 from app.db.migrate import head_revision
+from app.journeys import lag
 from app.main import create_app
 from app.workspaces.repository import KeyRecord, NewWorkspace
 
@@ -171,3 +175,39 @@ async def test_metrics_count_requests_by_area_and_show_pool_use(
     assert metric(after, label) - metric(before, label) == 1
     assert 'journeys_db_pool_in_use{pool="write"}' in after
     assert 'journeys_db_pool_in_use{pool="read"}' in after
+
+
+async def test_readyz_names_the_long_write_transaction_that_holds_stitching_back(
+    client: httpx.AsyncClient,
+    workspace: NewWorkspace,
+    stitch: Callable[[], Awaitable[int]],
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The feed cannot read past a write transaction still open anywhere on the server: the
+    events are committed but not stitched, and /readyz says which transaction waits."""
+    monkeypatch.setattr(lag, "HOLD_REPORT_SECONDS", 0.0)
+    await stitch()  # what earlier tests left
+    blocker = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        await blocker.execute("SET application_name = 'long-batch-job'")
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.fetchval("SELECT pg_current_xact_id()")  # takes an xid: a writer
+        r = await client.post("/v1/track", json=EVENT, auth=(workspace.write_key, ""))
+        assert r.status_code == 200, r.text
+        assert await stitch() == 0  # committed, yet invisible to the feed
+        body = (await client.get("/readyz")).json()["stitcher"]
+        assert body["shards_behind"] >= 1
+        assert body["held_back_by"]["pid"] == blocker.get_server_pid()
+        assert body["held_back_by"]["application"] == "long-batch-job"
+        metrics = (await client.get("/metrics")).text
+        assert metric(metrics, "journeys_stitch_feed_held_seconds") >= 0.0
+        assert "journeys_stitch_feed_held_seconds" in metrics
+        await tx.commit()
+    finally:
+        await blocker.close()
+    assert await stitch() == 1
+    body = (await client.get("/readyz")).json()["stitcher"]
+    assert body["shards_behind"] == 0
+    assert body["held_back_by"] is None
