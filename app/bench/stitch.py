@@ -56,6 +56,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from app.bench import dataset as ds
+from app.bench.freshness import FRESHNESS_TARGET_MS
 from app.bench.profile import ProfileSummary, start_recording, summarise
 from app.bench.report import machine_line, number, verdict_lines
 from app.db.engine import asyncpg_dsn, make_engine
@@ -87,6 +88,8 @@ class StitchBenchOptions:
     warmup_seconds: float = 10.0
     rollup_cost: bool = True
     rounds: int = 1
+    freshness_rate: float = 1_000.0
+    freshness_seconds: float = 30.0
 
 
 @dataclass(slots=True)
@@ -184,6 +187,7 @@ class StitchBenchReport:
     stitch: StitchPhase | None = None
     rollup_cost: RollupCost | None = None
     ingest: dict[str, Any] | None = None
+    freshness: dict[str, Any] | None = None
     ratio: float | None = None
     targets: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -577,6 +581,84 @@ def _ingest_phase(
     return body
 
 
+async def skip_to_feed_end(dsn: str) -> None:
+    """Move every shard's position to its newest event, so a server started next has nothing
+    to catch up on. Refuses to skip unstitched events of a workspace that is not a bench one."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for shard in range(SHARDS):
+            last = await conn.fetchrow(
+                "SELECT tx::text::bigint AS tx, seq FROM events WHERE workspace_id % 16 = $1 "
+                "ORDER BY workspace_id % 16 DESC, tx DESC, seq DESC LIMIT 1",
+                shard,
+            )
+            if last is None:
+                continue
+            await conn.execute(
+                "INSERT INTO stitch_progress (shard) VALUES ($1) ON CONFLICT DO NOTHING", shard
+            )
+            foreign = await conn.fetchval(
+                """
+                SELECT count(*) FROM events e
+                JOIN stitch_progress p ON p.shard = $1
+                JOIN workspaces w ON w.id = e.workspace_id
+                WHERE e.workspace_id % 16 = $1 AND (e.tx, e.seq) > (p.tx, p.seq)
+                  AND w.name NOT LIKE 'bench-%'
+                """,
+                shard,
+            )
+            if foreign:
+                raise StitchBenchFailed(
+                    f"shard {shard} has {foreign:,} unstitched events of a workspace that is not "
+                    "a bench workspace: stitch them first or use a dedicated bench database"
+                )
+            await conn.execute(
+                "UPDATE stitch_progress SET tx = $2::text::xid8, seq = $3 WHERE shard = $1",
+                shard,
+                str(last["tx"]),
+                last["seq"],
+            )
+    finally:
+        await conn.close()
+
+
+def _freshness_phase(url: str, opts: StitchBenchOptions, console: Console) -> dict[str, Any]:
+    """A real `journeys serve` (its in-process stitcher on) at a steady `/v1/batch` rate: how long
+    after each 200 the event is on a timeline (see `app.bench.freshness`)."""
+    from app.bench import freshness
+    from app.bench import ingest as ib
+
+    dsn = asyncpg_dsn(url)
+    asyncio.run(skip_to_feed_end(dsn))
+    workspace_id, write_key = asyncio.run(ib._create_workspace(url))
+    try:
+        server = ib.ServerProcess(url, workers=None, env={"JOURNEYS_INPROCESS_WORKER": "true"})
+        server.start()
+        console.log(
+            f"freshness: journeys serve pid {server.pid} (in-process stitcher on), "
+            f"{opts.freshness_rate:,.0f} events/s for {opts.freshness_seconds:.0f} s"
+        )
+        try:
+            result = asyncio.run(
+                freshness.measure(
+                    server.url,
+                    write_key,
+                    url,
+                    workspace_id,
+                    rate=opts.freshness_rate,
+                    seconds=opts.freshness_seconds,
+                    console=console,
+                )
+            )
+        finally:
+            server.stop()
+    finally:
+        asyncio.run(ds.drop_workspace_data(dsn, workspace_id))
+    body = asdict(result)
+    body["met"] = result.met
+    return body
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -625,6 +707,13 @@ def run(opts: StitchBenchOptions, console: Console) -> StitchBenchReport:
         if not opts.skip_ingest:
             report.ingest = _ingest_phase(url, opts, postmaster, console)
             console.log(f"ingest /v1/batch: {report.ingest['events_per_s']:,.0f} events/s")
+        if opts.freshness_rate > 0:
+            report.freshness = _freshness_phase(url, opts, console)
+            f = report.freshness
+            console.log(
+                f"freshness at {f['achieved_rate']:,.0f} events/s: p50 {f['p50_ms']:,.0f} ms, "
+                f"p95 {f['p95_ms']:,.0f} ms, p99 {f['p99_ms']:,.0f} ms"
+            )
     finally:
         if not opts.keep and not data.reused:
             console.log(f"deleting the dataset (workspace {data.workspace_id}; --keep keeps it)")
@@ -639,6 +728,18 @@ def run(opts: StitchBenchOptions, console: Console) -> StitchBenchReport:
 
 
 def _judge(report: StitchBenchReport) -> None:
+    f = report.freshness
+    if f is not None:
+        report.targets.append(
+            {
+                "target": f"p95 ingest 200 → timeline < {FRESHNESS_TARGET_MS:,.0f} ms under "
+                f"steady load, lag not growing (at {f['rate']:,.0f} events/s)",
+                "met": bool(f["met"]),
+                "measured": f"p95 {f['p95_ms']:,.0f} ms; first quarter "
+                f"{f['first_quarter_p95_ms']:,.0f} ms, last {f['last_quarter_p95_ms']:,.0f} ms; "
+                f"{f['seen']:,}/{f['acknowledged']:,} on a timeline",
+            }
+        )
     s = report.stitch
     if s is None:
         return
@@ -725,6 +826,14 @@ def markdown(report: StitchBenchReport) -> str:
         )
     if report.ratio is not None:
         lines.append(f"| **ratio stitch / ingest** | **{report.ratio:.2f}** | | | |")
+    f = report.freshness
+    if f is not None:
+        lines.append(
+            f"| freshness: `journeys serve` with its in-process stitcher, /v1/batch of "
+            f"{f['batch_events']} at a steady {f['rate']:,.0f} events/s for {f['seconds']:.0f} s "
+            f"| {f['achieved_rate']:,.0f} | {number(f['p50_ms'], ',.0f')} | "
+            f"{number(f['p99_ms'], ',.0f')} | ingest's 200 → on the timeline |"
+        )
     stats = d.get("archetype_stats", {})
     lines += [
         "",
@@ -767,6 +876,15 @@ def markdown(report: StitchBenchReport) -> str:
         )
     if report.rollup_cost is not None:
         lines += ["", *rollup_cost_markdown(report.rollup_cost)]
+    if f is not None:
+        lines.append(
+            f"Freshness: {f['seen']:,} of {f['acknowledged']:,} acknowledged events reached a "
+            f"timeline; p95 {number(f['p95_ms'], ',.0f')} ms, max {number(f['max_ms'], ',.0f')} "
+            f"ms; p95 of the first quarter {number(f['first_quarter_p95_ms'], ',.0f')} ms, of the "
+            f"last {number(f['last_quarter_p95_ms'], ',.0f')} ms (growth means lag grows); "
+            f"{f['failed_requests']} failed requests. Measured by polling every "
+            f"{f['poll_ms']:.0f} ms, so figures err high by up to one poll."
+        )
     if report.ingest is not None:
         lines.append(
             "CPU during the ingest window (% of one core): "
@@ -885,6 +1003,18 @@ def bench_stitch(
             "what the rollups cost"
         ),
     ] = True,
+    freshness_rate: Annotated[
+        float,
+        typer.Option(
+            help="freshness phase: steady /v1/batch events/s into a real server with its "
+            "in-process stitcher (0: skip)",
+            min=0,
+            max=100_000,
+        ),
+    ] = 1_000.0,
+    freshness_seconds: Annotated[
+        float, typer.Option(help="freshness phase: seconds of steady load", min=5, max=600)
+    ] = 30.0,
     rounds: Annotated[
         int,
         typer.Option(
@@ -924,6 +1054,8 @@ def bench_stitch(
         warmup_seconds=warmup_seconds,
         rollup_cost=rollup_cost,
         rounds=rounds,
+        freshness_rate=freshness_rate,
+        freshness_seconds=freshness_seconds,
     )
     try:
         report = run(opts, console)
