@@ -65,6 +65,30 @@ async def read_feed(
     return rows
 
 
+async def pending_shards(conn: asyncpg.Connection, shards: Sequence[int]) -> list[int]:
+    """Which of these shards have an event the feed could read now: one round trip, one index
+    probe per shard (ix_events_feed), instead of a transaction per idle shard."""
+    rows = await conn.fetch(
+        """
+        SELECT s.shard FROM unnest($1::int[]) AS s(shard)
+        CROSS JOIN LATERAL (
+            SELECT 1 FROM events e
+            WHERE e.workspace_id % 16 = s.shard
+              AND (e.tx, e.seq) > (
+                  coalesce((SELECT tx FROM stitch_progress p WHERE p.shard = s.shard),
+                           '0'::xid8),
+                  coalesce((SELECT seq FROM stitch_progress p WHERE p.shard = s.shard), 0))
+              AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
+            ORDER BY e.workspace_id % 16, e.tx, e.seq
+            LIMIT 1
+        ) AS ready
+        ORDER BY s.shard
+        """,
+        list(shards),
+    )
+    return [int(r["shard"]) for r in rows]
+
+
 async def lock_progress(conn: asyncpg.Connection, shard: int) -> tuple[int, int]:
     """The shard's feed position, row-locked for this transaction."""
     await conn.execute(
@@ -302,18 +326,4 @@ async def delete_customers(
             "DELETE FROM customers WHERE workspace_id = $1 AND customer_id = ANY($2::text[])",
             workspace_id,
             list(customer_ids),
-        )
-
-
-async def record_changes(
-    conn: asyncpg.Connection, workspace_id: int, changes: Sequence[tuple[str, str]]
-) -> None:
-    """Append (customer_id, kind) to the change outbox read by rollups and webhooks."""
-    if changes:
-        await conn.execute(
-            "INSERT INTO customer_changes (workspace_id, customer_id, kind) "
-            "SELECT $1, * FROM unnest($2::text[], $3::text[])",
-            workspace_id,
-            [c for c, _ in changes],
-            [k for _, k in changes],
         )

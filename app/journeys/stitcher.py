@@ -76,6 +76,9 @@ async def model_for(conn: asyncpg.Connection, workspace_id: int) -> JourneyModel
 
 
 JOB_EVERY = 1.0
+# After a round that stitched something but less than a full batch: pause this fraction of the
+# poll interval before the next round.
+PARTIAL_PAUSE = 0.25
 
 
 class Stitcher:
@@ -115,11 +118,12 @@ class Stitcher:
                     await self._claim()
                     last_claim = time.monotonic()
                 done = 0
-                for shard in sorted(self._held):
+                for shard in await self._pending():
                     done += await self._stitch_or_isolate(shard)
-                # Straight on only after a full batch; otherwise let events accumulate for a poll
-                # interval, so the stitcher works in batches instead of competing with ingest
-                # for the CPU on every commit.
+                # Straight on after a full batch. After a partial one, a short pause lets a few
+                # commits accumulate (batches, not a transaction per ingest commit) without
+                # adding a whole poll interval to every event's way onto the timeline; only an
+                # idle round waits the poll interval.
                 # Jobs (deletions first) get a chunk at least every JOB_EVERY seconds, so a
                 # shard that never runs dry cannot starve them.
                 full = done >= self._batch_size
@@ -129,6 +133,7 @@ class Stitcher:
                     last_job = time.monotonic()
                 if full or ran_job:
                     continue
+                pause = self._poll * PARTIAL_PAUSE if done else self._poll
             except Exception as exc:
                 STITCH_ERRORS.inc()
                 if is_unavailable(exc):
@@ -136,10 +141,22 @@ class Stitcher:
                     await self._release()
                 else:
                     log.exception("stitch_failed", error=repr(exc))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll):
-                    await stop.wait()
+                pause = self._poll
+            await self._sleep(stop, pause)
         await self._release()
+
+    @staticmethod
+    async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await stop.wait()
+
+    async def _pending(self) -> list[int]:
+        """The held shards with events to read now."""
+        if not self._held:
+            return []
+        async with raw_connection(self._engine) as conn:
+            return await journeys.pending_shards(conn, sorted(self._held))
 
     async def _claim(self) -> None:
         if self._lock_conn is None or self._lock_conn.is_closed():

@@ -3,12 +3,15 @@ computed column (a bare `tx` in ORDER BY once meant the `tx::text::bigint` outpu
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import asyncpg
+import httpx
 
 from app.db.partitions import ensure_week_partition, week_of
 from app.journeys import repository
+from app.workspaces.repository import NewWorkspace
 
 
 async def test_read_feed_walks_the_feed_index(db: asyncpg.Connection) -> None:
@@ -32,3 +35,24 @@ async def test_read_feed_walks_the_feed_index(db: asyncpg.Connection) -> None:
     # is ordering by the computed bigint column, which no index provides (a full sort).
     sort_keys = [line for line in plan.splitlines() if "Sort Key" in line]
     assert all("::bigint" not in line for line in sort_keys), plan
+
+
+async def test_pending_shards_names_only_shards_with_readable_events(
+    client: httpx.AsyncClient,
+    workspace: NewWorkspace,
+    stitch: Callable[[], Awaitable[int]],
+    db: asyncpg.Connection,
+) -> None:
+    """The stitcher's idle check: one query tells which shards have events it could read now."""
+    await stitch()  # whatever earlier tests left
+    everyone = list(range(repository.SHARDS))
+    assert await repository.pending_shards(db, everyone) == []
+    shard = workspace.workspace_id % repository.SHARDS
+    event = {"userId": "u-pending", "event": "Product Viewed"}
+    r = await client.post("/v1/track", json=event, auth=(workspace.write_key, ""))
+    assert r.status_code == 200, r.text
+    assert await repository.pending_shards(db, everyone) == [shard]
+    others = [s for s in everyone if s != shard]
+    assert await repository.pending_shards(db, others) == []
+    assert await stitch() == 1
+    assert await repository.pending_shards(db, everyone) == []
