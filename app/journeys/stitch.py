@@ -648,11 +648,6 @@ class WorkspaceStitcher:
         await journeys.upsert_customers(self.conn, self.ws, summaries)
         await rollups.apply_deltas(self.conn, self.ws, deltas)
         await journeys.delete_customers(self.conn, self.ws, gone)
-        await journeys.record_changes(
-            self.conn,
-            self.ws,
-            [(c, "events") for c in sorted(by_customer)] + [(c, "removed") for c in gone],
-        )
 
 
 @dataclass(slots=True)
