@@ -61,6 +61,9 @@ class FreshnessResult:
     first_quarter_p95_ms: float
     last_quarter_p95_ms: float
     failed_requests: int
+    # Ingest's own answer times meanwhile (the stitcher shares the server's event loop).
+    request_p50_ms: float = float("nan")
+    request_p99_ms: float = float("nan")
 
     @property
     def met(self) -> bool:
@@ -125,6 +128,7 @@ async def measure(
     order: list[str] = []
     seen: dict[str, float] = {}
     failed = 0
+    request_ms: list[float] = []
     sending = True
 
     async def send(client: httpx.AsyncClient, n: int) -> None:
@@ -132,6 +136,7 @@ async def measure(
         events = _batch(tag, n * batch_events, batch_events, customers, rng)
         ids = [e["messageId"] for e in events]
         order.extend(ids)
+        sent_at = time.monotonic()
         try:
             r = await client.post("/v1/batch", json={"batch": events}, auth=(write_key, ""))
         except httpx.HTTPError:
@@ -141,6 +146,7 @@ async def measure(
             failed += 1
             return
         at = time.monotonic()
+        request_ms.append((at - sent_at) * 1000)
         for message_id in ids:
             acked[message_id] = at
 
@@ -212,6 +218,8 @@ async def measure(
         first_quarter_p95_ms=_percentile(in_order[:quarter], 95),
         last_quarter_p95_ms=_percentile(in_order[-quarter:], 95),
         failed_requests=failed,
+        request_p50_ms=_percentile(request_ms, 50),
+        request_p99_ms=_percentile(request_ms, 99),
     )
 
 

@@ -882,7 +882,9 @@ def markdown(report: StitchBenchReport) -> str:
             f"timeline; p95 {number(f['p95_ms'], ',.0f')} ms, max {number(f['max_ms'], ',.0f')} "
             f"ms; p95 of the first quarter {number(f['first_quarter_p95_ms'], ',.0f')} ms, of the "
             f"last {number(f['last_quarter_p95_ms'], ',.0f')} ms (growth means lag grows); "
-            f"{f['failed_requests']} failed requests. Measured by polling every "
+            f"{f['failed_requests']} failed requests; the ingest requests themselves meanwhile: "
+            f"p50 {number(f['request_p50_ms'], ',.1f')} ms, p99 "
+            f"{number(f['request_p99_ms'], ',.1f')} ms. Measured by polling every "
             f"{f['poll_ms']:.0f} ms, so figures err high by up to one poll."
         )
     if report.ingest is not None:

@@ -9,6 +9,7 @@ again from its stored evidence, so the result never depends on the order events 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,6 +54,11 @@ from app.journeys.sessions import assign_sessions
 from app.journeys.stages import JourneyModel, stage_at, stage_history
 from app.privacy.screen import drop_unwanted
 from app.webhooks import outbox as webhook_outbox
+
+# Inside `journeys serve` the stitcher shares the event loop with ingest: its CPU-bound loops
+# give the loop a turn every this many items, so a large batch delays requests by a few
+# milliseconds instead of its whole duration.
+YIELD_EVERY = 100
 
 
 @dataclass(slots=True)
@@ -270,10 +276,12 @@ class WorkspaceStitcher:
         stats = StitchStats()
         parsed: dict[str, tuple[StitchEvent, journeys.TimelineRow]] = {}
         screened: list[tuple[asyncpg.Record, StitchEvent]] = []
-        for record in records:
+        for i, record in enumerate(records, 1):
             e, row = parse_raw(record)
             parsed.setdefault(e.message_id, (e, row))
             screened.append((record, e))
+            if i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
         # Suppressed identifiers (deleted customers) and denied consent: dropped, raw rows too.
         for message_id in await drop_unwanted(self.conn, self.ws, screened):
             parsed.pop(message_id, None)
@@ -621,7 +629,9 @@ class WorkspaceStitcher:
                 by_customer.setdefault(row.customer_id, []).append(_as_mapping(row))
         derived: list[tuple[str, str, str | None, str | None]] = []
         summaries: list[journeys.CustomerRow] = []
-        for customer, items in sorted(by_customer.items()):
+        for i, (customer, items) in enumerate(sorted(by_customer.items()), 1):
+            if i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             result = derive_customer(customer, items, self.model, with_facts=self.rollups)
             for r, values in zip(result.items, result.values, strict=True):
                 mid = r["message_id"]
