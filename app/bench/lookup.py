@@ -1,8 +1,10 @@
 """`journeys bench lookup`: profile reads over HTTP against a bare primary-key lookup, one run.
 
 Phases, against one database and one dataset (`app.bench.dataset`, kind "full": raw events and
-the stitched state of every customer; `verify_sample` re-stitches random customers with the real
-stitcher and compares every derived row):
+the stitched state of every customer, whose rows `lookup_rows.widen_customers` then makes as wide
+as the stitcher writes them, `dims` and `facts` included; or kind "aggregates", which writes each
+customer's own; `verify_sample` re-stitches random customers with the real stitcher and compares
+every derived row):
 
 (a) baseline: a bare primary-key lookup endpoint, `create_baseline_app` below: FastAPI, one route,
     `SELECT customer_id, stage FROM customers WHERE workspace_id = $1 AND customer_id = $2`
@@ -47,6 +49,7 @@ from rich.console import Console
 from rich.panel import Panel
 
 from app.bench import dataset as ds
+from app.bench import lookup_rows
 from app.bench.ingest import ServerProcess
 from app.bench.profile import ProfileSummary, start_recording, summarise
 from app.bench.report import machine_line, verdict_lines
@@ -328,6 +331,11 @@ class LookupBenchOptions:
     verify: int = 200
     profile_dir: Path | None = None
     baseline_reset: bool = False
+    # "full" leaves dims and facts empty (narrower rows than production's) and is widened below;
+    # "aggregates" writes them, at a higher generation cost.
+    kind: ds.Kind = "full"
+    # Kind "full" only: give the customers real-sized dims and facts first (`lookup_rows`).
+    widen: bool = True
 
 
 @dataclass(slots=True)
@@ -339,6 +347,8 @@ class LookupBenchReport:
     database: str
     dataset: dict[str, Any]
     verification: dict[str, Any] | None = None
+    customers_row: dict[str, Any] = field(default_factory=dict)
+    widened: dict[str, Any] | None = None
     id_lists: dict[str, int] = field(default_factory=dict)
     phases: list[LookupPhase] = field(default_factory=list)
     summary: dict[str, LookupPhase] = field(default_factory=dict)
@@ -394,6 +404,25 @@ async def _id_lists(dsn: str, workspace_id: int, count: int, workdir: Path) -> d
     return files
 
 
+async def _customers_row(dsn: str, workspace_id: int) -> dict[str, Any]:
+    """How wide the customers rows are (a sample): the stage lookup must not pay for the
+    columns it does not read."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT count(*) AS sampled, round(avg(pg_column_size(c.*))) AS row_bytes, "
+            "round(avg(coalesce(pg_column_size(c.facts), 0))) AS facts_bytes, "
+            "round(avg(pg_column_size(c.dims))) AS dims_bytes, "
+            "round(avg(pg_column_size(c.stage_history))) AS stage_history_bytes, "
+            "round(100.0 * count(c.facts) / greatest(count(*), 1), 1) AS facts_pct "
+            "FROM (SELECT * FROM customers WHERE workspace_id = $1 LIMIT 20000) c",
+            workspace_id,
+        )
+    finally:
+        await conn.close()
+    return {k: float(v) if v is not None else None for k, v in dict(row).items()}
+
+
 def _sanity(url: str, path: str, headers: dict[str, str], *, events: int | None = None) -> int:
     answer = httpx.get(url + path, headers=headers, timeout=30)
     if answer.status_code != 200:
@@ -416,7 +445,7 @@ def run(opts: LookupBenchOptions, console: Console) -> LookupBenchReport:
     console.log(f"database {redact(url)}; applying migrations")
     upgrade_head(url)
     version, postmaster = asyncio.run(_database_info(dsn))
-    data = asyncio.run(ds.ensure_dataset(url, opts.spec, "full", console, reuse=opts.reuse))
+    data = asyncio.run(ds.ensure_dataset(url, opts.spec, opts.kind, console, reuse=opts.reuse))
     report = LookupBenchReport(
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         machine=machine_info(),
@@ -424,15 +453,25 @@ def run(opts: LookupBenchOptions, console: Console) -> LookupBenchReport:
         dataset=data.as_dict(),
     )
     try:
+        if (
+            opts.kind == "full"
+            and opts.widen
+            and not asyncio.run(lookup_rows.facts_filled(dsn, data.workspace_id))
+        ):
+            asyncio.run(lookup_rows.widen_customers(url, data.workspace_id, console))
+        report.widened = asyncio.run(lookup_rows.widened(dsn, data.workspace_id))
         if opts.verify:
             report.verification = asyncio.run(
                 ds.verify_sample(url, data.workspace_id, opts.verify, console)
             )
+            if report.widened is not None:
+                report.verification = lookup_rows.split_verification(report.verification)
             if not report.verification["identical"]:
                 report.failures.append(
                     "the dataset's derived state differs from what the "
                     f"stitcher produces: {report.verification['mismatches']}"
                 )
+        report.customers_row = asyncio.run(_customers_row(dsn, data.workspace_id))
         with tempfile.TemporaryDirectory(prefix="journeys-bench-lookup-") as tmp:
             workdir = Path(tmp)
             files = asyncio.run(_id_lists(dsn, data.workspace_id, opts.ids, workdir))
@@ -695,10 +734,31 @@ def markdown(report: LookupBenchReport) -> str:
             f"Verification: {v['customers']} random customers re-stitched from their "
             f"{v.get('raw_events', 0):,} raw events by the real stitcher: "
             + (
-                "every customer, timeline, identity and link row identical."
+                "every customer, timeline, identity and link row identical"
                 if v["identical"]
                 else f"**MISMATCH** {v['mismatches']}"
             )
+            + (
+                f" (not comparable here: {', '.join(v['not_comparable'])}, borrowed or not "
+                "copied by the widening)."
+                if v.get("not_comparable")
+                else "."
+            )
+        )
+    w = report.widened
+    if w is not None:
+        lines.append(
+            f"Customers widened (`app/bench/lookup_rows.py`): the dims and facts "
+            f"of {w['stitched_with_facts']} customers re-stitched by the real stitcher, given "
+            f"to {w['updated']:,} customers of the same event count, in {w['total_s']:.0f} s."
+        )
+    row = report.customers_row
+    if row:
+        lines.append(
+            f"Customers rows (first {row['sampled']:,.0f} of the workspace): "
+            f"{row['row_bytes']:,.0f} bytes on average, of which facts "
+            f"{row['facts_bytes']:,.0f} (filled in {row['facts_pct']:g}%), dims "
+            f"{row['dims_bytes']:,.0f}, stage_history {row['stage_history_bytes']:,.0f}."
         )
     lines.append(
         "Ids: "
@@ -773,6 +833,20 @@ def bench_lookup(
         ),
     ] = False,
     seed: Annotated[int, typer.Option(help="dataset seed")] = 7,
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="dataset kind: full (dims and facts left empty, then widened: see --widen) or "
+            "aggregates (each customer's own dims and facts; slower to generate)"
+        ),
+    ] = "full",
+    widen: Annotated[
+        bool,
+        typer.Option(
+            help="kind full: first give the customers the dims and facts of really stitched "
+            "customers (rows as wide as production's)"
+        ),
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
     output: Annotated[Path | None, typer.Option(help="write the markdown table here")] = None,
 ) -> None:
@@ -799,7 +873,12 @@ def bench_lookup(
         verify=verify,
         profile_dir=profile,
         baseline_reset=baseline_reset,
+        kind="aggregates" if kind == "aggregates" else "full",
+        widen=widen,
     )
+    if kind not in ("full", "aggregates"):
+        console.print(Panel(f"--kind {kind!r}: aggregates or full", style="bold red"))
+        raise typer.Exit(2)
     try:
         report = run(opts, console)
     except (LookupBenchFailed, BenchFailed, WrkError) as exc:

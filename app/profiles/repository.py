@@ -37,6 +37,29 @@ async def stage_by_identity(
     return row
 
 
+async def stage_of_customer(
+    conn: asyncpg.Connection, workspace_id: int, customer_id: str
+) -> asyncpg.Record | None:
+    """A customer's stage columns only (the row's wide `facts` and `dims` are not read)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT customer_id, stage, stage_entered_at, stage_history::text AS stage_history "
+        "FROM customers WHERE workspace_id = $1 AND customer_id = $2",
+        workspace_id,
+        customer_id,
+    )
+    return row
+
+
+async def customer_exists(conn: asyncpg.Connection, workspace_id: int, customer_id: str) -> bool:
+    """Whether the workspace has this customer (an index probe, no wide columns)."""
+    found = await conn.fetchval(
+        "SELECT true FROM customers WHERE workspace_id = $1 AND customer_id = $2",
+        workspace_id,
+        customer_id,
+    )
+    return found is not None
+
+
 async def customer(
     conn: asyncpg.Connection, workspace_id: int, customer_id: str
 ) -> asyncpg.Record | None:
@@ -83,6 +106,53 @@ async def identifiers(
     return rows
 
 
+TIMELINE_COLUMNS = (
+    "message_id",
+    "type",
+    "event",
+    "timestamp",
+    "received_at",
+    "channel",
+    "session_id",
+    "stage",
+    "properties",
+)
+_TIMELINE_SELECT = (
+    "SELECT message_id, type, event, timestamp, received_at, channel, session_id, stage, "
+    "properties::text AS properties FROM journey_events"
+)
+
+
+def _timeline_page(
+    args: list[object],
+    *,
+    customer: str,
+    limit: int,
+    after: tuple[datetime, str] | None,
+    since: datetime | None,
+    until: datetime | None,
+    descending: bool,
+) -> str:
+    """The page query of one customer (`customer`: an SQL expression); appends its parameters
+    to `args`, whose first is the workspace id."""
+    op, order = ("<", "DESC") if descending else (">", "ASC")
+    clauses = ["workspace_id = $1", f"customer_id = {customer}"]
+    if after is not None:
+        args += [after[0], after[1]]
+        clauses.append(f"(timestamp, message_id) {op} (${len(args) - 1}, ${len(args)})")
+    if since is not None:
+        args.append(since)
+        clauses.append(f"timestamp >= ${len(args)}")
+    if until is not None:
+        args.append(until)
+        clauses.append(f"timestamp < ${len(args)}")
+    args.append(limit)
+    return (
+        f"{_TIMELINE_SELECT} WHERE {' AND '.join(clauses)} "
+        f"ORDER BY timestamp {order}, message_id {order} LIMIT ${len(args)}"
+    )
+
+
 async def timeline(
     conn: asyncpg.Connection,
     workspace_id: int,
@@ -94,24 +164,52 @@ async def timeline(
     until: datetime | None,
     descending: bool,
 ) -> list[asyncpg.Record]:
-    """One page of a customer's events in event-time order."""
-    op, order = ("<", "DESC") if descending else (">", "ASC")
-    clauses = ["workspace_id = $1", "customer_id = $2"]
+    """One page of a customer's events in event-time order (columns: TIMELINE_COLUMNS)."""
     args: list[object] = [workspace_id, customer_id]
-    if after is not None:
-        args += [after[0], after[1]]
-        clauses.append(f"(timestamp, message_id) {op} (${len(args) - 1}, ${len(args)})")
-    if since is not None:
-        args.append(since)
-        clauses.append(f"timestamp >= ${len(args)}")
-    if until is not None:
-        args.append(until)
-        clauses.append(f"timestamp < ${len(args)}")
-    args.append(limit)
+    sql = _timeline_page(
+        args,
+        customer="$2",
+        limit=limit,
+        after=after,
+        since=since,
+        until=until,
+        descending=descending,
+    )
+    rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+    return rows
+
+
+async def timeline_by_identity(
+    conn: asyncpg.Connection,
+    workspace_id: int,
+    kind: str,
+    value: str,
+    *,
+    limit: int,
+    after: tuple[datetime, str] | None,
+    since: datetime | None,
+    until: datetime | None,
+    descending: bool,
+) -> list[asyncpg.Record]:
+    """An identifier's customer and one page of its events in one round trip: TIMELINE_COLUMNS
+    then `customer_id`, `shared_device`; no row for an unknown identifier, one row with a null
+    `message_id` for a customer without events in the page."""
+    args: list[object] = [workspace_id, kind, value]
+    page = _timeline_page(
+        args,
+        customer="i.customer_id",
+        limit=limit,
+        after=after,
+        since=since,
+        until=until,
+        descending=descending,
+    )
+    order = "DESC" if descending else "ASC"
     rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT message_id, type, event, timestamp, received_at, channel, session_id, stage, "
-        f"properties::text AS properties FROM journey_events WHERE {' AND '.join(clauses)} "
-        f"ORDER BY timestamp {order}, message_id {order} LIMIT ${len(args)}",
+        f"SELECT e.*, i.customer_id AS customer_id, i.shared_device FROM identities i "
+        f"LEFT JOIN LATERAL ({page}) e ON true "
+        "WHERE i.workspace_id = $1 AND i.kind = $2 AND i.value = $3 "
+        f"ORDER BY e.timestamp {order}, e.message_id {order}",
         *args,
     )
     return rows

@@ -223,6 +223,7 @@ async def get_identities(id: IdParam, request: Request, workspace_id: ReadWorksp
 
 
 _PREFIX = "/v1/profiles/"
+_JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 _STAGE = "/stage"
 
 
@@ -242,12 +243,22 @@ async def stage_asgi(scope: Scope, receive: Receive, send: Send, identifier: str
     try:
         workspace_id = await read_workspace(request)
         async with runtime(request).read_connection() as conn:
-            response = _json(await service.stage(conn, workspace_id, identifier))
+            body = orjson.dumps(await service.stage(conn, workspace_id, identifier))
     except ProblemError as exc:
-        response = problem_response(exc)
+        await problem_response(exc)(scope, receive, send)
+        return
     except Exception as exc:
-        response = unexpected_error_response(exc)
-    await response(scope, receive, send)
+        await unexpected_error_response(exc)(scope, receive, send)
+        return
+    # The messages `_json`'s Response sends (same headers, same order), without the object.
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", str(len(body)).encode()), _JSON_CONTENT_TYPE],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class UnmergeRequest(BaseModel):

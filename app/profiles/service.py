@@ -41,7 +41,7 @@ async def resolve_customer(conn: asyncpg.Connection, workspace_id: int, text: st
     """The customer an identifier belongs to: 404 if unknown, 409 for a shared device."""
     ident = parse_identifier(text)
     if ident.kind == CUSTOMER_ID:
-        if await profiles.customer(conn, workspace_id, ident.value) is None:
+        if not await profiles.customer_exists(conn, workspace_id, ident.value):
             raise _not_found(text)
         return ident.value
     row = await profiles.find_identity(conn, workspace_id, ident.kind, ident.value)
@@ -84,24 +84,25 @@ async def profile(conn: asyncpg.Connection, workspace_id: int, text: str) -> dic
 async def stage(conn: asyncpg.Connection, workspace_id: int, text: str) -> dict[str, Any]:
     """The customer's current stage and when each stage was entered."""
     ident = parse_identifier(text)
-    row = None
-    if ident.kind != CUSTOMER_ID:
-        row = await profiles.stage_by_identity(conn, workspace_id, ident.kind, ident.value)
-    if row is not None and not row["shared_device"] and row["stage_history"] is not None:
-        # Stored JSON goes out as it is: no decode and re-encode on the hot path.
-        history: Any = orjson.Fragment(row["stage_history"])
-    else:
-        # Customer ids, shared devices and misses take the general path (404/409 answers).
-        customer_id = await resolve_customer(conn, workspace_id, text)
-        row = await profiles.customer(conn, workspace_id, customer_id)
+    if ident.kind == CUSTOMER_ID:
+        row = await profiles.stage_of_customer(conn, workspace_id, ident.value)
         if row is None:
             raise _not_found(text)
-        history = row["stage_history"]
+    else:
+        row = await profiles.stage_by_identity(conn, workspace_id, ident.kind, ident.value)
+        if row is None or row["shared_device"] or row["stage_history"] is None:
+            # Misses, shared devices and identities without a customer row take the general
+            # path (its 404 and 409 answers).
+            customer_id = await resolve_customer(conn, workspace_id, text)
+            row = await profiles.stage_of_customer(conn, workspace_id, customer_id)
+            if row is None:
+                raise _not_found(text)
     return {
         "customer_id": row["customer_id"],
         "stage": row["stage"],
         "entered_at": row["stage_entered_at"],
-        "stage_history": history,
+        # Stored JSON goes out as it is: no decode and re-encode on the hot path.
+        "stage_history": orjson.Fragment(row["stage_history"]),
     }
 
 
@@ -135,6 +136,32 @@ async def timeline(
     order: str,
 ) -> dict[str, Any]:
     """A page of the customer's events with sessions, channels and stages."""
+    ident = parse_identifier(text)
+    descending = order == "desc"
+    after = None
+    fast = ident.kind != CUSTOMER_ID
+    if cursor:
+        try:
+            after = decode_cursor(cursor)
+        except ProblemError:
+            fast = False  # the general path answers an unknown identifier's 404 first
+    if fast:
+        # One round trip for the identifier and the page (the general path takes 2).
+        rows = await profiles.timeline_by_identity(
+            conn,
+            workspace_id,
+            ident.kind,
+            ident.value,
+            limit=limit + 1,
+            after=after,
+            since=since,
+            until=until,
+            descending=descending,
+        )
+        if rows and not (rows[0]["shared_device"] and ident.kind == ANONYMOUS_ID):
+            customer_id = str(rows[0]["customer_id"])
+            return _page(customer_id, [] if rows[0]["message_id"] is None else rows, limit)
+    # Customer ids, shared devices, misses and bad cursors: the general path (404/409/400).
     customer_id = await resolve_customer(conn, workspace_id, text)
     rows = await profiles.timeline(
         conn,
@@ -144,20 +171,27 @@ async def timeline(
         after=decode_cursor(cursor) if cursor else None,
         since=since,
         until=until,
-        descending=order == "desc",
+        descending=descending,
     )
+    return _page(customer_id, rows, limit)
+
+
+_EVENT_KEYS = profiles.TIMELINE_COLUMNS[:-1]
+
+
+def _page(customer_id: str, rows: list[asyncpg.Record], limit: int) -> dict[str, Any]:
     page = rows[:limit]
     next_cursor = (
         encode_cursor(page[-1]["timestamp"], page[-1]["message_id"]) if len(rows) > limit else None
     )
-    return {
-        "customer_id": customer_id,
-        "events": [
-            {**r, "properties": orjson.Fragment(r["properties"]) if r["properties"] else None}
-            for r in page
-        ],
-        "next_cursor": next_cursor,
-    }
+    events = []
+    for r in page:
+        # Rows start with TIMELINE_COLUMNS; zip stops before any column after them.
+        event = dict(zip(_EVENT_KEYS, r.values(), strict=False))
+        properties = r["properties"]
+        event["properties"] = orjson.Fragment(properties) if properties else None
+        events.append(event)
+    return {"customer_id": customer_id, "events": events, "next_cursor": next_cursor}
 
 
 async def identities(conn: asyncpg.Connection, workspace_id: int, text: str) -> dict[str, Any]:

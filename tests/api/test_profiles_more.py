@@ -439,3 +439,55 @@ async def test_write_key_sent_as_basic_on_a_read_route_is_403(
     r = await client.get("/v1/profiles/user_id:u1", auth=(workspace.write_key, ""))
     assert r.status_code == 403
     assert r.json()["code"] == "wrong_key_kind"
+
+
+async def test_timeline_answers_the_identifier_before_the_cursor(
+    client: httpx.AsyncClient, ann: tuple[NewWorkspace, str]
+) -> None:
+    ws, customer_id = ann
+    read = _bearer(ws.read_key)
+    first = await client.get(_url("user_id:ann-1", "/timeline"), params={"limit": 2}, headers=read)
+    cursor = first.json()["next_cursor"]
+    for bad in (cursor, "not-a-cursor"):
+        r = await client.get(
+            _url("user_id:nobody", "/timeline"), params={"cursor": bad}, headers=read
+        )
+        assert r.status_code == 404, r.text
+    pages = [
+        (
+            await client.get(
+                _url(ident, "/timeline"), params={"limit": 2, "cursor": cursor}, headers=read
+            )
+        ).json()
+        for ident in ("user_id:ann-1", "email:ann.smith@example.com", f"customer_id:{customer_id}")
+    ]
+    assert [e["message_id"] for e in pages[0]["events"]] == ORDER[2:4]
+    assert all(p == pages[0] for p in pages)
+
+
+async def test_a_shared_device_is_409_on_stage_and_timeline(
+    client: httpx.AsyncClient, workspace: NewWorkspace, stitch: Stitch
+) -> None:
+    await _send(
+        client,
+        workspace,
+        [
+            _ev("k1", "2026-10-01T09:00:00Z", "identify", userId="ann", anonymousId="kiosk"),
+            _ev("k2", "2026-10-01T09:05:00Z", anonymousId="kiosk", event="Product Viewed"),
+            _ev("k3", "2026-10-01T10:00:00Z", "identify", userId="bob", anonymousId="kiosk"),
+            _ev("k4", "2026-10-01T10:05:00Z", anonymousId="kiosk", event="Product Viewed"),
+        ],
+    )
+    await stitch()
+    read = _bearer(workspace.read_key)
+    owners = {
+        (await client.get(_url(f"user_id:{user}"), headers=read)).json()["customer_id"]
+        for user in ("ann", "bob")
+    }
+    assert len(owners) == 2
+    cursor = base64.urlsafe_b64encode(b'["2026-10-01T09:00:00+00:00","k1"]').decode()
+    for route, params in (("/stage", {}), ("/timeline", {}), ("/timeline", {"cursor": cursor})):
+        r = await client.get(_url("anonymous_id:kiosk", route), params=params, headers=read)
+        assert r.status_code == 409, (route, r.text)
+        assert r.headers["content-type"] == "application/problem+json"
+        assert set(r.json()["customer_ids"]) == owners
