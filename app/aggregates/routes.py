@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -12,11 +12,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from app.aggregates import service
+from app.aggregates.cache import ANSWERS, snapshot_version
 from app.aggregates.facts import ATTRIBUTION_MODELS
 from app.core.auth import ReadWorkspace
 from app.core.deps import runtime
 from app.journeys.stages import JourneyModel
-from app.journeys.stitcher import model_for
 
 router = APIRouter(prefix="/v1/aggregates", tags=["aggregates"])
 
@@ -61,13 +61,55 @@ def _doc(*names: str) -> str:
     return "\n\n".join(f"**{name}**: {service.DEFINITIONS[name]}" for name in names)
 
 
+Compute = Callable[[asyncpg.Connection, JourneyModel, str], Awaitable[Any]]
+
+
+def _fresh(request: Request) -> bool:
+    """`Cache-Control: no-cache` (or `no-store`): compute the answer now, whatever is stored."""
+    value = request.headers.get("cache-control", "").lower()
+    return "no-cache" in value or "no-store" in value
+
+
+async def _answer(
+    request: Request,
+    workspace_id: int,
+    breakdown: str | None,
+    key: tuple[Any, ...],
+    compute: Compute,
+    *,
+    live: Callable[[asyncpg.Connection, JourneyModel, str, Any], Awaitable[Any]] | None = None,
+) -> Response:
+    """The answer of `compute` for this request: from the exact answer cache when the
+    workspace's data version and journey model are those it was computed for, else computed in
+    one REPEATABLE READ snapshot and stored under that snapshot's version. `live` adds what
+    depends on the clock (never cached). `X-Journeys-Cache`: hit, miss or bypass."""
+    fresh = _fresh(request)
+    async with runtime(request).read_connection() as conn:
+        state = await ANSWERS.state(conn, workspace_id)
+        dim = service.breakdown_dim(state.model, breakdown)
+        stored = (workspace_id, state.version, state.model_text, dim, key)
+        body = None if fresh else ANSWERS.get(stored)
+        status = "hit"
+        if body is None:
+            status = "bypass" if fresh else "miss"
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                version = await snapshot_version(conn, workspace_id)
+                body = await compute(conn, state.model, dim)
+            ANSWERS.put((workspace_id, version, state.model_text, dim, key), body)
+        if live is not None:
+            body = await live(conn, state.model, dim, body)
+    return Response(
+        orjson.dumps(body), media_type="application/json", headers={"X-Journeys-Cache": status}
+    )
+
+
 @asynccontextmanager
 async def _reading(
     request: Request, workspace_id: int, breakdown: str | None
 ) -> AsyncIterator[tuple[asyncpg.Connection, JourneyModel, str]]:
     """A read connection, the workspace's journey model and the breakdown's rollup `dim`."""
     async with runtime(request).read_connection() as conn:
-        model = await model_for(conn, workspace_id)
+        model = (await ANSWERS.state(conn, workspace_id)).model
         yield conn, model, service.breakdown_dim(model, breakdown)
 
 
@@ -99,8 +141,13 @@ async def get_stages(
     breakdown: Breakdown = None,
 ) -> Response:
     win = service.window(start, end)
-    async with _reading(request, workspace_id, breakdown) as (conn, model, dim):
-        return _json(await service.stages(conn, workspace_id, model, dim=dim, win=win))
+    return await _answer(
+        request,
+        workspace_id,
+        breakdown,
+        ("stages", win),
+        lambda conn, model, dim: service.stages(conn, workspace_id, model, dim=dim, win=win),
+    )
 
 
 @router.get(
@@ -130,13 +177,14 @@ async def get_funnel(
 ) -> Response:
     win = service.window(start, end)
     span = service.funnel_window(window)
-    async with _reading(request, workspace_id, breakdown) as (conn, model, dim):
+
+    async def compute(conn: asyncpg.Connection, model: JourneyModel, dim: str) -> Any:
         parsed = service.funnel_steps(model, steps)
-        return _json(
-            await service.funnel(
-                conn, workspace_id, model, dim=dim, win=win, steps=parsed, span=span
-            )
+        return await service.funnel(
+            conn, workspace_id, model, dim=dim, win=win, steps=parsed, span=span
         )
+
+    return await _answer(request, workspace_id, breakdown, ("funnel", win, steps, span), compute)
 
 
 @router.get(
@@ -156,10 +204,15 @@ async def get_channels(
     breakdown: Breakdown = None,
 ) -> Response:
     win = service.window(start, end)
-    async with _reading(request, workspace_id, breakdown) as (conn, model, dim):
-        return _json(
-            await service.channels(conn, workspace_id, model, dim=dim, win=win, stage=stage)
-        )
+    return await _answer(
+        request,
+        workspace_id,
+        breakdown,
+        ("channels", win, stage),
+        lambda conn, model, dim: service.channels(
+            conn, workspace_id, model, dim=dim, win=win, stage=stage
+        ),
+    )
 
 
 @router.get(
@@ -179,18 +232,15 @@ async def get_attribution(
     breakdown: Breakdown = None,
 ) -> Response:
     win = service.window(start, end)
-    async with _reading(request, workspace_id, breakdown) as (conn, journey, dim):
-        return _json(
-            await service.attribution(
-                conn,
-                workspace_id,
-                journey,
-                dim=dim,
-                win=win,
-                model_name=model,
-                conversion=conversion,
-            )
-        )
+    return await _answer(
+        request,
+        workspace_id,
+        breakdown,
+        ("attribution", win, model, conversion),
+        lambda conn, journey, dim: service.attribution(
+            conn, workspace_id, journey, dim=dim, win=win, model_name=model, conversion=conversion
+        ),
+    )
 
 
 @router.get(
@@ -211,8 +261,18 @@ async def get_journey_map(
     breakdown: Breakdown = None,
 ) -> Response:
     win = service.window(start, end)
-    async with _reading(request, workspace_id, breakdown) as (conn, model, dim):
-        return _json(await service.journey_map(conn, workspace_id, model, dim=dim, win=win))
+    return await _answer(
+        request,
+        workspace_id,
+        breakdown,
+        ("journey-map", win),
+        lambda conn, model, dim: service.journey_map_rollups(
+            conn, workspace_id, model, dim=dim, win=win
+        ),
+        live=lambda conn, model, dim, base: service.with_dropoff(
+            conn, workspace_id, model, base, dim=dim
+        ),
+    )
 
 
 @router.get(

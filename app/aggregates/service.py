@@ -210,19 +210,55 @@ async def _stage_rows(
     return out
 
 
+_EPOCH_DAY = date(1970, 1, 1)
+BLOCK_SPANS = (64, 8)  # the aligned blocks of days kept beside two day rollups (migration 0007)
+
+
+def cover(win: Window) -> tuple[list[date], dict[int, list[date]]]:
+    """The window as single days and aligned blocks (a block of `span` days starts on a day
+    whose number since 1970-01-01 is a multiple of `span`), largest blocks first: at most ~30
+    parts, whatever the window's length up to a few blocks of 64 days."""
+    days: list[date] = []
+    blocks: dict[int, list[date]] = {span: [] for span in BLOCK_SPANS}
+    pos, last = (win.start - _EPOCH_DAY).days, (win.end - _EPOCH_DAY).days
+    while pos <= last:
+        for span in BLOCK_SPANS:
+            if pos % span == 0 and pos + span - 1 <= last:
+                blocks[span].append(_EPOCH_DAY + timedelta(days=pos))
+                pos += span
+                break
+        else:
+            days.append(_EPOCH_DAY + timedelta(days=pos))
+            pos += 1
+    return days, blocks
+
+
+def _covered(day_table: str, block_table: str, columns: str, extra: str = "") -> str:
+    """Rows of a window from a day rollup and its blocks: parameters $1 workspace, $2 dim,
+    $3 days, $4 starts of 64-day blocks, $5 starts of 8-day blocks."""
+    return (
+        f"SELECT {columns} FROM {day_table} WHERE workspace_id = $1 AND dim = $2 "
+        f"AND day = ANY($3::date[]){extra} "
+        f"UNION ALL SELECT {columns} FROM {block_table} WHERE workspace_id = $1 AND dim = $2 "
+        f"AND span = 64 AND start = ANY($4::date[]){extra} "
+        f"UNION ALL SELECT {columns} FROM {block_table} WHERE workspace_id = $1 AND dim = $2 "
+        f"AND span = 8 AND start = ANY($5::date[]){extra}"
+    )
+
+
+_MEDIAN_SQL = (
+    "SELECT dval, stage, bucket, sum(n)::int8 AS n FROM ("
+    + _covered("agg_stage_durations", "agg_stage_duration_blocks", "dval, stage, bucket, n")
+    + ") x GROUP BY dval, stage, bucket HAVING sum(n) > 0"
+)
+
+
 async def _median_rows(
     conn: asyncpg.Connection, ws: int, dim: str, win: Window
 ) -> dict[str, dict[str, float | None]]:
     """dval -> stage -> median seconds to the next stage."""
-    rows = await conn.fetch(
-        "SELECT dval, stage, bucket, sum(n)::int8 AS n FROM agg_stage_durations "
-        "WHERE workspace_id = $1 AND dim = $2 AND day BETWEEN $3 AND $4 "
-        "GROUP BY dval, stage, bucket HAVING sum(n) > 0",
-        ws,
-        dim,
-        win.start,
-        win.end,
-    )
+    days, blocks = cover(win)
+    rows = await conn.fetch(_MEDIAN_SQL, ws, dim, days, blocks[64], blocks[8])
     buckets: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
     for r in rows:
         buckets[r["dval"], r["stage"]][r["bucket"]] = float(r["n"])
@@ -277,6 +313,16 @@ def _empty_stage(stage: str) -> dict[str, Any]:
 
 
 _TOUCH_SUMS = ", ".join(f"sum({name}) AS {name}" for name in TOUCH_FIELDS)
+_TOUCH_SQL = (
+    f"SELECT dval, stage, channel, {_TOUCH_SUMS} FROM ("
+    + _covered(
+        "agg_touch_days",
+        "agg_touch_blocks",
+        f"dval, stage, channel, {', '.join(TOUCH_FIELDS)}",
+        " AND (stage = $6 OR ($6::text IS NULL AND stage <> ''))",
+    )
+    + ") x GROUP BY dval, stage, channel HAVING sum(touches) > 0.5"
+)
 
 
 async def _touch_rows(
@@ -284,16 +330,9 @@ async def _touch_rows(
 ) -> list[asyncpg.Record]:
     """Summed touch counters per (dval, stage, channel) in the window (one stage, or all
     stages but the whole-journey rows)."""
+    days, blocks = cover(win)
     rows: list[asyncpg.Record] = await conn.fetch(
-        f"SELECT dval, stage, channel, {_TOUCH_SUMS} FROM agg_touch_days "
-        "WHERE workspace_id = $1 AND dim = $2 AND day BETWEEN $3 AND $4 "
-        "AND (stage = $5 OR ($5 IS NULL AND stage <> '')) "
-        "GROUP BY dval, stage, channel HAVING sum(touches) > 0.5",
-        ws,
-        dim,
-        win.start,
-        win.end,
-        stage,
+        _TOUCH_SQL, ws, dim, days, blocks[64], blocks[8], stage
     )
     return rows
 
@@ -419,9 +458,47 @@ async def journey_map(
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """`GET /v1/aggregates/journey-map`."""
+    base = await journey_map_rollups(conn, ws, model, dim=dim, win=win)
+    return await with_dropoff(conn, ws, model, base, dim=dim, now=now)
+
+
+async def with_dropoff(
+    conn: asyncpg.Connection,
+    ws: int,
+    model: JourneyModel,
+    base: dict[str, Any],
+    *,
+    dim: str,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The journey map: its rollup part (`journey_map_rollups`, which a cache may hold) with
+    the drop-off counts of now (which depend on the clock)."""
+    answer: dict[str, Any] = base["answer"]
+    if not base["present"]:
+        return answer
+    stalled = await _stalled_counts(conn, ws, model, dim=dim, win=None, now=now)
+
+    def filled(dval: str, stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**st, "dropoff": stalled.get(dval, {}).get(st["stage"])} for st in stages]
+
+    if dim == TOTAL:
+        return {**answer, "stages": filled(TOTAL, answer["stages"])}
+    return {
+        **answer,
+        "groups": [
+            {**g, "stages": filled(NONE_VALUE if g["value"] is None else g["value"], g["stages"])}
+            for g in answer["groups"]
+        ],
+    }
+
+
+async def journey_map_rollups(
+    conn: asyncpg.Connection, ws: int, model: JourneyModel, *, dim: str, win: Window
+) -> dict[str, Any]:
+    """The journey map's figures that depend on the data alone (`dropoff` left None):
+    `{"answer": …, "present": whether any group has data}`."""
     counts = await _stage_rows(conn, ws, dim, win)
     medians = await _median_rows(conn, ws, dim, win)
-    stalled = await _stalled_counts(conn, ws, model, dim=dim, win=None, now=now)
     touch: dict[str, dict[str, list[asyncpg.Record]]] = defaultdict(lambda: defaultdict(list))
     for r in await _touch_rows(conn, ws, dim, win):
         touch[r["dval"]][r["stage"]].append(r)
@@ -451,7 +528,7 @@ async def journey_map(
                     "entered": entered,
                     "conversion_rate": _rate(converted, entered),
                     "median_seconds_in_stage": medians.get(dval, {}).get(stage),
-                    "dropoff": stalled.get(dval, {}).get(stage),
+                    "dropoff": None,
                     "feedback": feedback(stage_totals),
                     "channels": channel_rows,
                 }
@@ -473,7 +550,8 @@ async def journey_map(
             for s in model.stages
         ]
     }
-    return _grouped(dim, win, groups, extra={}, empty=empty)
+    present = bool(groups) if dim != TOTAL else TOTAL in groups
+    return {"answer": _grouped(dim, win, groups, extra={}, empty=empty), "present": present}
 
 
 # --------------------------------------------------------------------------- drop-off
@@ -886,11 +964,14 @@ __all__ = [
     "attribution",
     "breakdown_dim",
     "channels",
+    "cover",
     "dropoff",
     "funnel",
     "funnel_steps",
     "funnel_window",
     "journey_map",
+    "journey_map_rollups",
     "stages",
     "window",
+    "with_dropoff",
 ]

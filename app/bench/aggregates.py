@@ -2,29 +2,31 @@
 
 Phases, against one database, in one run:
 
-(a) Dataset: C customers x E events over `days` days (`app.bench.dataset`, kind "raw": the
-    stitch benchmark's generator, raw events in receipt order). The generator's customers carry
-    the traits `email`, `first_name`, `last_name` and `marketing_opt_in`, and no `persona` trait
-    or `variation_name` property (the default breakdowns), so the workspace's journey model
-    keeps `--breakdown` (default `trait:marketing_opt_in`: true, false, or none for anonymous
-    customers) besides the defaults, set in its settings before stitching.
-(b) Stitch: every event, with the real `Stitcher.stitch_shard` (rollups on, batches of 2,000),
-    so the rollups, stage entries and timelines are exactly what production would hold, with
-    VACUUM ANALYZE passes over the derived tables as they grow (`maintenance_due`: autovacuum's
-    job, which may be off on a test server; on stale statistics the stitcher's plans go bad)
-    and one at the end. Every event goes through the stitcher (~2,000 events/s on 2 cores), so
-    the default scale is 50,000 customers (~500,000 events: ~5 min of stitching, the whole run
-    ~15 min), not the issue's 1M customers / 10M events. The rollup tables' row counts are
-    reported: the rollup endpoints read rows bounded by days x stages x channels x groups
-    (agg_stage_durations also x duration buckets), whatever the number of customers.
-(c) HTTP: `journeys serve` (1 process, `JOURNEYS_INPROCESS_WORKER=false`) and wrk (`--connections`,
+(a) Dataset and derived state, by default (`--derived copy`) with `app.bench.dataset` kind
+    "aggregates": the archetypes (2,000 customer journeys) are stitched by the real
+    `WorkspaceStitcher` with the workspace's journey model (keeping `--breakdown` besides the
+    defaults: the generator sets the trait `marketing_opt_in`, never `persona` or
+    `variation_name`), and every customer is a copy of one with renamed identifiers and shifted
+    times: raw events, timelines, identities, customers with their stored contributions
+    (`customers.facts`, `dims`) and stage entries; then the rollups are summed from
+    `customers.facts` in SQL (`app.aggregates.rollups_from_facts`). 1M customers / 10M events
+    take ~20 minutes on 2 cores. Then the copy is verified: `--verify` random customers are
+    re-stitched from their raw events by the real stitcher and every derived row and
+    contribution compared, and every rollup row is compared with a from-scratch sum of all
+    customers' contributions by the stitcher's own `add_facts`. Any difference fails the run.
+    With `--derived stitch`, every event goes through the real `Stitcher.stitch_shard` instead
+    (rollups on, batches of 2,000, VACUUM ANALYZE as the tables grow: `maintenance_due`), at
+    ~3,000 events/s: for 10M events, about an hour.
+(b) HTTP: `journeys serve` (1 process, `JOURNEYS_INPROCESS_WORKER=false`) and wrk (`--connections`,
     default 4) against each endpoint for a `--window-days` window ending on the dataset's last
     day, with and without the breakdown, after a short warm-up; first `/healthz` under the same
-    wrk settings: the HTTP floor of this server on this machine in this run. An endpoint whose
-    first request takes `--slow-ms` or more is measured one request at a time instead (wrk's
-    requests would outlive the phase). With `--rounds N` the whole list runs N times and the
-    medians are reported. Server and PostgreSQL CPU per request come from the same CPU meter
-    as the other benchmarks.
+    wrk settings: the HTTP floor of this server on this machine in this run. Endpoints answered
+    through the exact answer cache (`app.aggregates.cache`) run twice: as served (the cache
+    warm) and uncached (`Cache-Control: no-cache` on every request: computed from the
+    database); their first request is reported too. An endpoint whose first request takes
+    `--slow-ms` or more is measured one request at a time instead (wrk's requests would outlive
+    the phase). With `--rounds N` the whole list runs N times and the medians are reported.
+    Server and PostgreSQL CPU per request come from the same CPU meter as the other benchmarks.
 
 Target: p99 < 50 ms per endpoint.
 """
@@ -96,6 +98,10 @@ class Endpoint:
     # one day), "customers" (stage entries, timelines or customers: grows with the data).
     reads: str
     breakdown: bool = False
+    # Answered through the exact answer cache (`app.aggregates.cache`): measured twice, as
+    # served (the cache warm: every request after the first is a hit) and uncached (every
+    # request with `Cache-Control: no-cache`: computed from the database).
+    cached: bool = True
 
 
 def endpoints(start: date, end: date, breakdown: str) -> list[Endpoint]:
@@ -105,10 +111,14 @@ def endpoints(start: date, end: date, breakdown: str) -> list[Endpoint]:
     def path(route: str, params: dict[str, str]) -> str:
         return f"/v1/aggregates/{route}?" + urlencode(params, quote_via=quote, safe=":,")
 
-    found = [Endpoint("healthz", "/healthz", "GET /healthz (the HTTP floor)", "floor")]
+    found = [
+        Endpoint("healthz", "/healthz", "GET /healthz (the HTTP floor)", "floor", cached=False)
+    ]
 
-    def add(name: str, route: str, params: dict[str, str], label: str, reads: str) -> None:
-        found.append(Endpoint(name, path(route, {**params, **window}), label, reads))
+    def add(
+        name: str, route: str, params: dict[str, str], label: str, reads: str, cached: bool = True
+    ) -> None:
+        found.append(Endpoint(name, path(route, {**params, **window}), label, reads, cached=cached))
         found.append(
             Endpoint(
                 f"{name}+bd",
@@ -116,6 +126,7 @@ def endpoints(start: date, end: date, breakdown: str) -> list[Endpoint]:
                 f"{label}, breakdown",
                 reads,
                 breakdown=True,
+                cached=cached,
             )
         )
 
@@ -154,13 +165,14 @@ def endpoints(start: date, end: date, breakdown: str) -> list[Endpoint]:
     # Drop-off counts (also in the journey map) add the customers who entered the stage on the
     # threshold's own day, read from `customers`: one day's entries of the stage.
     add("journey-map", "journey-map", {}, "journey-map", "rollups + 1 day")
-    add("dropoff", "dropoff", {}, "dropoff (counts)", "rollups + 1 day")
+    add("dropoff", "dropoff", {}, "dropoff (counts)", "rollups + 1 day", cached=False)
     found.append(
         Endpoint(
             "dropoff-customers",
             f"/v1/aggregates/dropoff?customers=true&stage={DROPOFF_STAGE}",
             f"dropoff?customers=true&stage={DROPOFF_STAGE} (first page of 100, stalled now)",
             "customers",
+            cached=False,
         )
     )
     return found
@@ -219,9 +231,16 @@ def digest(body: Any) -> str:
     return ""
 
 
-def lua_script(path: str, authorization: str | None) -> str:
+UNCACHED = {"Cache-Control": "no-cache"}
+FRESH = "~uncached"  # suffix of the uncached phases' names
+
+
+def lua_script(path: str, authorization: str | None, extra: dict[str, str] | None = None) -> str:
     """A wrk script GETting one fixed path, ending with the machine-readable `done()`."""
     auth = f'\n  ["Authorization"] = {_lua_string(authorization)},' if authorization else ""
+    for name, value in (extra or {}).items():
+        # `[ [=[…]=] ]`: without the spaces `[[` would open a Lua long string.
+        auth += f"\n  [ {_lua_string(name)} ] = {_lua_string(value)},"
     return f"""-- generated by `journeys bench aggregates`: GET one path
 local path = {_lua_string(path)}
 local headers = {{["Accept"] = "application/json",{auth}
@@ -264,6 +283,11 @@ class AggregatesBenchOptions:
     only: str | None = None
     profile_dir: Path | None = None
     slow_ms: float = 2_000.0
+    # "copy": archetypes stitched by the real stitcher, copied in SQL with their contributions,
+    # rollups summed from those (`app.bench.dataset`, kind "aggregates"), then verified; "stitch":
+    # every event through the real stitcher (~3k events/s).
+    derived: str = "copy"
+    verify: int = 200
 
 
 @dataclass(slots=True)
@@ -279,6 +303,7 @@ class AggregatesBenchReport:
     window: dict[str, str] = field(default_factory=dict)
     rounds: int = 1
     stitch: dict[str, Any] = field(default_factory=dict)
+    verification: dict[str, Any] = field(default_factory=dict)
     row_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     endpoints: list[dict[str, Any]] = field(default_factory=list)
     phases: list[LookupPhase] = field(default_factory=list)
@@ -551,14 +576,36 @@ def _window(anchor: str, days: int) -> tuple[date, date]:
     return end - timedelta(days=days - 1), end
 
 
-def _sanity(url: str, endpoint: Endpoint, headers: dict[str, str]) -> dict[str, Any]:
+def _get(url: str, endpoint: Endpoint, headers: dict[str, str]) -> httpx.Response:
     answer = httpx.get(url + endpoint.path, headers=headers, timeout=SANITY_TIMEOUT_S)
     if answer.status_code != 200:
         raise AggregatesBenchFailed(
             f"GET {endpoint.path} answered {answer.status_code}: {answer.text[:500]}"
         )
+    return answer
+
+
+def _sanity(url: str, endpoint: Endpoint, headers: dict[str, str]) -> dict[str, Any]:
+    """The first request (with the cache: a miss, computed), then for cached endpoints one
+    more (a hit) and one with `Cache-Control: no-cache` (computed again), which must all
+    answer the same."""
+    answer = _get(url, endpoint, headers)
     body = answer.json()
+    extra: dict[str, Any] = {}
+    if endpoint.cached:
+        hit = _get(url, endpoint, headers)
+        fresh = _get(url, endpoint, {**headers, **UNCACHED})
+        found = [r.headers.get("x-journeys-cache") for r in (answer, hit, fresh)]
+        if found != ["miss", "hit", "bypass"] or not body == hit.json() == fresh.json():
+            raise AggregatesBenchFailed(
+                f"GET {endpoint.path}: the cache answered {found}, or the answers differ"
+            )
+        extra = {
+            "ms_hit": round(hit.elapsed.total_seconds() * 1000, 1),
+            "ms_uncached": round(fresh.elapsed.total_seconds() * 1000, 1),
+        }
     return {
+        **extra,
         "name": endpoint.name,
         "label": endpoint.label,
         "path": endpoint.path,
@@ -588,6 +635,7 @@ def sequential_phase(
     from app.bench.ingest import CpuMeter, _pg_pids_now
 
     samples = [first_ms]
+    name = endpoint.name + (FRESH if headers.get("Cache-Control") else "")
     meter = CpuMeter(server_pid, postmaster)
     meter.start(_pg_pids_now(dsn) if postmaster else None)
     while len(samples) < 2 or (sum(samples) < budget_s * 1000 and len(samples) < SEQUENTIAL_MAX):
@@ -608,7 +656,7 @@ def sequential_phase(
     ordered = sorted(samples)
     seconds = sum(samples) / 1000
     return LookupPhase(
-        name=endpoint.name,
+        name=name,
         label=endpoint.label,
         connections=1,
         seconds=round(seconds, 3),
@@ -658,7 +706,10 @@ def run(opts: AggregatesBenchOptions, console: Console) -> AggregatesBenchReport
     upgrade_head(url)
     version, postmaster = asyncio.run(_database_info(dsn))
     t0 = time.perf_counter()
-    data = asyncio.run(ds.ensure_dataset(url, opts.spec, "raw", console, reuse=opts.reuse))
+    copy = opts.derived == "copy"
+    spec = replace(opts.spec, breakdowns=(opts.breakdown,)) if copy else opts.spec
+    kind: ds.Kind = "aggregates" if copy else "raw"
+    data = asyncio.run(ds.ensure_dataset(url, spec, kind, console, reuse=opts.reuse))
     start, end = _window(data.anchor, opts.window_days)
     report = AggregatesBenchReport(
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -673,7 +724,21 @@ def run(opts: AggregatesBenchOptions, console: Console) -> AggregatesBenchReport
     try:
         report.breakdowns = asyncio.run(set_breakdowns(dsn, data.workspace_id, opts.breakdown))
         t0 = time.perf_counter()
-        if data.reused and asyncio.run(
+        if copy:
+            report.stitch = {"copied": True}
+            report.verification = _verify(url, data.workspace_id, opts.verify, console)
+            report.timings["verify_s"] = round(time.perf_counter() - t0, 1)
+            failed = [
+                k
+                for k, v in report.verification.items()
+                if isinstance(v, dict) and not v["identical"]
+            ]
+            if failed:
+                raise AggregatesBenchFailed(
+                    f"the copied derived state differs from the real stitcher's ({failed}): "
+                    f"{report.verification}"
+                )
+        elif data.reused and asyncio.run(
             _stitched_already(dsn, data.workspace_id, report.breakdowns)
         ):
             console.log("the kept dataset is stitched with these breakdowns: not stitching again")
@@ -692,7 +757,8 @@ def run(opts: AggregatesBenchOptions, console: Console) -> AggregatesBenchReport
                 f" ({report.stitch['events_per_s']:,.0f} events/s); VACUUM ANALYZE "
                 f"{report.stitch['vacuum_analyze_s']:.0f} s"
             )
-        report.timings["stitch_s"] = round(time.perf_counter() - t0, 1)
+        if not copy:
+            report.timings["stitch_s"] = round(time.perf_counter() - t0, 1)
         report.row_counts = asyncio.run(
             row_counts(dsn, data.workspace_id, opts.breakdown, start, end)
         )
@@ -725,6 +791,17 @@ def run(opts: AggregatesBenchOptions, console: Console) -> AggregatesBenchReport
     return report
 
 
+def _verify(url: str, workspace_id: int, sample: int, console: Console) -> dict[str, Any]:
+    """The copied state against the real stitcher: `sample` random customers re-stitched from
+    their raw events (every derived row and contribution compared), and every rollup row against
+    a from-scratch sum of all customers' contributions."""
+    found: dict[str, Any] = {}
+    if sample:
+        found["sample"] = asyncio.run(ds.verify_sample(url, workspace_id, sample, console))
+    found["rollups"] = asyncio.run(ds.verify_rollups(url, workspace_id, console))
+    return found
+
+
 def _phases(
     report: AggregatesBenchReport,
     opts: AggregatesBenchOptions,
@@ -747,6 +824,9 @@ def _phases(
         for e in chosen:
             scripts[e.name] = Path(tmp) / f"{e.name}.lua"
             scripts[e.name].write_text(lua_script(e.path, auth))
+            if e.cached:
+                scripts[e.name + FRESH] = Path(tmp) / f"{e.name}-uncached.lua"
+                scripts[e.name + FRESH].write_text(lua_script(e.path, auth, UNCACHED))
         try:
             server.start()
             console.log(
@@ -757,18 +837,26 @@ def _phases(
             headers = {"Authorization": auth}
             for e in chosen:
                 report.endpoints.append(_sanity(server.url, e, headers))
+                got = report.endpoints[-1]
                 console.log(
-                    f"{e.name:<26} one request: {report.endpoints[-1]['ms_once']:,.1f} ms; "
-                    f"{report.endpoints[-1]['digest']}"
+                    f"{e.name:<26} first request: {got['ms_once']:,.1f} ms"
+                    + (
+                        f", cached {got['ms_hit']:,.1f} ms, uncached {got['ms_uncached']:,.1f} ms"
+                        if e.cached
+                        else ""
+                    )
+                    + f"; {got['digest']}"
                 )
 
-            def phase(e: Endpoint, duration: int, *, profile: bool) -> LookupPhase:
+            def phase(
+                e: Endpoint, duration: int, *, profile: bool, suffix: str = ""
+            ) -> LookupPhase:
                 return _wrk(
                     exe=exe,
-                    name=e.name,
+                    name=e.name + suffix,
                     label=e.label,
                     base_url=server.url,
-                    script=scripts[e.name],
+                    script=scripts[e.name + suffix],
                     connections=opts.connections,
                     threads=opts.wrk_threads,
                     duration=duration,
@@ -781,16 +869,24 @@ def _phases(
 
             sizes = {d["name"]: d["bytes"] for d in report.endpoints}
             info = {d["name"]: d for d in report.endpoints}
+            variants = [
+                (e, "", headers, "ms_hit" if e.cached else "ms_once", "mode") for e in chosen
+            ] + [
+                (e, FRESH, {**headers, **UNCACHED}, "ms_uncached", "mode_uncached")
+                for e in chosen
+                if e.cached
+            ]
             for _ in range(opts.rounds):
-                for e in chosen:
-                    first_ms = info[e.name]["ms_once"]
+                for e, suffix, sent, timing, mode in variants:
+                    first_ms = info[e.name][timing]
+                    info[e.name][mode] = "wrk"
                     if first_ms >= opts.slow_ms:
                         # wrk's requests would outlive the phase (and time out): one at a time.
-                        info[e.name]["mode"] = "sequential"
+                        info[e.name][mode] = "sequential"
                         result = sequential_phase(
                             server.url,
                             e,
-                            headers,
+                            sent,
                             first_ms=first_ms,
                             budget_s=opts.duration,
                             server_pid=server.pid,
@@ -799,18 +895,18 @@ def _phases(
                         )
                     else:
                         if opts.warmup:
-                            phase(e, opts.warmup, profile=False)
-                        result = phase(e, opts.duration, profile=False)
+                            phase(e, opts.warmup, profile=False, suffix=suffix)
+                        result = phase(e, opts.duration, profile=False, suffix=suffix)
                     waited = asyncio.run(wait_idle(dsn))
                     if waited > 1:
                         report.warnings.append(
-                            f"{e.name}: requests still ran {waited:.0f} s after the phase "
-                            "(waited for them before the next phase)"
+                            f"{e.name}{suffix}: requests still ran {waited:.0f} s after the "
+                            "phase (waited for them before the next phase)"
                         )
                     result.response_bytes = sizes[e.name]
                     report.phases.append(result)
                     console.log(
-                        f"{e.name:<24} {result.requests_per_s:8,.0f} req/s  p50 "
+                        f"{e.name + suffix:<34} {result.requests_per_s:8,.0f} req/s  p50 "
                         f"{result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  cpu "
                         f"{result.cpu_pct}"
                     )
@@ -850,6 +946,11 @@ def judge(report: AggregatesBenchReport) -> None:
             report.warnings.append(
                 f"{p.name}: {p.socket_errors['timeout']:,} requests timed out (10 s) under wrk"
             )
+        if p.name.endswith(FRESH) and p.cpu_pct.get("postgres", 1.0) < 1.0:
+            report.failures.append(
+                f"{p.name}: PostgreSQL did no work during an uncached phase: the requests were "
+                "not sent with Cache-Control: no-cache"
+            )
         other = p.cpu_pct.get("other", 0.0)
         if other >= 25:
             report.warnings.append(
@@ -858,18 +959,32 @@ def judge(report: AggregatesBenchReport) -> None:
             )
     for name, phases in by_name.items():
         report.summary[name] = _median_phase(phases)
-    missed = [p for n, p in report.summary.items() if n != "healthz" and p.p99_ms >= P99_TARGET_MS]
-    measured = [p for n, p in report.summary.items() if n != "healthz"]
-    if measured:
-        worst = max(measured, key=lambda p: p.p99_ms)
+    cached = {e["name"] for e in report.endpoints if "ms_hit" in e}
+    served = {n: p for n, p in report.summary.items() if n != "healthz" and FRESH not in n}
+    uncached = {
+        n.removesuffix(FRESH): p
+        for n, p in report.summary.items()
+        if n.endswith(FRESH) or (n != "healthz" and n not in cached)
+    }
+    for what, measured in (
+        ("as served (answer cache warm: every request after the first is a hit)", served),
+        (
+            "uncached (every request computed from the database: `Cache-Control: no-cache`)",
+            uncached,
+        ),
+    ):
+        if not measured:
+            continue
+        missed = [(n, p) for n, p in measured.items() if p.p99_ms >= P99_TARGET_MS]
+        worst_name, worst = max(measured.items(), key=lambda kv: kv[1].p99_ms)
         report.targets.append(
             {
-                "target": f"p99 < {P99_TARGET_MS:g} ms for every endpoint",
+                "target": f"p99 < {P99_TARGET_MS:g} ms for every endpoint, {what}",
                 "met": not missed,
                 "measured": (
-                    f"worst {worst.name} {worst.p99_ms:.1f} ms"
+                    f"worst {worst_name} {worst.p99_ms:.1f} ms"
                     + (
-                        "; missed by " + ", ".join(f"{p.name} ({p.p99_ms:.1f} ms)" for p in missed)
+                        "; missed by " + ", ".join(f"{n} ({p.p99_ms:.1f} ms)" for n, p in missed)
                         if missed
                         else ""
                     )
@@ -896,32 +1011,53 @@ def markdown(report: AggregatesBenchReport) -> str:
         + (f", medians of {report.rounds} rounds" if report.rounds > 1 else "")
         + ".",
         "",
-        "| endpoint | reads | req/s | p50 ms | p99 ms | req/s ÷ /healthz | server CPU µs/req "
-        "| PostgreSQL CPU µs/req | bytes | p99 < 50 ms |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "Two phases per cached endpoint: **as served** (the exact answer cache warm: the first "
+        "request computed the answer, every later one is a hit while the data does not change) "
+        "and **uncached** (every request sent with `Cache-Control: no-cache`: computed from the "
+        "database, as after every change to the workspace's data). Endpoints without a cache "
+        "(`dropoff`) are computed at every request: one phase, in both columns.",
+        "",
+        "| endpoint | reads | first request ms | as served: req/s | p50 ms | p99 ms | uncached: "
+        "req/s | p50 ms | p99 ms | uncached server CPU µs/req | uncached PostgreSQL CPU µs/req "
+        "| bytes | p99 < 50 ms served / uncached |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     reads = {e["name"]: e["reads"] for e in report.endpoints}
+
+    def yes(p: LookupPhase) -> str:
+        return "yes" if p.p99_ms < P99_TARGET_MS else "**NO**"
+
     for e in report.endpoints:
         p = report.summary.get(e["name"])
         if p is None:
             continue
-        sequential = e.get("mode") == "sequential"
-        ratio = (
-            f"{p.requests_per_s / floor.requests_per_s:.2f}"
-            if floor is not None and floor.requests_per_s and not sequential
-            else "-"
-        )
-        label = e["label"] + (
-            f" — **too slow for wrk: {p.requests} requests one at a time**" if sequential else ""
-        )
+        fresh = report.summary.get(e["name"] + FRESH, p if "ms_hit" not in e else None)
+        notes = []
+        if e.get("mode") == "sequential":
+            notes.append(f"as served: {p.requests} requests one at a time")
+        if fresh is not None and e.get("mode_uncached") == "sequential":
+            notes.append(f"uncached: too slow for wrk, {fresh.requests} requests one at a time")
+        label = e["label"] + (f" — **{'; '.join(notes)}**" if notes else "")
         verdict = (
-            "-" if e["name"] == "healthz" else ("yes" if p.p99_ms < P99_TARGET_MS else "**NO**")
+            "-"
+            if e["name"] == "healthz"
+            else f"{yes(p)} / {yes(fresh) if fresh is not None else '-'}"
         )
+        if fresh is None:
+            uncached_cols = "- | - | - | - | -"
+        else:
+            uncached_cols = (
+                f"{fresh.requests_per_s:,.1f} | {fresh.p50_ms:.2f} | {fresh.p99_ms:.2f} | "
+                f"{number(cpu_us_per_request(fresh, 'server'), ',.0f')} | "
+                f"{number(cpu_us_per_request(fresh, 'postgres'), ',.0f')}"
+            )
         lines.append(
-            f"| {label} | {reads[e['name']]} | {p.requests_per_s:,.1f} | {p.p50_ms:.2f} | "
-            f"{p.p99_ms:.2f} | {ratio} | {number(cpu_us_per_request(p, 'server'), ',.0f')} | "
-            f"{number(cpu_us_per_request(p, 'postgres'), ',.0f')} | {e['bytes']:,} | {verdict} |"
+            f"| {label} | {reads[e['name']]} | {number(e.get('ms_once'), ',.1f')} | "
+            f"{p.requests_per_s:,.1f} | "
+            f"{p.p50_ms:.2f} | {p.p99_ms:.2f} | {uncached_cols} | {e['bytes']:,} | {verdict} |"
         )
+    if floor is not None:
+        lines += ["", f"/healthz: {floor.requests_per_s:,.0f} req/s, p99 {floor.p99_ms:.2f} ms."]
     lines += [
         "",
         "reads: `rollups` = rollup rows only (bounded by days x stages x channels x groups, "
@@ -968,7 +1104,39 @@ def markdown(report: AggregatesBenchReport) -> str:
         + ("kept from an earlier run" if d.get("reused") else "generated")
         + f"; journey model breakdowns: {', '.join(f'`{b}`' for b in report.breakdowns)}.",
     ]
-    if s.get("reused"):
+    if s.get("copied"):
+        t = d.get("timings", {})
+        lines.append(
+            f"Derived state: {d.get('derived', '')}. Generation: archetypes stitched in "
+            f"{t.get('template_stitch_s', 0):,.0f} s, raw events + timeline rows "
+            f"{t.get('raw_s', 0):,.0f} s, customers + identities + contributions + stage entries "
+            f"{t.get('derived_s', 0):,.0f} s, rollups from customers.facts "
+            f"{t.get('rollups_s', 0):,.0f} s, VACUUM ANALYZE {t.get('vacuum_s', 0):,.0f} s; "
+            f"total {t.get('total_s', 0):,.0f} s"
+            + (" (kept from an earlier run)" if d.get("reused") else "")
+            + "."
+        )
+        v = report.verification
+        if v.get("sample"):
+            smp = v["sample"]
+            lines.append(
+                f"Verification: {smp['customers']} random customers re-stitched from their "
+                f"{smp.get('raw_events', 0):,} raw events by the real stitcher, "
+                f"{smp['rows_compared']:,} rows compared (customers, timelines, identities, "
+                "links, contributions `customers.facts` + `dims`, stage entries): "
+                + ("**identical**" if smp["identical"] else f"**MISMATCH** {smp['mismatches']}")
+                + "."
+            )
+        if v.get("rollups"):
+            r = v["rollups"]
+            rows = ", ".join(f"{k} {n:,}" for k, n in r["rows"].items())
+            lines.append(
+                "Rollups vs a from-scratch sum of every customer's contribution by the "
+                f"stitcher's own `add_facts` ({rows} rows; {r['seconds']:,.0f} s): "
+                + ("**identical**" if r["identical"] else f"**MISMATCH** {r['mismatches'][:3]}")
+                + "."
+            )
+    elif s.get("reused"):
         lines.append("Stitching: the kept dataset was already stitched by this benchmark.")
     elif s:
         lines.append(
@@ -1009,8 +1177,8 @@ def bench_aggregates(
     customers: Annotated[
         int,
         typer.Option(
-            help="customers in the dataset (the issue's 1,000,000 takes hours to stitch on 2 "
-            "cores: every event goes through the real stitcher)",
+            help="customers in the dataset (the issue's 1,000,000: ~20 minutes with --derived "
+            "copy on 2 cores)",
             min=1_000,
             max=100_000_000,
         ),
@@ -1071,10 +1239,23 @@ def bench_aggregates(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="dataset seed")] = 7,
+    derived: Annotated[
+        str,
+        typer.Option(
+            help="copy: archetypes stitched by the real stitcher, copied in SQL with their "
+            "contributions, rollups summed from them (minutes at 1M customers), verified; "
+            "stitch: every event through the real stitcher (~3k events/s)"
+        ),
+    ] = "copy",
+    verify: Annotated[
+        int,
+        typer.Option(help="copy: customers re-stitched from raw events to check the copy", min=0),
+    ] = 200,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
     output: Annotated[Path | None, typer.Option(help="write the markdown report here")] = None,
 ) -> None:
-    """The /v1/aggregates endpoints over HTTP (wrk) on a stitched dataset, against /healthz."""
+    """The /v1/aggregates endpoints over HTTP (wrk) on a dataset whose derived state is the real
+    stitcher's (copied and verified, or stitched), against /healthz."""
     from app.bench.ingest import BenchFailed
     from app.bench.stitch import StitchBenchFailed, print_profile
 
@@ -1104,7 +1285,11 @@ def bench_aggregates(
         only=only,
         profile_dir=profile,
         slow_ms=slow_ms,
+        derived=derived,
+        verify=verify,
     )
+    if derived not in ("copy", "stitch"):
+        raise typer.BadParameter("copy or stitch", param_hint="--derived")
     try:
         report = run(opts, console)
     except (AggregatesBenchFailed, StitchBenchFailed, BenchFailed, WrkError) as exc:

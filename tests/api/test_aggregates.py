@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from app.aggregates import service
+from app.aggregates.facts import TOTAL
+from app.journeys.stitcher import model_for
 from app.workspaces.repository import NewWorkspace
 from tests.conftest import new_workspace
 
@@ -353,3 +359,166 @@ async def test_windows_at_the_ends_of_the_calendar_are_answered(
             headers={"Authorization": f"Bearer {workspace.read_key}"},
         )
         assert r.status_code in (200, 400), (path, r.text)
+
+
+# --------------------------------------------------------------------------- the answer cache
+
+
+async def _fetch(
+    client: httpx.AsyncClient, ws: NewWorkspace, path: str, *, fresh: bool = False, **params: Any
+) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {ws.read_key}"}
+    if fresh:
+        headers["Cache-Control"] = "no-cache"
+    r = await client.get(f"/v1/aggregates/{path}", params={**WINDOW, **params}, headers=headers)
+    assert r.status_code == 200, r.text
+    return r
+
+
+CACHED = [
+    ("stages", {}),
+    ("stages", {"breakdown": "trait:persona"}),
+    ("funnel", {"steps": "awareness,consideration,purchase"}),
+    ("funnel", {"steps": "Product Viewed,Order Completed", "breakdown": "trait:persona"}),
+    ("channels", {"stage": "awareness"}),
+    ("attribution", {"model": "linear"}),
+    ("journey-map", {}),
+    ("journey-map", {"breakdown": "property:variation_name"}),
+]
+
+
+async def test_answers_are_cached_until_the_data_changes(
+    client: httpx.AsyncClient, journeys: NewWorkspace, stitch: Stitch
+) -> None:
+    for path, params in CACHED:
+        first = await _fetch(client, journeys, path, **params)
+        again = await _fetch(client, journeys, path, **params)
+        fresh = await _fetch(client, journeys, path, fresh=True, **params)
+        assert first.headers["x-journeys-cache"] == "miss", path
+        assert again.headers["x-journeys-cache"] == "hit", path
+        assert fresh.headers["x-journeys-cache"] == "bypass", path
+        assert again.json() == first.json() == fresh.json(), (path, params)
+    before = {i: (await _fetch(client, journeys, p, **q)).json() for i, (p, q) in enumerate(CACHED)}
+
+    # Dan arrives and buys: every figure above moves, and no request may see the old answers.
+    await _send(
+        client,
+        journeys,
+        [
+            _google("2026-01-10T10:00:00Z", "d1"),
+            _ev("track", "2026-01-10T10:01:00Z", anonymousId="d1", event="Product Viewed"),
+            _ev("track", "2026-01-10T10:05:00Z", anonymousId="d1", event="Order Completed"),
+        ],
+    )
+    await stitch()
+    for i, (path, params) in enumerate(CACHED):
+        after = await _fetch(client, journeys, path, **params)
+        fresh = await _fetch(client, journeys, path, fresh=True, **params)
+        assert after.headers["x-journeys-cache"] == "miss", (path, params)
+        assert after.json() == fresh.json(), (path, params)
+        assert after.json() != before[i], (path, params)
+    awareness = _by_stage((await _fetch(client, journeys, "stages")).json())["awareness"]
+    assert awareness["entered"] == 4
+
+
+async def test_a_journey_model_change_is_never_answered_from_the_cache(
+    client: httpx.AsyncClient, journeys: NewWorkspace
+) -> None:
+    assert (await _fetch(client, journeys, "stages")).headers["x-journeys-cache"] in ("miss", "hit")
+    headers = {"Authorization": f"Bearer {journeys.server_key}"}
+    model = (await client.get("/v1/settings/journey-model", headers=headers)).json()["model"]
+    model["stages"] = [s for s in model["stages"] if s["name"] != "advocacy"]
+    r = await client.put("/v1/settings/journey-model", json=model, headers=headers)
+    assert r.status_code == 202, r.text
+    answer = await _fetch(client, journeys, "stages")
+    assert answer.headers["x-journeys-cache"] == "miss"
+    assert "advocacy" not in [s["stage"] for s in answer.json()["stages"]]
+
+
+async def test_the_cached_part_of_the_journey_map_leaves_dropoff_to_the_clock(
+    journeys: NewWorkspace, db: asyncpg.Connection
+) -> None:
+    ws = journeys.workspace_id
+    model = await model_for(db, ws)
+    win = service.window("2026-01-01", "2026-01-31")
+    base = await service.journey_map_rollups(db, ws, model, dim=TOTAL, win=win)
+    assert all(s["dropoff"] is None for s in base["answer"]["stages"])
+    # Bob entered consideration on January 5: not stalled on the 6th, stalled in February.
+    for now, stalled in (
+        (datetime(2026, 1, 6, tzinfo=UTC), 0),
+        (datetime(2026, 2, 1, tzinfo=UTC), 1),
+    ):
+        answer = await service.with_dropoff(db, ws, model, base, dim=TOTAL, now=now)
+        assert _by_stage(answer)["consideration"]["dropoff"] == stalled
+        assert answer == await service.journey_map(db, ws, model, dim=TOTAL, win=win, now=now)
+
+
+TABLES_READ = (
+    ("customers", "event_count = event_count"),
+    ("stage_entries", "entered_at = entered_at"),
+    ("journey_events", "flags = flags"),
+    ("agg_stage_days", "entered = entered"),
+    ("agg_stage_durations", "n = n"),
+    ("agg_touch_days", "touches = touches"),
+    ("agg_attribution_days", "linear = linear"),
+)
+
+
+@pytest.mark.parametrize(("table", "noop"), TABLES_READ)
+async def test_every_change_to_what_the_aggregates_read_bumps_the_version(
+    journeys: NewWorkspace, db: asyncpg.Connection, table: str, noop: str
+) -> None:
+    ws = journeys.workspace_id
+
+    async def version() -> int:
+        found = await db.fetchval(
+            "SELECT version FROM agg_read_versions WHERE workspace_id = $1", ws
+        )
+        return int(found or 0)
+
+    start = await version()
+    assert start > 0  # stitching bumped it
+
+    class RolledBack(Exception):
+        pass
+
+    with pytest.raises(RolledBack):
+        async with db.transaction():
+            await db.execute(f"UPDATE {table} SET {noop} WHERE workspace_id = $1", ws)
+            updated = await version()
+            assert updated > start
+            row = await db.fetchval(
+                f"SELECT ctid::text FROM {table} WHERE workspace_id = $1 LIMIT 1", ws
+            )
+            await db.execute(
+                f"CREATE TEMP TABLE copy_of ON COMMIT DROP AS SELECT * FROM {table} "
+                "WHERE ctid = $1::text::tid",
+                row,
+            )
+            await db.execute(f"DELETE FROM {table} WHERE ctid = $1::text::tid", row)
+            deleted = await version()
+            assert deleted > updated
+            await db.execute(f"INSERT INTO {table} SELECT * FROM copy_of")
+            assert await version() > deleted
+            raise RolledBack
+    assert await version() == start
+
+
+@given(
+    start=st.dates(min_value=date(1960, 1, 1), max_value=date(2100, 1, 1)),
+    length=st.integers(min_value=1, max_value=3 * 366),
+)
+def test_a_window_is_covered_by_days_and_aligned_blocks_exactly_once(
+    start: date, length: int
+) -> None:
+    win = service.Window(start, start + timedelta(days=length - 1))
+    days, blocks = service.cover(win)
+    covered = list(days)
+    for span, starts in blocks.items():
+        for first in starts:
+            assert (first - date(1970, 1, 1)).days % span == 0
+            covered += [first + timedelta(days=i) for i in range(span)]
+    assert sorted(covered) == [start + timedelta(days=i) for i in range(length)]
+    # Few parts: at most 7 days and 7 blocks of 8 at each end, and the blocks of 64 between.
+    assert len(days) + len(blocks[8]) <= 28
+    assert len(blocks[64]) <= length // 64

@@ -18,7 +18,6 @@ EXCEPTIONS = {
     ("api_keys", "pk_api_keys"),
     ("api_keys", "uq_api_keys_key_hash"),  # a key is resolved before its workspace is known
     ("events", "ix_events_feed"),  # the stitcher's feed: shard (workspace_id % 16), tx, seq
-    ("customer_changes", "ix_customer_changes_id"),  # outbox read across workspaces in order
     ("stitch_progress", "pk_stitch_progress"),  # the stitcher's position per shard
 }
 _COLUMNS = re.compile(r"USING \w+ \((.*)\)")

@@ -2,8 +2,11 @@
 
 from app.db.models.aggregates import (
     AggAttributionDay,
+    AggReadVersion,
     AggStageDay,
     AggStageDuration,
+    AggStageDurationBlock,
+    AggTouchBlock,
     AggTouchDay,
     StageEntryRow,
 )
@@ -12,7 +15,6 @@ from app.db.models.events import Event
 from app.db.models.journeys import (
     BlockedLink,
     Customer,
-    CustomerChange,
     Identity,
     IdentityLink,
     Job,
@@ -27,14 +29,16 @@ from app.db.models.workspaces import ApiKey, Workspace
 
 __all__ = [
     "AggAttributionDay",
+    "AggReadVersion",
     "AggStageDay",
     "AggStageDuration",
+    "AggStageDurationBlock",
+    "AggTouchBlock",
     "AggTouchDay",
     "ApiKey",
     "Base",
     "BlockedLink",
     "Customer",
-    "CustomerChange",
     "Deletion",
     "Event",
     "Identity",

@@ -122,3 +122,65 @@ class StageEntryRow(Base):
     customer_id: Mapped[str] = mapped_column(Text)
     stage: Mapped[str] = mapped_column(Text)
     entered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AggReadVersion(Base):
+    """A workspace's aggregates data version: bumped by triggers (migration 0007) by every
+    statement that changes what the aggregates read, in the writer's transaction. The
+    aggregates' answer cache keys on it."""
+
+    __tablename__ = "agg_read_versions"
+
+    workspace_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+
+
+class AggStageDurationBlock(Base):
+    """`agg_stage_durations` summed over aligned blocks of `span` days (8 or 64) starting on
+    `start`; kept by triggers (migration 0007) so a window reads a few blocks, not every day."""
+
+    __tablename__ = "agg_stage_duration_blocks"
+    __table_args__ = (
+        PrimaryKeyConstraint("workspace_id", "dim", "span", "start", "stage", "dval", "bucket"),
+    )
+
+    workspace_id: Mapped[int] = mapped_column(BigInteger)
+    dim: Mapped[str] = mapped_column(Text)
+    span: Mapped[int] = mapped_column(SmallInteger)
+    start: Mapped[date] = mapped_column(Date)
+    stage: Mapped[str] = mapped_column(Text)
+    dval: Mapped[str] = mapped_column(Text)
+    bucket: Mapped[int] = mapped_column(SmallInteger)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
+class AggTouchBlock(Base):
+    """`agg_touch_days` summed over aligned blocks of days (see AggStageDurationBlock)."""
+
+    __tablename__ = "agg_touch_blocks"
+    __table_args__ = (
+        PrimaryKeyConstraint("workspace_id", "dim", "span", "start", "stage", "channel", "dval"),
+    )
+
+    workspace_id: Mapped[int] = mapped_column(BigInteger)
+    dim: Mapped[str] = mapped_column(Text)
+    span: Mapped[int] = mapped_column(SmallInteger)
+    start: Mapped[date] = mapped_column(Date)
+    stage: Mapped[str] = mapped_column(Text)
+    channel: Mapped[str] = mapped_column(Text)
+    dval: Mapped[str] = mapped_column(Text)
+    touches: Mapped[float] = mapped_column(Double)
+    customers: Mapped[float] = mapped_column(Double)
+    converted: Mapped[float] = mapped_column(Double)
+    responses: Mapped[float] = mapped_column(Double)
+    nps_n: Mapped[float] = mapped_column(Double)
+    nps_promoters: Mapped[float] = mapped_column(Double)
+    nps_detractors: Mapped[float] = mapped_column(Double)
+    csat_n: Mapped[float] = mapped_column(Double)
+    csat_sum: Mapped[float] = mapped_column(Double)
+    effort_n: Mapped[float] = mapped_column(Double)
+    effort_sum: Mapped[float] = mapped_column(Double)
+    success_n: Mapped[float] = mapped_column(Double)
+    success_yes: Mapped[float] = mapped_column(Double)
+    sentiment_n: Mapped[float] = mapped_column(Double)
+    sentiment_sum: Mapped[float] = mapped_column(Double)

@@ -26,7 +26,6 @@ from app.db.models.base import Base
 from app.db.models.events import Xid8
 
 CLUSTER_SEQ = Sequence("identity_cluster_seq")
-CHANGES_SEQ = Sequence("customer_changes_seq", cache=100)
 JOBS_SEQ = Sequence("jobs_seq")
 
 
@@ -179,24 +178,6 @@ class Customer(Base):
     dims: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     facts: Mapped[bytes | None] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-
-
-class CustomerChange(Base):
-    """Outbox of customers whose derived state changed, for rollups and webhooks downstream."""
-
-    __tablename__ = "customer_changes"
-    __table_args__ = (
-        PrimaryKeyConstraint("workspace_id", "id"),
-        Index(None, "id"),
-    )
-
-    workspace_id: Mapped[int] = mapped_column(BigInteger)
-    id: Mapped[int] = mapped_column(
-        BigInteger, CHANGES_SEQ, server_default=CHANGES_SEQ.next_value()
-    )
-    customer_id: Mapped[str] = mapped_column(Text)
-    kind: Mapped[str] = mapped_column(Text)  # "events", "merged", "stage", "removed"
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class StitchProgress(Base):
