@@ -253,7 +253,10 @@ def worker(
     async def run(url: str) -> None:
         import signal
 
+        from app.core.memory import tune_gc
+
         engine = engine_for(url, pool_size=2)
+        tune_gc()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,6 +12,7 @@ from app.aggregates.routes import router as aggregates_router
 from app.core.errors import install_error_handlers
 from app.core.http import RequestMiddleware
 from app.core.logging import configure_logging
+from app.core.memory import tune_gc
 from app.core.settings import Settings, get_settings
 from app.dashboard.routes import router as dashboard_router
 from app.ingest.routes import router as ingest_router
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with running(settings) as rt:
             app.state.runtime = rt
+            tune_gc()
             yield
 
     app = FastAPI(

@@ -9,8 +9,10 @@ Phases, against one database:
     events per request) and `/v1/track` (one event per request), fresh messageIds per request,
     so every event is validated, deduplicated against the primary key and committed.
 
-Then the server is stopped (SIGTERM: it flushes what it acknowledged) and the stored events of
-the bench workspace are counted against the acknowledged ones.
+Each phase starts after a CHECKPOINT, so none pays for the previous phase's writes; the
+checkpoints that still run during a phase are reported. Then the server is stopped (SIGTERM:
+it flushes what it acknowledged) and the stored events of the bench workspace are counted
+against the acknowledged ones.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -111,6 +113,7 @@ class PhaseResult:
     busiest_others: list[str] = field(default_factory=list)
     profile: ProfileSummary | None = None
     ratio_to_copy: float | None = None
+    checkpoints: int | None = None  # PostgreSQL checkpoints that ran during the phase
 
 
 @dataclass(slots=True)
@@ -345,6 +348,43 @@ WHERE (datname = current_database() OR datname IS NULL) AND ($1 OR pid <> pg_bac
 async def _pg_pids(conn: asyncpg.Connection, *, include_self: bool) -> set[int]:
     """The backends of the bench database and the cluster's background processes."""
     return {int(r["pid"]) for r in await conn.fetch(_PG_PIDS, include_self)}
+
+
+def _checkpoints_now(dsn: str) -> int | None:
+    """Checkpoints the cluster has run so far: one during a phase stalls commits (fsync), which
+    shows in its p99."""
+
+    async def query() -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return int(
+                await conn.fetchval(
+                    "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+                )
+            )
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(query())
+    except (OSError, asyncpg.PostgresError):
+        return None
+
+
+def _checkpoint(dsn: str) -> None:
+    """CHECKPOINT before a phase, so that no phase pays for the writes of the one before it
+    (the batch phase writes about a gigabyte of WAL; the checkpoint it triggers would land in
+    the track phase and stall its commits). Skipped without the privilege."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("CHECKPOINT")
+        finally:
+            await conn.close()
+
+    with suppress(OSError, asyncpg.PostgresError):
+        asyncio.run(run())
 
 
 def _pg_pids_now(dsn: str) -> set[int]:
@@ -687,6 +727,7 @@ def _http_phase(
     ]
     meter = CpuMeter(server.pid, postmaster)
     dsn = asyncpg_dsn(opts.database_url)
+    checkpoints_before = _checkpoints_now(dsn)
     meter.start(_pg_pids_now(dsn) if postmaster else None)
     started = time.monotonic()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -709,6 +750,7 @@ def _http_phase(
             time.sleep(0.2)
         output = proc.communicate()[0].decode(errors="replace")
         cpu = meter.stop(load_generator=True, pg_pids=_pg_pids_now(dsn) if postmaster else None)
+        checkpoints_after = _checkpoints_now(dsn)
     except BaseException:
         for child in (proc, spy):
             if child is not None and child.poll() is None:
@@ -754,6 +796,9 @@ def _http_phase(
         cpu_pct=cpu,
         busiest_others=meter.others,
         profile=profile,
+        checkpoints=None
+        if checkpoints_before is None or checkpoints_after is None
+        else checkpoints_after - checkpoints_before,
     ), output
 
 
@@ -801,6 +846,7 @@ def run(opts: IngestBenchOptions, console: Console) -> IngestBenchReport:
             console=console,
         ) as bar:
             task: TaskID = bar.add_task("COPY baseline", total=opts.copy_events, info="")
+            _checkpoint(dsn)
             copy = asyncio.run(
                 _copy_phase(
                     dsn,
@@ -832,6 +878,7 @@ def run(opts: IngestBenchOptions, console: Console) -> IngestBenchReport:
                         def show(done: float, task: TaskID = task) -> None:
                             bar.update(task, completed=done)
 
+                        _checkpoint(dsn)
                         phase, output = _http_phase(
                             exe=exe,
                             server=server,
@@ -981,6 +1028,13 @@ def markdown(report: IngestBenchReport) -> str:
             f"{p.name}: " + ", ".join(f"{k} {v:.0f}" for k, v in cpu_per_event(p).items())
             for p in report.phases
             if p.cpu_pct
+        )
+        + ".",
+        "",
+        "PostgreSQL checkpoints during each HTTP phase (each phase starts after a CHECKPOINT; "
+        "one during a phase stalls its commits): "
+        + "; ".join(
+            f"{p.name}: {p.checkpoints}" for p in report.phases if p.checkpoints is not None
         )
         + ".",
         "",

@@ -20,7 +20,7 @@ import asyncpg
 from app.core.logging import get_logger
 from app.db.engine import is_unavailable
 from app.ingest.metrics import COMMIT_EVENTS, COMMIT_SECONDS
-from app.ingest.repository import EventRow, EventWriter
+from app.ingest.repository import EventBatch, EventWriter
 
 log = get_logger(__name__)
 
@@ -41,7 +41,7 @@ class RowsRefused(Exception):
 
 @dataclass(slots=True)
 class _Pending:
-    rows: list[EventRow]
+    batch: EventBatch
     done: asyncio.Future[int] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -79,13 +79,14 @@ class GroupCommitter:
         if self._loop_task is None:
             self._loop_task = asyncio.create_task(self._run(), name="group-commit")
 
-    async def submit(self, rows: list[EventRow]) -> int:
-        """Store rows durably; returns once they are committed (count of new rows)."""
-        if not rows:
+    async def submit(self, batch: EventBatch) -> int:
+        """Store a request's events durably; returns once they are committed (count of new
+        rows)."""
+        if not batch.events:
             return 0
         if self._closed:
             raise DatabaseUnavailable("the service is shutting down")
-        pending = _Pending(rows)
+        pending = _Pending(batch)
         self._queue.append(pending)
         self._wakeup.set()
         return await asyncio.shield(pending.done)
@@ -117,10 +118,12 @@ class GroupCommitter:
     def _take(self) -> list[_Pending]:
         taken: list[_Pending] = []
         count = 0
-        while self._queue and (not taken or count + len(self._queue[0].rows) <= self._max_events):
+        while self._queue and (
+            not taken or count + len(self._queue[0].batch.events) <= self._max_events
+        ):
             item = self._queue.pop(0)
             taken.append(item)
-            count += len(item.rows)
+            count += len(item.batch.events)
         return taken
 
     async def _flush(self, batch: list[_Pending]) -> None:
@@ -130,14 +133,14 @@ class GroupCommitter:
             self._slots.release()
 
     async def _write_group(self, batch: list[_Pending]) -> None:
-        rows = [row for pending in batch for row in pending.rows]
+        rows = sum(len(pending.batch.events) for pending in batch)
         started = time.perf_counter()
         try:
             async with self._connect() as conn:
-                stored = await self._writer.insert(conn, rows)
+                stored = await self._writer.insert(conn, [pending.batch for pending in batch])
         except Exception as exc:
             if is_unavailable(exc):
-                log.warning("commit_unavailable", error=repr(exc), events=len(rows))
+                log.warning("commit_unavailable", error=repr(exc), events=rows)
                 _fail_all(batch, DatabaseUnavailable(str(exc) or type(exc).__name__))
                 return
             if len(batch) > 1:
@@ -147,17 +150,17 @@ class GroupCommitter:
                 for pending in batch:
                     await self._write_group([pending])
                 return
-            log.error("commit_refused", error=repr(exc), events=len(rows))
+            log.error("commit_refused", error=repr(exc), events=rows)
             _fail_all(batch, RowsRefused(_describe(exc)))
             return
-        COMMIT_EVENTS.observe(len(rows))
+        COMMIT_EVENTS.observe(rows)
         COMMIT_SECONDS.observe(time.perf_counter() - started)
         # Duplicates are not an error; each request only learns that its rows are stored.
         share = stored
         for pending in batch:
             if not pending.done.done():
-                pending.done.set_result(min(share, len(pending.rows)))
-            share = max(0, share - len(pending.rows))
+                pending.done.set_result(min(share, len(pending.batch.events)))
+            share = max(0, share - len(pending.batch.events))
 
 
 def _fail_all(batch: list[_Pending], exc: Exception) -> None:

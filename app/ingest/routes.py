@@ -18,8 +18,8 @@ from app.core.errors import (
     unexpected_error_response,
 )
 from app.core.settings import get_settings
-from app.ingest.segment import SHORT_PATHS
-from app.ingest.service import IngestRequest, body_limit, read_body
+from app.ingest.segment import SHORT_PATHS, Rejection
+from app.ingest.service import IngestRequest, IngestService, body_limit, receive_body
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
 
@@ -138,8 +138,8 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 async def _ingest(request: Request, route_type: str) -> Response:
     settings = get_settings()
-    body = await read_body(
-        request.stream(), limit=body_limit(route_type), timeout=settings.request_timeout_seconds
+    body = await receive_body(
+        request.receive, limit=body_limit(route_type), timeout=settings.request_timeout_seconds
     )
     result = await ingest_service(request).ingest(
         IngestRequest(
@@ -151,14 +151,19 @@ async def _ingest(request: Request, route_type: str) -> Response:
             client_ip=request.client.host if request.client else None,
         )
     )
-    if not result.rejected:
-        return Response(_OK, media_type="application/json")
-    rejected = [
-        {"index": r.index, "code": r.code, "detail": r.detail, "field": r.field}
-        for r in result.rejected
-    ]
-    return Response(
-        json_bytes({"success": True, "rejected": rejected}), media_type="application/json"
+    answer = _OK if not result.rejected else _rejected_body(result.rejected)
+    return Response(answer, media_type="application/json")
+
+
+def _rejected_body(rejected: list[Rejection]) -> bytes:
+    return json_bytes(
+        {
+            "success": True,
+            "rejected": [
+                {"index": r.index, "code": r.code, "detail": r.detail, "field": r.field}
+                for r in rejected
+            ],
+        }
     )
 
 
@@ -172,15 +177,52 @@ FAST_ROUTES: dict[str, str] = {
 
 
 async def ingest_asgi(scope: Scope, receive: Receive, send: Send, route_type: str) -> None:
-    """Serve one ingest request directly from ASGI, with the same errors as the app."""
-    request = Request(scope, receive)
+    """Serve one ingest request directly from ASGI, with the same errors as the app: the
+    headers it needs are read from the scope and the body from `receive`, without building
+    Starlette's Request, Headers and Response objects for every request."""
     try:
-        response = await _ingest(request, route_type)
+        body = await receive_body(
+            receive, limit=body_limit(route_type), timeout=get_settings().request_timeout_seconds
+        )
+        content_type = content_encoding = authorization = None
+        for name, value in scope["headers"]:
+            # The first of repeated headers, as Starlette's `headers.get` answers.
+            if name == b"authorization" and authorization is None:
+                authorization = value.decode("latin-1")
+            elif name == b"content-type" and content_type is None:
+                content_type = value.decode("latin-1")
+            elif name == b"content-encoding" and content_encoding is None:
+                content_encoding = value.decode("latin-1")
+        client = scope.get("client")
+        service: IngestService = scope["app"].state.runtime.ingest
+        result = await service.ingest(
+            IngestRequest(
+                route_type=route_type,
+                body=body,
+                content_type=content_type,
+                content_encoding=content_encoding,
+                authorization=authorization,
+                client_ip=client[0] if client else None,
+            )
+        )
     except ProblemError as exc:
-        response = problem_response(exc)
+        await problem_response(exc)(scope, receive, send)
+        return
     except Exception as exc:
-        response = unexpected_error_response(exc)
-    await response(scope, receive, send)
+        await unexpected_error_response(exc)(scope, receive, send)
+        return
+    answer = _OK if not result.rejected else _rejected_body(result.rejected)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(answer)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": answer})
 
 
 def _make_endpoint(route_type: str) -> Any:

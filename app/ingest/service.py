@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive
 
 from app.core.errors import ProblemError
 from app.core.security import KeyKind, basic_auth_user
@@ -15,7 +16,7 @@ from app.ingest import segment
 from app.ingest.commit import DatabaseUnavailable, GroupCommitter, RowsRefused
 from app.ingest.metrics import EVENTS_ACCEPTED, EVENTS_DUPLICATE, EVENTS_REJECTED
 from app.ingest.ratelimit import RateLimiter, retry_after
-from app.ingest.repository import EventRow
+from app.ingest.repository import EventBatch
 from app.privacy.consent import denies
 from app.privacy.screen import CONSENT, EVENTS_DROPPED
 from app.workspaces.auth import KeyResolver
@@ -101,9 +102,8 @@ class IngestService:
             )
         if record.consent_category is not None:
             events = _with_consent(events, record.consent_category)
-        rows = [EventRow(record.workspace_id, event) for event in events]
         try:
-            stored = await self._committer.submit(rows)
+            stored = await self._committer.submit(EventBatch(record.workspace_id, events))
         except DatabaseUnavailable:
             raise ProblemError(
                 503,
@@ -112,11 +112,11 @@ class IngestService:
                 headers={"Retry-After": str(UNAVAILABLE_RETRY_SECONDS)},
             ) from None
         except RowsRefused as exc:
-            EVENTS_REJECTED.labels(code="refused_by_database").inc(len(rows))
+            EVENTS_REJECTED.labels(code="refused_by_database").inc(len(events))
             raise ProblemError(400, "refused_by_database", exc.detail) from None
         EVENTS_ACCEPTED.inc(stored)
-        EVENTS_DUPLICATE.inc(len(rows) - stored)
-        return IngestResult(stored=stored, accepted=len(rows), rejected=rejected)
+        EVENTS_DUPLICATE.inc(len(events) - stored)
+        return IngestResult(stored=stored, accepted=len(events), rejected=rejected)
 
 
 def _with_consent(
@@ -141,19 +141,26 @@ def _body_write_key(body: bytes | None) -> str | None:
         return None
 
 
-async def read_body(receive_stream: Any, *, limit: int, timeout: float) -> bytes:
-    """Read a request body, refusing more than `limit` bytes or a client slower than `timeout`."""
+async def receive_body(receive: Receive, *, limit: int, timeout: float) -> bytes:
+    """Read a request body from ASGI `receive`, refusing more than `limit` bytes or a client
+    slower than `timeout`."""
     chunks: list[bytes] = []
     size = 0
     try:
         async with asyncio.timeout(timeout):
-            async for chunk in receive_stream:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnect()
+                chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
                     raise ProblemError(
                         413, "body_too_large", f"body is larger than {limit // 1024} KB"
                     )
                 chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
     except TimeoutError:
         raise ProblemError(408, "request_timeout", "the request body arrived too slowly") from None
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

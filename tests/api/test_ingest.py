@@ -324,6 +324,57 @@ async def test_concurrent_retries_are_stored_once(
     assert sorted(ids) == sorted([f"conc-{i}" for i in range(20)] + ["conc-single"])
 
 
+async def test_each_row_keeps_its_own_payload_in_shared_commits(
+    client: httpx.AsyncClient, db: asyncpg.Connection, database_url: str
+) -> None:
+    """Concurrent requests of two workspaces share commits, whose rows are sorted and whose
+    payloads travel one per line: every stored row's columns must match its own payload,
+    whatever newlines or other characters its strings hold."""
+    workspaces = [await new_workspace(database_url), await new_workspace(database_url)]
+    texts = ["plain", "two\nlines", "crlf\r\nend", "sep\u2028x", 'tab\tq"uote', "é✓😀"]
+
+    def item(ws: int, n: int) -> dict[str, Any]:
+        return {
+            "type": "track",
+            "userId": f"u\n{ws}-{n}" if n % 3 == 0 else f"u{ws}-{n}",
+            "event": f"E {texts[n % len(texts)]}",
+            # Descending ids: the commit re-sorts rows, so arrival order is not storage order.
+            "messageId": f"m-{99 - n:02d}-{ws}",
+            "properties": {"n": n, "ws": ws, "text": texts[n % len(texts)]},
+        }
+
+    requests = [
+        client.post(
+            "/v1/batch",
+            json={"batch": [item(w, n) for n in range(start, start + 10)]},
+            auth=(ws.write_key, ""),
+        )
+        for w, ws in enumerate(workspaces)
+        for start in range(0, 40, 10)
+    ]
+    requests += [
+        client.post("/v1/track", json=item(w, 40 + n), auth=(ws.write_key, ""))
+        for w, ws in enumerate(workspaces)
+        for n in range(5)
+    ]
+    answers = await asyncio.gather(*requests)
+    assert [a.status_code for a in answers] == [200] * len(requests)
+    for w, ws in enumerate(workspaces):
+        rows = await stored_rows(db, ws.workspace_id)
+        assert len(rows) == 45
+        for row in rows:
+            payload = row["payload"]
+            n = payload["properties"]["n"]
+            assert payload == {**payload, **item(w, n)} | {"properties": payload["properties"]}
+            assert payload["properties"] == {"n": n, "ws": w, "text": texts[n % len(texts)]}
+            assert (row["message_id"], row["user_id"], row["event"]) == (
+                payload["messageId"],
+                payload["userId"],
+                payload["event"],
+            )
+            assert row["message_id"] == item(w, n)["messageId"]
+
+
 async def test_retry_across_the_week_boundary_is_not_stored_again(
     client: httpx.AsyncClient, workspace: NewWorkspace, db: asyncpg.Connection
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import tracemalloc
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from app.ingest import segment
 from app.ingest.segment import (
+    FLAG_BOT,
     FLAG_FUTURE_CLAMPED,
     MAX_BATCH_ITEMS,
     MAX_DEPTH,
@@ -549,6 +551,75 @@ def test_future_events_are_clamped_and_flagged() -> None:
 
 
 @pytest.mark.parametrize(
+    "agent",
+    [
+        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+        "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)",
+        "GOOGLEBOT",
+        "Mozilla/5.0 (compatible; AhrefsBot/7.0)",
+        "Mozilla/5.0 (compatible; Yahoo! Slurp)",
+        "facebookexternalhit/1.1",
+        "Mozilla/5.0 (X11) Chrome/112 Safari/537.36 Chrome-Lighthouse",
+        "Pingdom.com_bot_version_1.4",
+        "UptimeRobot/2.0",
+        "Some-Web-CRAWLER 1.0",
+        "Spider",
+    ],
+)
+def test_crawler_user_agents_are_flagged_in_any_case(agent: str) -> None:
+    event = norm(track(context={"userAgent": agent}))
+    assert event.flags & FLAG_BOT
+    # Same answer the second time (the verdict per user agent is remembered).
+    assert norm(track(context={"userAgent": agent})).flags & FLAG_BOT
+
+
+@pytest.mark.parametrize(
+    "agent",
+    [
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/124.0.0.0 Safari/537.36",
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 HeadlessChrome/124.0 Safari/537.36",
+        "CUBOT_X30 Build/QP1A",  # a phone brand, not a bot
+        "Robotics-Shop-App/1.0",
+        "",
+    ],
+)
+def test_browsers_and_headless_browsers_are_not_flagged(agent: str) -> None:
+    assert norm(track(context={"userAgent": agent})).flags & FLAG_BOT == 0
+
+
+def test_stored_payload_is_one_line_whatever_the_strings_hold() -> None:
+    """The writer sends a commit's payloads as one newline-separated text."""
+    event = norm(
+        track(
+            properties={"multi\nline": "a\nb\r\nc\u2028d\u2029e", "list": ["\n", "\r"]},
+            context={"page": {"title": "x\ny"}},
+        )
+    )
+    assert "\n" not in event.payload and "\r" not in event.payload
+    assert stored(event)["properties"]["multi\nline"] == "a\nb\r\nc\u2028d\u2029e"
+
+
+def test_server_marked_machine_traffic_is_flagged() -> None:
+    assert norm(track(context={"journeys": {"bot": True}})).flags & FLAG_BOT
+    assert norm(track(context={"journeys": {"bot": "yes"}})).flags & FLAG_BOT == 0
+
+
+_CASE_INSENSITIVE_BOT_AGENT = re.compile(segment._BOT_AGENT.pattern, re.IGNORECASE)
+
+
+@given(
+    agent=st.text(
+        alphabet=st.sampled_from("botBOTcrawlerSPIDERslurp/ _-.;()xyz0123456789"), max_size=40
+    )
+)
+def test_bot_verdict_is_the_case_insensitive_pattern(agent: str) -> None:
+    """Matching the lowered text gives the answer the case-insensitive pattern gave."""
+    expected = _CASE_INSENSITIVE_BOT_AGENT.search(agent) is not None
+    assert bool(norm(track(context={"userAgent": agent})).flags & FLAG_BOT) == expected
+
+
+@pytest.mark.parametrize(
     ("raw", "expected"),
     [
         ("203.0.113.77", "203.0.113.0"),
@@ -672,6 +743,54 @@ def test_depth_limit() -> None:
     for _ in range(MAX_DEPTH):
         lists = [lists]
     assert refused(track(properties={"l": lists})).code == "too_deep"
+
+
+def test_many_containers_but_shallow_is_not_too_deep() -> None:
+    wide = {f"k{i}": {"v": [i]} for i in range(40)}  # 81 containers, depth 3 in properties
+    assert stored(norm(track(properties=wide)))["properties"] == wide
+    brackets = "{[" * 100  # brackets inside strings are not nesting
+    assert stored(norm(track(properties={"s": brackets})))["properties"]["s"] == brackets
+    body = orjson.dumps({"batch": [{"type": "track", **track(properties=wide)}] * 3})
+    events, rejected, _ = parse_batch(body, meta=META)
+    assert len(events) == 3 and rejected == []
+
+
+def test_deep_but_narrow_is_too_deep_in_both_routes() -> None:
+    item = track(properties=nested(MAX_DEPTH))  # the event itself is one more level
+    assert refused(item).code == "too_deep"
+    with pytest.raises(IngestError) as info:
+        parse_single(orjson.dumps(item), type_hint="track", meta=META)
+    assert info.value.code == "too_deep"
+    events, rejected, _ = parse_batch(
+        orjson.dumps({"batch": [{"type": "track", **item}]}), meta=META
+    )
+    assert events == [] and [(r.index, r.code) for r in rejected] == [(0, "too_deep")]
+
+
+@pytest.mark.parametrize("route", ["single", "batch"])
+def test_an_escaped_backslash_before_u0000_is_not_a_nul(route: str) -> None:
+    """The body-level shortcut (no `\\u0000` in the body: no NUL anywhere) must not be fooled
+    either way: a literal backslash followed by `u0000` is ordinary text."""
+    item = b'{"type":"track","userId":"u1","event":"E","properties":{"p":"a\\\\u0000b"}}'
+    if route == "single":
+        event, _ = parse_single(item, type_hint="track", meta=META)
+    else:
+        events, rejected, _ = parse_batch(b'{"batch":[' + item + b"]}", meta=META)
+        assert rejected == []
+        (event,) = events
+    assert stored(event)["properties"]["p"] == "a\\u0000b"
+
+
+@pytest.mark.parametrize("route", ["single", "batch"])
+def test_a_nul_escape_is_found_whatever_else_the_body_holds(route: str) -> None:
+    item = b'{"type":"track","userId":"u1","event":"E","properties":{"p":"a\\\\\\u0000b"}}'
+    if route == "single":
+        with pytest.raises(IngestError) as info:
+            parse_single(item, type_hint="track", meta=META)
+        assert (info.value.code, info.value.field) == ("nul_byte", "event.properties.p")
+    else:
+        _, rejected, _ = parse_batch(b'{"batch":[' + item + b"]}", meta=META)
+        assert [(r.code, r.field) for r in rejected] == [("nul_byte", "batch[0].properties.p")]
 
 
 @pytest.mark.parametrize("item", ["str", 1, None, [track()], True])

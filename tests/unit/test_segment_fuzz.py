@@ -168,6 +168,7 @@ def assert_storable(events: list[NormalisedEvent]) -> None:
         payload = orjson.loads(event.payload)  # valid JSON
         event.payload.encode("utf-8")  # no lone surrogate survives
         assert "\\u0000" not in event.payload and "\x00" not in event.payload
+        assert "\n" not in event.payload  # the writer sends payloads one per line
         assert payload["type"] == event.type in segment.EVENT_TYPES
         assert payload["messageId"] == event.message_id and 0 < len(event.message_id) <= 100
         assert event.user_id or event.anonymous_id
