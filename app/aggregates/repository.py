@@ -7,6 +7,7 @@ Deltas are written in sorted key order so that two transactions touching the sam
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date
 from typing import Any
 
 import asyncpg
@@ -68,6 +69,48 @@ _ATTRIBUTION_SQL = _upsert_sql(
 )
 
 
+# Aligned blocks of days kept beside the duration and touch rollups, so a long window reads a
+# few block rows per key instead of one row per day: a block of `span` days starts on a day
+# whose number since 1970-01-01 is a multiple of `span` (read by app.aggregates.service).
+BLOCK_SPANS = (64, 8)
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_DURATION_BLOCKS_SQL = _upsert_sql(
+    "agg_stage_duration_blocks",
+    (("dim", "text"), ("span", "int2"), ("start", "date"), ("stage", "text"), ("dval", "text"),
+     ("bucket", "int2")),
+    ("n",),
+)  # fmt: skip
+_TOUCH_BLOCKS_SQL = _upsert_sql(
+    "agg_touch_blocks",
+    (("dim", "text"), ("span", "int2"), ("start", "date"), ("stage", "text"), ("channel", "text"),
+     ("dval", "text")),
+    TOUCH_FIELDS,
+)  # fmt: skip
+
+
+def block_start(day: int, span: int) -> int:
+    """The first day (ordinal) of the aligned block of `span` days that holds `day`."""
+    return day - (day - _EPOCH_ORDINAL) % span
+
+
+def _blocks(table: dict[Any, Any], *, day_at: int, scalar: bool) -> dict[Any, list[float]]:
+    """A day-keyed delta table summed into its blocks, keyed (dim, span, start, *other keys);
+    blocks whose deltas cancel out are left out."""
+    found: dict[Any, list[float]] = {}
+    for key, value in table.items():
+        values = [value] if scalar else value
+        rest = tuple(part for i, part in enumerate(key) if i not in (0, day_at))
+        for span in BLOCK_SPANS:
+            block = (key[0], span, block_start(key[day_at], span), *rest)
+            current = found.get(block)
+            if current is None:
+                found[block] = list(values)
+            else:
+                for i, v in enumerate(values):
+                    current[i] += v
+    return {k: v for k, v in found.items() if any(abs(x) >= 1e-12 for x in v)}
+
+
 def _columns(table: dict[Any, Any], *, day_at: int, scalar: bool = False) -> list[list[Any]]:
     """The unnest arrays of a delta table: key parts (ordinal days as dates), then values."""
     items = sorted(table.items())
@@ -94,6 +137,25 @@ async def apply_deltas(conn: asyncpg.Connection, workspace_id: int, deltas: Delt
         columns = _columns(table, day_at=day_at, scalar=scalar)
         if columns:
             await conn.execute(sql, workspace_id, *columns)
+    # The blocks, from the same deltas: (dim, dval, stage, day, bucket) → (dim, span, start,
+    # stage, dval, bucket) and (dim, dval, stage, channel, day) → (dim, span, start, stage,
+    # channel, dval), in the block tables' key order.
+    durations = {
+        (dim, span, start, stage, dval, bucket): v
+        for (dim, span, start, dval, stage, bucket), v in _blocks(
+            deltas.durations, day_at=3, scalar=True
+        ).items()
+    }
+    touches = {
+        (dim, span, start, stage, channel, dval): v
+        for (dim, span, start, dval, stage, channel), v in _blocks(
+            deltas.touches, day_at=4, scalar=False
+        ).items()
+    }
+    for sql, blocks in ((_DURATION_BLOCKS_SQL, durations), (_TOUCH_BLOCKS_SQL, touches)):
+        columns = _columns(blocks, day_at=2)
+        if columns:
+            await conn.execute(sql, workspace_id, *columns)
     gone = sorted(k for k, at in deltas.entries.items() if at is None)
     if gone:
         await conn.execute(
@@ -117,4 +179,34 @@ async def apply_deltas(conn: asyncpg.Connection, workspace_id: int, deltas: Delt
         )
 
 
-__all__ = ["apply_deltas", "facts_bytes", "load_facts"]
+__all__ = [
+    "BLOCK_SPANS",
+    "apply_deltas",
+    "block_start",
+    "facts_bytes",
+    "load_facts",
+    "rebuild_blocks",
+]
+
+
+_REBUILD_BLOCKS = {
+    "agg_stage_duration_blocks": ("agg_stage_durations", ("stage", "dval", "bucket"), ("n",)),
+    "agg_touch_blocks": ("agg_touch_days", ("stage", "channel", "dval"), TOUCH_FIELDS),
+}
+
+
+async def rebuild_blocks(conn: asyncpg.Connection, workspace_id: int) -> None:
+    """Replace a workspace's blocks by sums of its day rows (after the day tables were written
+    other than through `apply_deltas`, e.g. `rollups_from_facts`)."""
+    spans = ", ".join(f"({span}::int2)" for span in BLOCK_SPANS)
+    for block, (day_table, keys, values) in _REBUILD_BLOCKS.items():
+        start = "day - ((((day - date '1970-01-01') % s.span) + s.span) % s.span)"
+        group = ", ".join(["workspace_id", "dim", "s.span", start, *keys])
+        await conn.execute(f"DELETE FROM {block} WHERE workspace_id = $1", workspace_id)
+        await conn.execute(
+            f"INSERT INTO {block} (workspace_id, dim, span, start, {', '.join(keys)}, "
+            f"{', '.join(values)}) SELECT {group}, {', '.join(f'sum({v})' for v in values)} "
+            f"FROM {day_table} CROSS JOIN (VALUES {spans}) AS s(span) WHERE workspace_id = $1 "
+            f"GROUP BY {group}",
+            workspace_id,
+        )

@@ -24,6 +24,7 @@ from app.aggregates.facts import (
     ordinal_date,
     prune,
 )
+from app.aggregates.repository import rebuild_blocks
 
 ROLLUP_TABLES = ("agg_stage_days", "agg_stage_durations", "agg_touch_days", "agg_attribution_days")
 _US_PER_DAY = 86_400_000_000
@@ -106,6 +107,7 @@ async def rebuild_rollups_from_facts(
         await conn.execute(f"DELETE FROM {table} WHERE workspace_id = $1", workspace_id)
         status = await conn.execute(REBUILD_SQL[table], workspace_id)
         written[table] = int(status.rsplit(" ", 1)[-1])
+    await rebuild_blocks(conn, workspace_id)
     return written
 
 

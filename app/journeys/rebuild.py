@@ -24,6 +24,8 @@ DERIVED_TABLES = (
     "agg_stage_durations",
     "agg_touch_days",
     "agg_attribution_days",
+    "agg_stage_duration_blocks",
+    "agg_touch_blocks",
 )
 
 
