@@ -29,8 +29,8 @@ TABLES = ('agg_stage_durations', 'agg_touch_days')
 def upgrade() -> None:
     for table in TABLES:
         for suffix in ('ins', 'upd', 'del'):
-            op.execute(f"DROP TRIGGER agg_blocks_{table}_{suffix} ON {table}")
-            op.execute(f"DROP FUNCTION agg_blocks_{table}_{suffix}()")
+            op.execute(f"DROP TRIGGER IF EXISTS agg_blocks_{table}_{suffix} ON {table}")
+            op.execute(f"DROP FUNCTION IF EXISTS agg_blocks_{table}_{suffix}()")
 
 
 def _revision_0007() -> ModuleType:
