@@ -331,23 +331,7 @@ class AggregatesBenchReport:
 
 async def set_breakdowns(dsn: str, workspace_id: int, breakdown: str) -> list[str]:
     """Keep `breakdown` (besides the default ones) in the workspace's journey model."""
-    from app.journeys.stages import DEFAULT_MODEL, model_to_dict
-
-    kept = list(DEFAULT_MODEL.breakdowns)
-    if breakdown not in kept:
-        kept.append(breakdown)
-    model = replace(DEFAULT_MODEL, breakdowns=tuple(kept))  # validates
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(
-            "UPDATE workspaces SET settings = settings || jsonb_build_object('journey_model', "
-            "$2::jsonb) WHERE id = $1",
-            workspace_id,
-            orjson.dumps(model_to_dict(model)).decode(),
-        )
-    finally:
-        await conn.close()
-    return kept
+    return await ds.set_journey_model(dsn, workspace_id, [breakdown])
 
 
 async def _stitched_already(dsn: str, workspace_id: int, breakdowns: list[str]) -> bool:
