@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -62,7 +61,7 @@ from rich.progress import (
 
 from app.bench import dataset as ds
 from app.bench.lookup import LookupBenchFailed, LookupPhase, _median_phase, _wrk
-from app.bench.report import machine_line, number, verdict_lines
+from app.bench.report import emit, machine_line, number, verdict_lines
 from app.bench.wrk import LUA_DONE, WrkError, _lua_string, ensure_wrk
 from app.db.engine import asyncpg_dsn, make_engine
 
@@ -1282,16 +1281,8 @@ def bench_aggregates(
     finally:
         if embedded is not None:
             embedded.stop()
-    text = markdown(report)
-    if output is not None:
-        output.write_text(text)
-    if as_json:
-        sys.stdout.write(
-            orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2, default=str).decode() + "\n"
-        )
-    else:
-        out = Console()
-        out.print(text, markup=False, highlight=False)
+    out = emit(markdown(report), report.as_dict(), output=output, as_json=as_json)
+    if out is not None:
         for name, phase in report.profiles.items():
             print_profile(out, f"server under {name}", phase.profile)
     if not report.ok:

@@ -52,7 +52,7 @@ from app.bench import dataset as ds
 from app.bench import lookup_rows
 from app.bench.ingest import ServerProcess
 from app.bench.profile import ProfileSummary, start_recording, summarise
-from app.bench.report import machine_line, verdict_lines
+from app.bench.report import emit, machine_line, verdict_lines
 from app.bench.wrk import LUA_DONE, WrkError, _lua_string, ensure_wrk, parse_output
 from app.db.engine import asyncpg_dsn
 
@@ -887,16 +887,8 @@ def bench_lookup(
     finally:
         if embedded is not None:
             embedded.stop()
-    text = markdown(report)
-    if output is not None:
-        output.write_text(text)
-    if as_json:
-        sys.stdout.write(
-            orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2, default=str).decode() + "\n"
-        )
-    else:
-        out = Console()
-        out.print(text, markup=False, highlight=False)
+    out = emit(markdown(report), report.as_dict(), output=output, as_json=as_json)
+    if out is not None:
         for key, phase in report.summary.items():
             if key.endswith("_profiled"):
                 print_profile(out, f"server under {phase.name}", phase.profile)

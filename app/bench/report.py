@@ -3,8 +3,13 @@ failures it ends with, in markdown."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+import orjson
+from rich.console import Console
 
 
 def number(value: float | None, fmt: str) -> str:
@@ -39,3 +44,18 @@ def verdict_lines(
     if failures:
         lines += ["", "**RUN FAILED:**"] + [f"- {f}" for f in failures]
     return lines
+
+
+def emit(text: str, body: dict[str, Any], *, output: Path | None, as_json: bool) -> Console | None:
+    """A benchmark's result: the markdown to `output` (when given), then JSON or the markdown on
+    stdout. Returns the console to print more on (profiles), None with `--json`."""
+    if output is not None:
+        output.write_text(text)
+    if as_json:
+        sys.stdout.write(
+            orjson.dumps(body, option=orjson.OPT_INDENT_2, default=str).decode() + "\n"
+        )
+        return None
+    out = Console()
+    out.print(text, markup=False, highlight=False)
+    return out

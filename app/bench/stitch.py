@@ -38,7 +38,6 @@ import inspect
 import os
 import secrets
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -49,7 +48,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import asyncpg
-import orjson
 import typer
 from rich.console import Console
 from rich.panel import Panel
@@ -58,7 +56,7 @@ from rich.table import Table
 from app.bench import dataset as ds
 from app.bench.freshness import FRESHNESS_TARGET_MS
 from app.bench.profile import ProfileSummary, start_recording, summarise
-from app.bench.report import machine_line, number, verdict_lines
+from app.bench.report import emit, machine_line, number, verdict_lines
 from app.db.engine import asyncpg_dsn, make_engine
 from app.journeys.rebuild import DERIVED_TABLES
 
@@ -1072,16 +1070,8 @@ def bench_stitch(
     finally:
         if embedded is not None:
             embedded.stop()
-    text = markdown(report)
-    if output is not None:
-        output.write_text(text)
-    if as_json:
-        sys.stdout.write(
-            orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2, default=str).decode() + "\n"
-        )
-    else:
-        out = Console()
-        out.print(text, markup=False, highlight=False)
+    out = emit(markdown(report), report.as_dict(), output=output, as_json=as_json)
+    if out is not None:
         if report.stitch is not None:
             print_profile(out, "stitcher", report.stitch.profile)
         if report.rollup_cost is not None:
