@@ -394,7 +394,8 @@ async def stitch_all(
     """Stitch every event of the workspace's feed (from a rewound position) with the real
     stitcher, rollups on, with a progress bar; VACUUM ANALYZE of the derived tables as they
     grow (`maintenance_due`; not counted in the stitch rate) and at the end."""
-    from app.bench.stitch import SHARDS, StitchBenchFailed, _percentile
+    from app.bench.report import percentile
+    from app.bench.stitch import SHARDS, StitchBenchFailed
     from app.journeys.stitcher import LOCK_BASE, Stitcher
 
     shard = workspace_id % SHARDS
@@ -469,8 +470,8 @@ async def stitch_all(
         "events_per_s": round(done / elapsed, 1) if elapsed else 0.0,
         "batches": len(latencies),
         "batch_size": batch_size,
-        "batch_p50_ms": round(_percentile(latencies, 50) * 1000, 1),
-        "batch_p99_ms": round(_percentile(latencies, 99) * 1000, 1),
+        "batch_p50_ms": round(percentile(latencies, 50) * 1000, 1),
+        "batch_p99_ms": round(percentile(latencies, 99) * 1000, 1),
         "vacuum_analyze_s": round(vacuum_s, 1),
         "maintenance_passes": passes,
         "maintenance_s": round(maintain_s, 1),

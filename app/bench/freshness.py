@@ -29,6 +29,7 @@ import asyncpg
 import httpx
 from rich.console import Console
 
+from app.bench.report import percentile
 from app.db.engine import asyncpg_dsn
 
 FRESHNESS_TARGET_MS = 1_000.0
@@ -74,13 +75,6 @@ class FreshnessResult:
             and self.p95_ms < FRESHNESS_TARGET_MS
             and self.last_quarter_p95_ms - self.first_quarter_p95_ms < FRESHNESS_TARGET_MS
         )
-
-
-def _percentile(values: list[float], pct: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))]
 
 
 def _batch(tag: str, start: int, count: int, customers: int, rng: random.Random) -> list[Any]:
@@ -211,15 +205,15 @@ async def measure(
         achieved_rate=len(acked) / elapsed if elapsed else 0.0,
         seen=len(lags),
         poll_ms=poll * 1000,
-        p50_ms=_percentile(values, 50),
-        p95_ms=_percentile(values, 95),
-        p99_ms=_percentile(values, 99),
+        p50_ms=percentile(values, 50),
+        p95_ms=percentile(values, 95),
+        p99_ms=percentile(values, 99),
         max_ms=max(values) if values else float("nan"),
-        first_quarter_p95_ms=_percentile(in_order[:quarter], 95),
-        last_quarter_p95_ms=_percentile(in_order[-quarter:], 95),
+        first_quarter_p95_ms=percentile(in_order[:quarter], 95),
+        last_quarter_p95_ms=percentile(in_order[-quarter:], 95),
         failed_requests=failed,
-        request_p50_ms=_percentile(request_ms, 50),
-        request_p99_ms=_percentile(request_ms, 99),
+        request_p50_ms=percentile(request_ms, 50),
+        request_p99_ms=percentile(request_ms, 99),
     )
 
 

@@ -45,7 +45,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from app.bench import wrk
 from app.bench.events import MESSAGE_ID_PLACEHOLDER, EventTemplate, average_size, make_templates
 from app.bench.profile import ProfileSummary, start_recording, summarise
-from app.bench.report import machine_line, number, verdict_lines
+from app.bench.report import machine_line, number, percentile, verdict_lines
 from app.db.engine import asyncpg_dsn, make_engine
 from app.db.partitions import partition_name, week_of
 
@@ -164,14 +164,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _percentile(values: list[float], pct: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1))))
-    return ordered[rank]
 
 
 def machine_info() -> dict[str, Any]:
@@ -547,8 +539,8 @@ async def _copy_phase(
         events=total,
         seconds=round(seconds, 3),
         events_per_s=total / seconds if seconds else 0.0,
-        p50_ms=_percentile(latencies, 50) * 1000,
-        p99_ms=_percentile(latencies, 99) * 1000,
+        p50_ms=percentile(latencies, 50) * 1000,
+        p99_ms=percentile(latencies, 99) * 1000,
         latency_of=f"one COPY of {batch:,} events",
         connections=1,
         events_per_request=batch,

@@ -12,6 +12,14 @@ import orjson
 from rich.console import Console
 
 
+def percentile(values: Sequence[float], pct: float) -> float:
+    """The nearest-rank percentile (NaN for no values)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1))))]
+
+
 def number(value: float | None, fmt: str) -> str:
     """A figure for a table: `-` for a missing or NaN one."""
     if value is None or value != value:

@@ -56,7 +56,7 @@ from rich.table import Table
 from app.bench import dataset as ds
 from app.bench.freshness import FRESHNESS_TARGET_MS
 from app.bench.profile import ProfileSummary, start_recording, summarise
-from app.bench.report import emit, machine_line, number, verdict_lines
+from app.bench.report import emit, machine_line, number, percentile, verdict_lines
 from app.db.engine import asyncpg_dsn, make_engine
 from app.journeys.rebuild import DERIVED_TABLES
 
@@ -201,13 +201,6 @@ class StitchBenchReport:
         body = asdict(self)
         body["ok"] = self.ok
         return body
-
-
-def _percentile(values: list[float], pct: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1))))]
 
 
 # --------------------------------------------------------------------------- instrumentation
@@ -432,8 +425,8 @@ async def _stitch_phase(
         batches=batches,
         seconds=round(elapsed, 3),
         events_per_s=events / elapsed if elapsed else 0.0,
-        batch_p50_ms=_percentile(latencies, 50) * 1000,
-        batch_p99_ms=_percentile(latencies, 99) * 1000,
+        batch_p50_ms=percentile(latencies, 50) * 1000,
+        batch_p99_ms=percentile(latencies, 99) * 1000,
         batch_max_ms=max(latencies, default=float("nan")) * 1000,
         batch_size=opts.batch_size,
         customers=int(row["customers"]),
