@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.core.errors import problem_body
 from app.core.logging import get_logger
 from app.ingest.routes import FAST_ROUTES, ingest_asgi
-from app.profiles.routes import stage_asgi, stage_identifier
+from app.profiles.routes import fast_answer, fast_asgi
 
 log = get_logger("journeys.request")
 
@@ -151,12 +151,12 @@ class RequestMiddleware:
 
         structlog.contextvars.bind_contextvars(request_id=request_id)
         route_type = FAST_ROUTES.get(path) if scope["method"] == "POST" else None
-        identifier = None if route_type else stage_identifier(scope)
+        answer = None if route_type else fast_answer(scope)
         try:
             if route_type is not None:
                 await ingest_asgi(scope, receive, send_wrapper, route_type)
-            elif identifier is not None:
-                await stage_asgi(scope, receive, send_wrapper, identifier)
+            elif answer is not None:
+                await fast_asgi(scope, receive, send_wrapper, answer)
             else:
                 await self.app(scope, receive, send_wrapper)
         finally:

@@ -27,6 +27,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import lru_cache
 
 from app.journeys.model import StitchEvent, sort_key
 
@@ -75,6 +76,7 @@ _ZEROS_AND_DASHES = re.compile(r"[0-]+")
 _RESERVED_EXTERNAL_KINDS = frozenset({USER_ID, ANONYMOUS_ID})
 
 
+@lru_cache(maxsize=65_536)
 def is_placeholder(value: str) -> bool:
     """True for empty, null-like and all-zero/all-dash values that must never be linked."""
     text = value.strip().lower()

@@ -18,9 +18,13 @@ from urllib.parse import parse_qsl, urlsplit
 CAMPAIGN_FIELDS = ("source", "medium", "name", "term", "content")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class StitchEvent:
-    """One event as the stitcher sees it; `timestamp` is the tz-aware event time."""
+    """One event as the stitcher sees it; `timestamp` is the tz-aware event time.
+
+    Treat it as immutable. It is not declared frozen because a frozen dataclass sets each of
+    its 17 fields through `object.__setattr__`: 2.5 µs per event instead of 0.7, and the
+    stitcher builds one per stored event of every customer it re-derives."""
 
     message_id: str
     type: str

@@ -76,6 +76,10 @@ class StitchStats:
 
 def _trait_identifier(e: StitchEvent) -> str | None:
     """For an event with no usable user or anonymous id: its first trait identifier."""
+    if (e.user_id is not None and not is_placeholder(e.user_id)) or (
+        e.anonymous_id is not None and not is_placeholder(e.anonymous_id)
+    ):
+        return None  # the common case, without building the identifiers
     own = own_identifiers(e)
     if any(i.kind in (USER_ID, ANONYMOUS_ID) for i in own):
         return None

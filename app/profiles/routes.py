@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl
 
+import asyncpg
 import orjson
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
@@ -225,25 +228,83 @@ async def get_identities(id: IdParam, request: Request, workspace_id: ReadWorksp
 _PREFIX = "/v1/profiles/"
 _JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 _STAGE = "/stage"
+_TIMELINE_PATH = "/timeline"
+_ORDERS = frozenset({"asc", "desc"})
+_DEFAULT_LIMIT = 100
+
+# Marketing tools call `…/stage` per message and dashboards page timelines: these two skip
+# FastAPI's routing, dependency and validation machinery (app.core.http sends them here) and
+# answer exactly as `get_stage` and `get_timeline` do. Anything a fast path does not parse
+# itself (since/until, a repeated or invalid parameter) goes to the FastAPI route instead, so
+# validation errors have one implementation.
+FastAnswer = Callable[[asyncpg.Connection, int], Awaitable[dict[str, Any]]]
 
 
-def stage_identifier(scope: Scope) -> str | None:
-    """The `{id}` of a `GET /v1/profiles/{id}/stage`, else None."""
+def _identifier_of(scope: Scope, suffix: str) -> str | None:
     path: str = scope["path"]
-    if scope["method"] != "GET" or not path.startswith(_PREFIX) or not path.endswith(_STAGE):
+    if scope["method"] != "GET" or not path.startswith(_PREFIX) or not path.endswith(suffix):
         return None
-    identifier = path[len(_PREFIX) : -len(_STAGE)]
+    identifier = path[len(_PREFIX) : -len(suffix)]
     return identifier if identifier and "/" not in identifier else None
 
 
-async def stage_asgi(scope: Scope, receive: Receive, send: Send, identifier: str) -> None:
-    """`GET …/stage` straight from ASGI (app.core.http): marketing tools call it per message,
-    so it skips FastAPI's routing and dependency machinery; same answers as `get_stage`."""
+def _timeline_answer(scope: Scope, identifier: str) -> FastAnswer | None:
+    limit, cursor, order = _DEFAULT_LIMIT, None, "asc"
+    seen: set[str] = set()
+    # Starlette reads the query string the same way (latin-1, blank values kept).
+    for key, value in parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True):
+        if key in seen:
+            return None
+        seen.add(key)
+        if key == "limit":
+            if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 1000):
+                return None
+            limit = int(value)
+        elif key == "cursor":
+            cursor = value
+        elif key == "order":
+            if value not in _ORDERS:
+                return None
+            order = value
+        elif key in ("since", "until"):
+            return None
+
+    async def answer(conn: asyncpg.Connection, workspace_id: int) -> dict[str, Any]:
+        return await service.timeline(
+            conn,
+            workspace_id,
+            identifier,
+            limit=limit,
+            cursor=cursor,
+            since=None,
+            until=None,
+            order=order,
+        )
+
+    return answer
+
+
+def fast_answer(scope: Scope) -> FastAnswer | None:
+    """The answer of a `GET …/{id}/stage` or a plain `GET …/{id}/timeline`, else None."""
+    stage_of = _identifier_of(scope, _STAGE)
+    if stage_of is not None:
+        of: str = stage_of
+
+        async def stage(conn: asyncpg.Connection, workspace_id: int) -> dict[str, Any]:
+            return await service.stage(conn, workspace_id, of)
+
+        return stage
+    identifier = _identifier_of(scope, _TIMELINE_PATH)
+    return None if identifier is None else _timeline_answer(scope, identifier)
+
+
+async def fast_asgi(scope: Scope, receive: Receive, send: Send, answer: FastAnswer) -> None:
+    """Authenticate with the read key and send `answer`'s body as `_json` would."""
     request = Request(scope, receive)
     try:
         workspace_id = await read_workspace(request)
         async with runtime(request).read_connection() as conn:
-            body = orjson.dumps(await service.stage(conn, workspace_id, identifier))
+            body = orjson.dumps(await answer(conn, workspace_id))
     except ProblemError as exc:
         await problem_response(exc)(scope, receive, send)
         return
