@@ -77,8 +77,6 @@ class StitchBenchOptions:
     keep: bool = False
     seconds: float = 60.0
     batch_size: int = 2_000
-    # None: the stitcher's own growth while behind (MAX_BATCH_FACTOR x batch_size)
-    max_batch_size: int | None = None
     ingest_duration: int = 15
     batch_connections: int = 32
     batch_events: int = 100
@@ -327,13 +325,7 @@ async def _stitch_phase(
                 f"shard {shard} is held by another stitcher (a running `journeys serve` or "
                 "`journeys worker` on this database): stop it for the benchmark"
             )
-        stitcher = Stitcher(
-            engine,
-            batch_size=opts.batch_size,
-            max_batch_size=opts.max_batch_size,
-            shards=(shard,),
-            rollups=rollups,
-        )
+        stitcher = Stitcher(engine, batch_size=opts.batch_size, shards=(shard,), rollups=rollups)
         backlog = int(
             await lock.fetchval(
                 "SELECT count(*) FROM events e JOIN stitch_progress p ON p.shard = $1 "
@@ -986,15 +978,6 @@ def bench_stitch(
     batch_size: Annotated[
         int, typer.Option(help="stitcher batch size", min=1, max=100_000)
     ] = 2_000,
-    max_batch_size: Annotated[
-        int | None,
-        typer.Option(
-            help="largest batch while the shard is behind (default: the stitcher's own, "
-            "4 x --batch-size; equal to --batch-size: fixed batches)",
-            min=1,
-            max=400_000,
-        ),
-    ] = None,
     ingest_duration: Annotated[
         int, typer.Option(help="seconds of the /v1/batch phase", min=2, max=120)
     ] = 15,
@@ -1057,7 +1040,6 @@ def bench_stitch(
         keep=keep,
         seconds=seconds,
         batch_size=batch_size,
-        max_batch_size=max_batch_size,
         ingest_duration=ingest_duration,
         batch_connections=batch_connections,
         profile_dir=profile,

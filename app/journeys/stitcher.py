@@ -76,11 +76,6 @@ async def model_for(conn: asyncpg.Connection, workspace_id: int) -> JourneyModel
 
 
 JOB_EVERY = 1.0
-# A shard that is behind gets larger batches, up to this many times `batch_size`: a touched
-# customer is re-derived once per batch however many of its events the batch holds, and a
-# batch's round trips are paid once, so each event costs less the larger the batch. Caught up,
-# the shard is back to `batch_size` (a short batch keeps the time to the timeline short).
-MAX_BATCH_FACTOR = 4
 # After a round that stitched something but less than a full batch: pause this fraction of the
 # poll interval before the next round.
 PARTIAL_PAUSE = 0.25
@@ -97,14 +92,11 @@ class Stitcher:
         poll_interval: float = 0.2,
         shards: tuple[int, ...] = tuple(range(journeys.SHARDS)),
         rollups: bool = True,
-        max_batch_size: int | None = None,
     ) -> None:
         self._engine = engine
         # Off only in `journeys bench stitch`, to measure what maintaining the rollups costs.
         self._rollups = rollups
         self._batch_size = batch_size
-        self._max_batch = max(batch_size, max_batch_size or batch_size * MAX_BATCH_FACTOR)
-        self._next_batch: dict[int, int] = {}
         self._poll = poll_interval
         self._wanted = shards
         self._held: set[int] = set()
@@ -243,18 +235,14 @@ class Stitcher:
         SKIPPED.inc()
 
     async def stitch_shard(self, shard: int, *, limit: int | None = None) -> int:
-        """Stitch the next batch of a shard; returns how many raw events it consumed.
-
-        Without `limit`, the batch is `batch_size` events, doubled after each full batch up to
-        MAX_BATCH_FACTOR times that (the shard is behind), and back to `batch_size` after the
-        first batch that is not full."""
+        """Stitch the next batch of a shard; returns how many raw events it consumed."""
         started = time.perf_counter()
-        size = limit or self._next_batch.get(shard, self._batch_size)
         async with raw_connection(self._engine) as conn, conn.transaction():
             position = await journeys.lock_progress(conn, shard)
-            records = await journeys.read_feed(conn, shard=shard, after=position, limit=size)
+            records = await journeys.read_feed(
+                conn, shard=shard, after=position, limit=limit or self._batch_size
+            )
             if not records:
-                self._next_batch.pop(shard, None)
                 return 0
             by_workspace: dict[int, list[asyncpg.Record]] = {}
             for record in records:
@@ -266,9 +254,6 @@ class Stitcher:
                 )
             last = records[-1]
             await journeys.save_progress(conn, shard, (last["tx"], last["seq"]), len(records))
-        if limit is None:  # committed: the next batch of this shard grows or shrinks
-            full = len(records) >= size
-            self._next_batch[shard] = min(2 * size, self._max_batch) if full else self._batch_size
         STITCHED.inc(len(records))
         BATCH_SECONDS.observe(time.perf_counter() - started)
         return len(records)

@@ -147,7 +147,7 @@ async def test_concurrent_identifies_and_crossed_aliases_converge_to_the_sequent
             ingest_done.set()
 
     try:
-        racers = [racer(Stitcher(engine, batch_size=5, max_batch_size=5)) for engine in engines]
+        racers = [racer(Stitcher(engine, batch_size=5)) for engine in engines]
         await asyncio.wait_for(asyncio.gather(ingest(), *racers), timeout=120)
     finally:
         for engine in engines:

@@ -396,8 +396,7 @@ async def test_two_stitchers_racing_on_one_shard_never_double_process(
     shard = ws.workspace_id % 16
     engines = [make_engine(database_url, pool_size=2) for _ in range(2)]
     try:
-        # Fixed small batches: many rounds of racing.
-        racers = [Stitcher(engine, batch_size=37, max_batch_size=37) for engine in engines]
+        racers = [Stitcher(engine, batch_size=37) for engine in engines]
         rounds = 0
         while True:
             done = await asyncio.gather(*(r.stitch_shard(shard) for r in racers))
