@@ -284,16 +284,18 @@ def _timeline_answer(scope: Scope, identifier: str) -> FastAnswer | None:
     return answer
 
 
+def _stage_answer(identifier: str) -> FastAnswer:
+    async def answer(conn: asyncpg.Connection, workspace_id: int) -> dict[str, Any]:
+        return await service.stage(conn, workspace_id, identifier)
+
+    return answer
+
+
 def fast_answer(scope: Scope) -> FastAnswer | None:
     """The answer of a `GET …/{id}/stage` or a plain `GET …/{id}/timeline`, else None."""
-    stage_of = _identifier_of(scope, _STAGE)
-    if stage_of is not None:
-        of: str = stage_of
-
-        async def stage(conn: asyncpg.Connection, workspace_id: int) -> dict[str, Any]:
-            return await service.stage(conn, workspace_id, of)
-
-        return stage
+    identifier = _identifier_of(scope, _STAGE)
+    if identifier is not None:
+        return _stage_answer(identifier)
     identifier = _identifier_of(scope, _TIMELINE_PATH)
     return None if identifier is None else _timeline_answer(scope, identifier)
 
