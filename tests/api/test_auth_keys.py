@@ -336,3 +336,69 @@ async def test_a_batch_larger_than_the_burst_is_not_refused_forever(
     problem(r, 429, "rate_limited")
     # The debt of ~3 events at 1 event/s shows in Retry-After.
     assert int(r.headers["retry-after"]) >= 3
+
+
+# --------------------------------------------------------------------------- key cache
+
+
+async def test_concurrent_lookups_of_an_expired_key_share_one_query(
+    engine: AsyncEngine, workspace: NewWorkspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a busy key's cached answer expires, the requests arriving meanwhile share one
+    database lookup instead of each taking a pool connection."""
+    from app.workspaces import auth
+
+    queries = 0
+    release = asyncio.Event()
+    real_lookup = auth.lookup_key
+
+    async def slow_lookup(conn: Any, digest: str) -> Any:
+        nonlocal queries
+        queries += 1
+        await release.wait()  # every caller arrives while the first lookup is in flight
+        return await real_lookup(conn, digest)
+
+    monkeypatch.setattr(auth, "lookup_key", slow_lookup)
+    keys = auth.KeyResolver(engine, ttl=60)
+    callers = [asyncio.create_task(keys.resolve(workspace.write_key)) for _ in range(20)]
+    while queries == 0:
+        await asyncio.sleep(0)  # let the callers reach the lookup
+    for _ in range(5):
+        await asyncio.sleep(0)
+    release.set()
+    records = await asyncio.gather(*callers)
+    assert queries == 1
+    assert {r.workspace_id for r in records if r is not None} == {workspace.workspace_id}
+    assert all(r is not None and r.kind is KeyKind.WRITE for r in records)
+    # Cached now: no further query; forget() makes the next caller ask again.
+    assert await keys.resolve(workspace.write_key) is not None and queries == 1
+    keys.forget()
+    assert await keys.resolve(workspace.write_key) is not None and queries == 2
+
+
+async def test_a_caller_going_away_does_not_cancel_the_shared_lookup(
+    engine: AsyncEngine, workspace: NewWorkspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.workspaces import auth
+
+    release = asyncio.Event()
+    started = asyncio.Event()
+    real_lookup = auth.lookup_key
+
+    async def slow_lookup(conn: Any, digest: str) -> Any:
+        started.set()
+        await release.wait()
+        return await real_lookup(conn, digest)
+
+    monkeypatch.setattr(auth, "lookup_key", slow_lookup)
+    keys = auth.KeyResolver(engine, ttl=60)
+    first = asyncio.create_task(keys.resolve(workspace.write_key))
+    await started.wait()
+    second = asyncio.create_task(keys.resolve(workspace.write_key))
+    await asyncio.sleep(0)
+    first.cancel()  # a client disconnect
+    release.set()
+    record = await second
+    assert record is not None and record.workspace_id == workspace.workspace_id
+    with pytest.raises(asyncio.CancelledError):
+        await first
