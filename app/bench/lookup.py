@@ -25,6 +25,7 @@ alternate N times and the medians are reported (less sensitive to a noisy machin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import statistics
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -62,6 +63,9 @@ BASELINE_SQL = (
 STAGE_P99_MS = 5.0
 STAGE_RATIO = 0.8
 TIMELINE_P99_MS = 15.0
+# Under wrk load a phase whose whole machine used less than this (% of one core, 2 cores) while
+# PostgreSQL read from outside shared_buffers was waiting on the disk.
+IDLE_MACHINE_PCT = 100.0
 HEAVY_EVENTS = 50
 
 
@@ -230,6 +234,34 @@ class LookupPhase:
     cpu_pct: dict[str, float] = field(default_factory=dict)
     busiest_others: list[str] = field(default_factory=list)
     profile: ProfileSummary | None = None
+    # PostgreSQL buffer reads during the phase (pg_stat_database): `read` came from outside
+    # shared_buffers (the OS page cache or the disk), `hit` from inside.
+    blocks_read: int | None = None
+    blocks_hit: int | None = None
+
+
+def _block_counts(dsn: str) -> tuple[int, int] | None:
+    """The database's (blks_read, blks_hit) so far."""
+
+    async def query() -> tuple[int, int]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            # Counters are flushed by backends about once a second: this one's own first
+            # (PostgreSQL 15+; older servers' counters lag by up to their stats interval).
+            with contextlib.suppress(asyncpg.UndefinedFunctionError):
+                await conn.execute("SELECT pg_stat_force_next_flush()")
+            row = await conn.fetchrow(
+                "SELECT blks_read, blks_hit FROM pg_stat_database "
+                "WHERE datname = current_database()"
+            )
+            return (int(row["blks_read"]), int(row["blks_hit"])) if row else (0, 0)
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(query())
+    except (OSError, asyncpg.PostgresError):
+        return None
 
 
 def _wrk(
@@ -267,6 +299,7 @@ def _wrk(
     ]
     meter = CpuMeter(server_pid, postmaster)
     meter.start(_pg_pids_now(dsn) if postmaster else None)
+    blocks_before = _block_counts(dsn)
     spy = None
     spy_out: Path | None = None
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -284,6 +317,9 @@ def _wrk(
                 child.wait()
         raise
     cpu = meter.stop(load_generator=True, pg_pids=_pg_pids_now(dsn) if postmaster else None)
+    # A second later: the server's backends have flushed their counters by then.
+    time.sleep(1.0)
+    blocks_after = _block_counts(dsn)
     busiest = list(meter.others)
     profile = None
     if spy is not None and spy_out is not None:
@@ -308,6 +344,8 @@ def _wrk(
         cpu_pct=cpu,
         profile=profile,
         busiest_others=busiest,
+        blocks_read=blocks_after[0] - blocks_before[0] if blocks_before and blocks_after else None,
+        blocks_hit=blocks_after[1] - blocks_before[1] if blocks_before and blocks_after else None,
     )
 
 
@@ -638,7 +676,14 @@ def _median_phase(phases: list[LookupPhase]) -> LookupPhase:
         },
         response_bytes=first.response_bytes,
         cpu_pct=first.cpu_pct,
+        blocks_read=_total(p.blocks_read for p in phases),
+        blocks_hit=_total(p.blocks_hit for p in phases),
     )
+
+
+def _total(counts: Iterable[int | None]) -> int | None:
+    values = list(counts)
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
 
 
 def _judge(report: LookupBenchReport) -> None:
@@ -658,6 +703,15 @@ def _judge(report: LookupBenchReport) -> None:
                 "during the phase; the machine was not quiet (busiest: "
                 f"{', '.join(p.busiest_others) or '?'})"
             )
+        if p.blocks_read and p.requests:
+            machine = p.cpu_pct.get("machine", 0.0)
+            per_request = p.blocks_read / p.requests
+            if machine < IDLE_MACHINE_PCT and per_request >= 1:
+                report.warnings.append(
+                    f"{p.name}: the CPUs were mostly idle ({machine:.0f}% of one core for the "
+                    f"whole machine) while PostgreSQL read {per_request:.1f} blocks per request "
+                    "from outside shared_buffers: the phase waited on the disk, not on the code"
+                )
     for name, phases in by_name.items():
         report.summary[name] = _median_phase(phases)
     base, stage, timeline = (report.summary.get(k) for k in ("baseline", "stage", "timeline"))
@@ -772,6 +826,12 @@ def markdown(report: LookupBenchReport) -> str:
             lines.append(
                 f"CPU during {name} (% of one core): "
                 + ", ".join(f"{k} {v:.0f}" for k, v in p.cpu_pct.items())
+            )
+        if p is not None and p.blocks_read is not None and p.blocks_hit is not None and p.requests:
+            lines.append(
+                f"PostgreSQL blocks per request during {name}: "
+                f"{p.blocks_hit / p.requests:.1f} found in shared_buffers, "
+                f"{p.blocks_read / p.requests:.1f} read from outside (OS page cache or disk)"
             )
     lines.append(
         machine_line(
