@@ -72,7 +72,9 @@ _ATTRIBUTION_SQL = _upsert_sql(
 # Aligned blocks of days kept beside the duration and touch rollups, so a long window reads a
 # few block rows per key instead of one row per day: a block of `span` days starts on a day
 # whose number since 1970-01-01 is a multiple of `span` (read by app.aggregates.service).
-BLOCK_SPANS = (64, 8)
+# 32, 8, 2 (migration 0010; 0007 kept 64 and 8): three block rows per day row written, as
+# before, and a 90-day window reads 6-14 parts instead of 9-26 (35-50% fewer rows).
+BLOCK_SPANS = (32, 8, 2)
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _DURATION_BLOCKS_SQL = _upsert_sql(
     "agg_stage_duration_blocks",
@@ -207,6 +209,6 @@ async def rebuild_blocks(conn: asyncpg.Connection, workspace_id: int) -> None:
             f"INSERT INTO {block} (workspace_id, dim, span, start, {', '.join(keys)}, "
             f"{', '.join(values)}) SELECT {group}, {', '.join(f'sum({v})' for v in values)} "
             f"FROM {day_table} CROSS JOIN (VALUES {spans}) AS s(span) WHERE workspace_id = $1 "
-            f"GROUP BY {group}",
+            f"GROUP BY {group} ORDER BY {group}",
             workspace_id,
         )

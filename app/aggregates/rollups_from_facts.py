@@ -64,7 +64,7 @@ REBUILD_SQL: dict[str, str] = {
     INSERT INTO agg_stage_days (workspace_id, dim, day, stage, dval, entered, converted)
     SELECT $1, g.dim, {_ENTRY_DAY}, s ->> 0, g.dval, count(*), sum((s ->> 2)::int8)
     FROM g CROSS JOIN LATERAL jsonb_array_elements(g.j -> 's') AS s
-    GROUP BY 2, 3, 4, 5
+    GROUP BY 2, 3, 4, 5 ORDER BY 2, 3, 4, 5
     """,
     "agg_stage_durations": _GROUPS
     + f"""
@@ -72,21 +72,21 @@ REBUILD_SQL: dict[str, str] = {
     SELECT $1, g.dim, {_ENTRY_DAY}, s ->> 0, g.dval, (s ->> 3)::int2, count(*)
     FROM g CROSS JOIN LATERAL jsonb_array_elements(g.j -> 's') AS s
     WHERE (s ->> 3)::int >= 0
-    GROUP BY 2, 3, 4, 5, 6
+    GROUP BY 2, 3, 4, 5, 6 ORDER BY 2, 3, 4, 5, 6
     """,
     "agg_touch_days": _GROUPS
     + f"""
     INSERT INTO agg_touch_days (workspace_id, dim, day, stage, channel, dval, {_TOUCH_COLUMNS})
     SELECT $1, g.dim, {_KEYED_DAY}, x ->> 0, x ->> 1, g.dval, {_TOUCH_SUMS}
     FROM g CROSS JOIN LATERAL jsonb_array_elements(g.j -> 't') AS x
-    GROUP BY 2, 3, 4, 5, 6
+    GROUP BY 2, 3, 4, 5, 6 ORDER BY 2, 3, 4, 5, 6
     """,
     "agg_attribution_days": _GROUPS
     + f"""
     INSERT INTO agg_attribution_days (workspace_id, dim, day, stage, channel, dval, {_ATTR_COLUMNS})
     SELECT $1, g.dim, {_KEYED_DAY}, x ->> 0, x ->> 1, g.dval, {_ATTR_SUMS}
     FROM g CROSS JOIN LATERAL jsonb_array_elements(g.j -> 'a') AS x
-    GROUP BY 2, 3, 4, 5, 6
+    GROUP BY 2, 3, 4, 5, 6 ORDER BY 2, 3, 4, 5, 6
     """,
 }
 

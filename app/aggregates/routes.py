@@ -78,11 +78,13 @@ async def _answer(
     compute: Compute,
     *,
     live: Callable[[asyncpg.Connection, JourneyModel, str, Any], Awaitable[Any]] | None = None,
+    serial: bool = True,
 ) -> Response:
     """The answer of `compute` for this request: from the exact answer cache when the
     workspace's data version and journey model are those it was computed for, else computed in
     one REPEATABLE READ snapshot and stored under that snapshot's version. `live` adds what
-    depends on the clock (never cached). `X-Journeys-Cache`: hit, miss or bypass."""
+    depends on the clock (never cached). `X-Journeys-Cache`: hit, miss or bypass. `serial`:
+    computed without parallel workers (rollup reads; a funnel's scan may use them)."""
     fresh = _fresh(request)
     async with runtime(request).read_connection() as conn:
         state = await ANSWERS.state(conn, workspace_id)
@@ -93,7 +95,7 @@ async def _answer(
         if body is None:
             status = "bypass" if fresh else "miss"
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                version = await snapshot_version(conn, workspace_id)
+                version = await snapshot_version(conn, workspace_id, serial=serial)
                 body = await compute(conn, state.model, dim)
             ANSWERS.put((workspace_id, version, state.model_text, dim, key), body)
         if live is not None:
@@ -184,7 +186,9 @@ async def get_funnel(
             conn, workspace_id, model, dim=dim, win=win, steps=parsed, span=span
         )
 
-    return await _answer(request, workspace_id, breakdown, ("funnel", win, steps, span), compute)
+    return await _answer(
+        request, workspace_id, breakdown, ("funnel", win, steps, span), compute, serial=False
+    )
 
 
 @router.get(

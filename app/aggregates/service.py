@@ -27,8 +27,9 @@ from app.aggregates.facts import (
     NONE_VALUE,
     TOTAL,
     TOUCH_FIELDS,
-    median_of_buckets,
+    bucket_seconds,
 )
+from app.aggregates.repository import BLOCK_SPANS
 from app.core.errors import ProblemError
 from app.ingest.segment import FLAG_BOT
 from app.journeys.stages import JourneyModel
@@ -187,37 +188,16 @@ def _grouped(
 # --------------------------------------------------------------------------- stages
 
 
-async def _stage_rows(
-    conn: asyncpg.Connection, ws: int, dim: str, win: Window
-) -> dict[str, dict[str, list[int]]]:
-    """dval -> stage -> [now, entered, converted]."""
-    rows = await conn.fetch(
-        """
-        SELECT dval, stage, sum(entered - converted)::int8 AS now,
-            coalesce(sum(entered) FILTER (WHERE day BETWEEN $3 AND $4), 0)::int8 AS entered,
-            coalesce(sum(converted) FILTER (WHERE day BETWEEN $3 AND $4), 0)::int8 AS converted
-        FROM agg_stage_days WHERE workspace_id = $1 AND dim = $2
-        GROUP BY dval, stage HAVING sum(entered) > 0
-        """,
-        ws,
-        dim,
-        win.start,
-        win.end,
-    )
-    out: dict[str, dict[str, list[int]]] = defaultdict(dict)
-    for r in rows:
-        out[r["dval"]][r["stage"]] = [r["now"], r["entered"], r["converted"]]
-    return out
-
-
 _EPOCH_DAY = date(1970, 1, 1)
-BLOCK_SPANS = (64, 8)  # the aligned blocks of days kept beside two day rollups (migration 0007)
+# The first parameter after a covered window's ($1 workspace, $2 dim, $3 days, then the starts
+# of each span's blocks).
+_AFTER_COVER = 4 + len(BLOCK_SPANS)
 
 
 def cover(win: Window) -> tuple[list[date], dict[int, list[date]]]:
     """The window as single days and aligned blocks (a block of `span` days starts on a day
-    whose number since 1970-01-01 is a multiple of `span`), largest blocks first: at most ~30
-    parts, whatever the window's length up to a few blocks of 64 days."""
+    whose number since 1970-01-01 is a multiple of `span`), largest blocks first: a 90-day
+    window is 6-14 parts (`BLOCK_SPANS` 32, 8, 2), a year ~20."""
     days: list[date] = []
     blocks: dict[int, list[date]] = {span: [] for span in BLOCK_SPANS}
     pos, last = (win.start - _EPOCH_DAY).days, (win.end - _EPOCH_DAY).days
@@ -233,64 +213,111 @@ def cover(win: Window) -> tuple[list[date], dict[int, list[date]]]:
     return days, blocks
 
 
+def _cover_args(win: Window) -> list[list[date]]:
+    """The parameters $3 ... of `_covered` for a window."""
+    days, blocks = cover(win)
+    return [days, *(blocks[span] for span in BLOCK_SPANS)]
+
+
 def _covered(day_table: str, block_table: str, columns: str, extra: str = "") -> str:
     """Rows of a window from a day rollup and its blocks: parameters $1 workspace, $2 dim,
-    $3 days, $4 starts of 64-day blocks, $5 starts of 8-day blocks."""
-    return (
+    $3 days, then the starts of the blocks of each of `BLOCK_SPANS` (`_cover_args`)."""
+    parts = [
         f"SELECT {columns} FROM {day_table} WHERE workspace_id = $1 AND dim = $2 "
-        f"AND day = ANY($3::date[]){extra} "
-        f"UNION ALL SELECT {columns} FROM {block_table} WHERE workspace_id = $1 AND dim = $2 "
-        f"AND span = 64 AND start = ANY($4::date[]){extra} "
-        f"UNION ALL SELECT {columns} FROM {block_table} WHERE workspace_id = $1 AND dim = $2 "
-        f"AND span = 8 AND start = ANY($5::date[]){extra}"
-    )
+        f"AND day = ANY($3::date[]){extra}"
+    ]
+    for i, span in enumerate(BLOCK_SPANS):
+        parts.append(
+            f"SELECT {columns} FROM {block_table} WHERE workspace_id = $1 AND dim = $2 "
+            f"AND span = {span} AND start = ANY(${4 + i}::date[]){extra}"
+        )
+    return " UNION ALL ".join(parts)
 
 
-_MEDIAN_SQL = (
-    "SELECT dval, stage, bucket, sum(n)::int8 AS n FROM ("
+_STAGE_FIGURES_SQL = (
+    """
+    WITH c AS (
+        SELECT dval, stage, sum((entered - converted)::float8)::int8 AS now,
+            coalesce(sum(entered::float8) FILTER (WHERE day BETWEEN $%(lo)d AND $%(hi)d), 0)
+                ::int8 AS entered,
+            coalesce(sum(converted::float8) FILTER (WHERE day BETWEEN $%(lo)d AND $%(hi)d), 0)
+                ::int8 AS converted
+        FROM agg_stage_days WHERE workspace_id = $1 AND dim = $2
+        GROUP BY dval, stage HAVING sum(entered::float8) > 0
+    ),
+    h AS (
+        SELECT dval, stage, bucket, sum(n::float8) AS n FROM ("""
     + _covered("agg_stage_durations", "agg_stage_duration_blocks", "dval, stage, bucket, n")
-    + ") x GROUP BY dval, stage, bucket HAVING sum(n) > 0"
-)
+    + """) x GROUP BY dval, stage, bucket HAVING sum(n::float8) > 0
+    ),
+    m AS (
+        SELECT dval, stage, min(bucket) FILTER (WHERE 2 * running >= total) AS bucket
+        FROM (
+            SELECT dval, stage, bucket,
+                sum(n) OVER (PARTITION BY dval, stage ORDER BY bucket) AS running,
+                sum(n) OVER (PARTITION BY dval, stage) AS total
+            FROM h
+        ) r
+        GROUP BY dval, stage
+    )
+    SELECT dval, stage, coalesce(c.now, 0) AS now, coalesce(c.entered, 0) AS entered,
+        coalesce(c.converted, 0) AS converted, m.bucket
+    FROM c FULL JOIN m USING (dval, stage)
+    """
+) % {"lo": _AFTER_COVER, "hi": _AFTER_COVER + 1}
 
 
-async def _median_rows(
+@dataclass(frozen=True, slots=True)
+class StageFigures:
+    """One group's figures of one stage: customers now, entered and converted in the window,
+    and the median time to the next stage (None when nobody converted)."""
+
+    now: int = 0
+    entered: int = 0
+    converted: int = 0
+    median: float | None = None
+
+
+async def _stage_figures(
     conn: asyncpg.Connection, ws: int, dim: str, win: Window
-) -> dict[str, dict[str, float | None]]:
-    """dval -> stage -> median seconds to the next stage."""
-    days, blocks = cover(win)
-    rows = await conn.fetch(_MEDIAN_SQL, ws, dim, days, blocks[64], blocks[8])
-    buckets: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+) -> dict[str, dict[str, StageFigures]]:
+    """dval -> stage -> figures, in one statement: the counts from the day rollup (all days
+    for `now`), the median's bucket found in SQL over the window's duration histogram (the
+    first bucket where the running count reaches half the total, as `median_of_buckets`)."""
+    rows = await conn.fetch(_STAGE_FIGURES_SQL, ws, dim, *_cover_args(win), win.start, win.end)
+    out: dict[str, dict[str, StageFigures]] = defaultdict(dict)
     for r in rows:
-        buckets[r["dval"], r["stage"]][r["bucket"]] = float(r["n"])
-    out: dict[str, dict[str, float | None]] = defaultdict(dict)
-    for (dval, stage), counts in buckets.items():
-        out[dval][stage] = median_of_buckets(counts)
+        bucket = r["bucket"]
+        out[r["dval"]][r["stage"]] = StageFigures(
+            r["now"],
+            r["entered"],
+            r["converted"],
+            None if bucket is None else round(bucket_seconds(bucket), 1),
+        )
     return out
 
 
-def _dvals(*tables: Mapping[str, Any]) -> list[str]:
-    return sorted({dval for table in tables for dval in table})
+_NO_FIGURES = StageFigures()
 
 
 async def stages(
     conn: asyncpg.Connection, ws: int, model: JourneyModel, *, dim: str, win: Window
 ) -> dict[str, Any]:
     """`GET /v1/aggregates/stages`."""
-    counts = await _stage_rows(conn, ws, dim, win)
-    medians = await _median_rows(conn, ws, dim, win)
+    figures = await _stage_figures(conn, ws, dim, win)
     groups: dict[str, dict[str, Any]] = {}
-    for dval in _dvals(counts, medians):
+    for dval in sorted(figures):
         body = []
         for stage in model.stage_names:
-            now, entered, converted = counts.get(dval, {}).get(stage, [0, 0, 0])
+            f = figures[dval].get(stage) or _NO_FIGURES
             body.append(
                 {
                     "stage": stage,
-                    "customers": now,
-                    "entered": entered,
-                    "converted": converted,
-                    "conversion_rate": _rate(converted, entered),
-                    "median_seconds_to_next": medians.get(dval, {}).get(stage),
+                    "customers": f.now,
+                    "entered": f.entered,
+                    "converted": f.converted,
+                    "conversion_rate": _rate(f.converted, f.entered),
+                    "median_seconds_to_next": f.median,
                 }
             )
         groups[dval] = {"stages": body}
@@ -319,7 +346,7 @@ _TOUCH_SQL = (
         "agg_touch_days",
         "agg_touch_blocks",
         f"dval, stage, channel, {', '.join(TOUCH_FIELDS)}",
-        " AND (stage = $6 OR ($6::text IS NULL AND stage <> ''))",
+        f" AND (stage = ${_AFTER_COVER} OR (${_AFTER_COVER}::text IS NULL AND stage <> ''))",
     )
     + ") x GROUP BY dval, stage, channel HAVING sum(touches) > 0.5"
 )
@@ -330,10 +357,7 @@ async def _touch_rows(
 ) -> list[asyncpg.Record]:
     """Summed touch counters per (dval, stage, channel) in the window (one stage, or all
     stages but the whole-journey rows)."""
-    days, blocks = cover(win)
-    rows: list[asyncpg.Record] = await conn.fetch(
-        _TOUCH_SQL, ws, dim, days, blocks[64], blocks[8], stage
-    )
+    rows: list[asyncpg.Record] = await conn.fetch(_TOUCH_SQL, ws, dim, *_cover_args(win), stage)
     return rows
 
 
@@ -497,16 +521,15 @@ async def journey_map_rollups(
 ) -> dict[str, Any]:
     """The journey map's figures that depend on the data alone (`dropoff` left None):
     `{"answer": …, "present": whether any group has data}`."""
-    counts = await _stage_rows(conn, ws, dim, win)
-    medians = await _median_rows(conn, ws, dim, win)
+    figures = await _stage_figures(conn, ws, dim, win)
     touch: dict[str, dict[str, list[asyncpg.Record]]] = defaultdict(lambda: defaultdict(list))
     for r in await _touch_rows(conn, ws, dim, win):
         touch[r["dval"]][r["stage"]].append(r)
     groups: dict[str, dict[str, Any]] = {}
-    for dval in _dvals(counts, medians, touch):
+    for dval in sorted(figures.keys() | touch.keys()):
         body = []
         for stage in model.stage_names:
-            now_in, entered, converted = counts.get(dval, {}).get(stage, [0, 0, 0])
+            f = figures.get(dval, {}).get(stage) or _NO_FIGURES
             stage_totals = dict.fromkeys(TOUCH_FIELDS, 0.0)
             channel_rows = []
             for r in sorted(touch[dval][stage], key=lambda r: (-r["touches"], r["channel"])):
@@ -524,10 +547,10 @@ async def journey_map_rollups(
             body.append(
                 {
                     "stage": stage,
-                    "customers": now_in,
-                    "entered": entered,
-                    "conversion_rate": _rate(converted, entered),
-                    "median_seconds_in_stage": medians.get(dval, {}).get(stage),
+                    "customers": f.now,
+                    "entered": f.entered,
+                    "conversion_rate": _rate(f.converted, f.entered),
+                    "median_seconds_in_stage": f.median,
                     "dropoff": None,
                     "feedback": feedback(stage_totals),
                     "channels": channel_rows,
@@ -561,6 +584,23 @@ def _cutoff(threshold: timedelta, now: datetime) -> datetime:
     return now - threshold
 
 
+_STALLED_SQL = """
+    SELECT s.stage, d.dval, sum(d.entered - d.converted)::int8 AS n
+    FROM unnest($3::text[], $4::date[], $5::date[]) AS s(stage, low, high)
+    JOIN agg_stage_days d ON d.workspace_id = $1 AND d.dim = $2 AND d.stage = s.stage
+     AND d.day BETWEEN s.low AND s.high
+    GROUP BY s.stage, d.dval HAVING sum(d.entered - d.converted) <> 0
+    UNION ALL
+    SELECT s.stage, CASE WHEN $2 = '' THEN '' ELSE coalesce(c.dims ->> $2, '') END,
+        count(*) * min(s.sign)
+    FROM unnest($6::text[], $7::timestamptz[], $8::timestamptz[], $9::int8[])
+        AS s(stage, low, high, sign)
+    JOIN customers c ON c.workspace_id = $1 AND c.stage = s.stage
+     AND c.stage_entered_at >= s.low AND c.stage_entered_at < s.high
+    GROUP BY 1, 2
+"""
+
+
 async def _stalled_counts(
     conn: asyncpg.Connection,
     ws: int,
@@ -570,50 +610,53 @@ async def _stalled_counts(
     win: Window | None,
     now: datetime | None,
 ) -> dict[str, dict[str, int]]:
-    """dval -> stage -> customers stalled now. Whole days before the cutoff's day come from the
-    rollup (customers still in the stage = entered - converted); the cutoff's own day from the
-    customers themselves, so the count is exact to the microsecond."""
+    """dval -> stage -> customers stalled now, in one statement. Whole days before the
+    cutoff's day come from the rollup (customers still in the stage = entered - converted); the
+    cutoff's own day from the customers themselves, so the count is exact to the microsecond:
+    those who entered before the cutoff, or, when the cutoff is past noon (fewer customers
+    after it), the day's rollup minus those who entered after the cutoff."""
     now = now or datetime.now(UTC)
-    out: dict[str, dict[str, int]] = defaultdict(dict)
-    for stage in model.stages:
-        if stage.dropoff_after is None:
-            continue
+    rollup: tuple[list[str], list[date], list[date]] = ([], [], [])
+    current: tuple[list[str], list[datetime], list[datetime], list[int]] = ([], [], [], [])
+    stalling = [s for s in model.stages if s.dropoff_after is not None]
+    for stage in stalling:
+        assert stage.dropoff_after is not None
         cutoff = _cutoff(stage.dropoff_after, now)
         cutoff_day = cutoff.astimezone(UTC).date()
+        day_start = datetime.combine(cutoff_day, time(0), UTC)
+        next_day = day_start + timedelta(days=1)
         low = win.start if win else date.min
-        high = (
-            min(win.end, cutoff_day - timedelta(days=1)) if win else cutoff_day - timedelta(days=1)
-        )
-        rows = await conn.fetch(
-            "SELECT dval, sum(entered - converted)::int8 AS n FROM agg_stage_days "
-            "WHERE workspace_id = $1 AND dim = $2 AND stage = $3 AND day BETWEEN $4 AND $5 "
-            "GROUP BY dval HAVING sum(entered - converted) > 0",
-            ws,
-            dim,
-            stage.name,
-            low,
-            high,
-        )
-        for r in rows:
-            out[r["dval"]][stage.name] = out[r["dval"]].get(stage.name, 0) + r["n"]
+        high = cutoff_day - timedelta(days=1)
         if win is None or win.start <= cutoff_day <= win.end:
-            day_start = datetime.combine(cutoff_day, time(0), UTC)
-            rows = await conn.fetch(
-                "SELECT coalesce(dims ->> $4, '') AS dval, count(*) AS n FROM customers "
-                "WHERE workspace_id = $1 AND stage = $2 AND stage_entered_at >= $3 "
-                "AND stage_entered_at < $5 GROUP BY 1",
-                ws,
-                stage.name,
-                day_start,
-                dim,
-                cutoff,
-            )
-            for r in rows:
-                dval = TOTAL if dim == TOTAL else r["dval"]
-                out[dval][stage.name] = out[dval].get(stage.name, 0) + r["n"]
-        if dim == TOTAL:
-            out[TOTAL].setdefault(stage.name, 0)
-        for counts in out.values():
+            if cutoff - day_start <= next_day - cutoff:
+                current[0].append(stage.name)
+                current[1].append(day_start)
+                current[2].append(cutoff)
+                current[3].append(1)
+            else:
+                high = cutoff_day
+                current[0].append(stage.name)
+                current[1].append(cutoff)
+                current[2].append(next_day)
+                current[3].append(-1)
+        if win is not None:
+            high = min(high, win.end)
+        if low <= high:
+            rollup[0].append(stage.name)
+            rollup[1].append(low)
+            rollup[2].append(high)
+    found: dict[tuple[str, str], int] = defaultdict(int)
+    if stalling:
+        for r in await conn.fetch(_STALLED_SQL, ws, dim, *rollup, *current):
+            found[r["dval"], r["stage"]] += r["n"]
+    out: dict[str, dict[str, int]] = defaultdict(dict)
+    for (dval, stage_name), n in found.items():
+        if n:
+            out[dval][stage_name] = n
+    if dim == TOTAL:
+        out.setdefault(TOTAL, {})
+    for counts in out.values():
+        for stage in stalling:
             counts.setdefault(stage.name, 0)
     return out
 

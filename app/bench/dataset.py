@@ -72,6 +72,10 @@ from app.ingest import segment
 from app.journeys.rebuild import DERIVED_TABLES
 from app.journeys.sessions import session_id
 
+# The block tables beside the day rollups (written by `rebuild_rollups_from_facts`); analyzed
+# with them, or the planner guesses one row per block lookup and scans a block table whole.
+BLOCK_TABLES = ("agg_stage_duration_blocks", "agg_touch_blocks")
+
 # "aggregates": "full" plus the aggregates' derived state (each customer's stored contribution,
 # breakdown groups and stage entries, copied like the rest; the rollups summed from them).
 Kind = Literal["raw", "full", "aggregates"]
@@ -1652,7 +1656,7 @@ async def generate(
             t0 = time.perf_counter()
             tables = ["events", *(_COPIED_TABLES if derived is not None else ())]
             if derived is not None and derived.facts:
-                tables += ["stage_entries", *ROLLUP_TABLES]
+                tables += ["stage_entries", *ROLLUP_TABLES, *BLOCK_TABLES]
             task = bar.add_task("vacuum analyze", total=len(tables), info="")
             await conn.execute("RESET synchronous_commit")
             for table in tables:

@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -519,6 +520,58 @@ def test_a_window_is_covered_by_days_and_aligned_blocks_exactly_once(
             assert (first - date(1970, 1, 1)).days % span == 0
             covered += [first + timedelta(days=i) for i in range(span)]
     assert sorted(covered) == [start + timedelta(days=i) for i in range(length)]
-    # Few parts: at most 7 days and 7 blocks of 8 at each end, and the blocks of 64 between.
-    assert len(days) + len(blocks[8]) <= 28
-    assert len(blocks[64]) <= length // 64
+    # Few parts: at each end at most 1 day, 3 blocks of 2 and 3 of 8; the blocks of 32 between.
+    assert len(days) <= 2
+    assert len(blocks[2]) + len(blocks[8]) <= 12
+    assert len(blocks[32]) <= length // 32
+
+
+async def test_stalled_counts_equal_a_recount_at_every_time_of_day(
+    client: httpx.AsyncClient, database_url: str, stitch: Stitch, db: asyncpg.Connection
+) -> None:
+    """The cutoff's own day is counted from whichever side of the cutoff is shorter (customers
+    before it, or the day's rollup minus customers after it): both equal a direct count."""
+    late = [  # entries late in the day, so the "minus those after the cutoff" side counts some
+        _ev("track", f"2026-01-05T{hour}:00:00Z", userId=f"late{hour}", event="Product Added")
+        for hour in (13, 18, 23)
+    ]
+    journeys = await new_workspace(database_url, "agg")
+    await _send(client, journeys, [*JOURNEYS, *late])
+    await stitch()
+    ws = journeys.workspace_id
+    model = await model_for(db, ws)
+    thresholds = {s.name: s.dropoff_after for s in model.stages if s.dropoff_after is not None}
+    customers = await db.fetch(
+        "SELECT stage, stage_entered_at, dims FROM customers WHERE workspace_id = $1 "
+        "AND stage IS NOT NULL",
+        ws,
+    )
+    windows = [
+        None,
+        service.window("2026-01-01", "2026-01-31"),
+        service.window("2026-01-05", "2026-01-05"),
+    ]
+    now = datetime(2026, 1, 16, 1, 30, tzinfo=UTC)
+    checked = 0
+    while now < datetime(2026, 2, 3, tzinfo=UTC):
+        for dim in (TOTAL, "trait:persona"):
+            for win in windows:
+                expected: dict[str, dict[str, int]] = {}
+                for c in customers:
+                    threshold = thresholds.get(c["stage"])
+                    at = c["stage_entered_at"]
+                    if threshold is None or at >= now - threshold:
+                        continue
+                    if win is not None and not win.start_at <= at < win.end_at:
+                        continue
+                    dims = orjson.loads(c["dims"]) if isinstance(c["dims"], str) else c["dims"]
+                    dval = TOTAL if dim == TOTAL else dims.get(dim, "")
+                    by_stage = expected.setdefault(dval, dict.fromkeys(thresholds, 0))
+                    by_stage[c["stage"]] += 1
+                    checked += 1
+                got = await service._stalled_counts(db, ws, model, dim=dim, win=win, now=now)
+                if dim == TOTAL:
+                    expected.setdefault(TOTAL, dict.fromkeys(thresholds, 0))
+                assert got == expected, (now, dim, win)
+        now += timedelta(hours=3)
+    assert checked > 0

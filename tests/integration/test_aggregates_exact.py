@@ -21,6 +21,8 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.aggregates.facts import duration_bucket, median_of_buckets
+from app.aggregates.repository import BLOCK_SPANS
 from app.aggregates.rollups_from_facts import (
     compare_rollups,
     rebuild_rollups_from_facts,
@@ -98,6 +100,7 @@ async def brute_force(conn: asyncpg.Connection, workspace_id: int) -> dict[str, 
     entered: Counter[str] = Counter()
     converted: Counter[str] = Counter()
     now_in: Counter[str] = Counter()
+    to_next: dict[str, Counter[int]] = defaultdict(Counter)
     for r in await conn.fetch(
         "SELECT stage, stage_history FROM customers WHERE workspace_id = $1", workspace_id
     ):
@@ -107,6 +110,11 @@ async def brute_force(conn: asyncpg.Connection, workspace_id: int) -> dict[str, 
             if start <= datetime.fromisoformat(h["entered_at"]).date() <= end:
                 entered[h["stage"]] += 1
                 converted[h["stage"]] += i + 1 < len(history)
+                if i + 1 < len(history):
+                    seconds = datetime.fromisoformat(history[i + 1]["entered_at"]) - (
+                        datetime.fromisoformat(h["entered_at"])
+                    )
+                    to_next[h["stage"]][duration_bucket(seconds.total_seconds())] += 1
         if r["stage"] is not None:
             now_in[r["stage"]] += 1
     touches: dict[str, Counter[str]] = defaultdict(Counter)
@@ -121,6 +129,7 @@ async def brute_force(conn: asyncpg.Connection, workspace_id: int) -> dict[str, 
         "entered": entered,
         "converted": converted,
         "now": now_in,
+        "median_to_next": {s: median_of_buckets(to_next[s]) for s in STAGES},
         "touches": touches,
     }
 
@@ -131,6 +140,14 @@ def assert_matches_brute_force(answer: list[Any], expected: dict[str, Any]) -> N
         assert stages[stage]["entered"] == expected["entered"][stage], stage
         assert stages[stage]["converted"] == expected["converted"][stage], stage
         assert stages[stage]["customers"] == expected["now"][stage], stage
+        median = expected["median_to_next"][stage]
+        assert stages[stage]["median_seconds_to_next"] == median, stage
+    # The journey map's stage figures are the same counts.
+    journey_map = answer[[path for path, _ in QUERIES].index("journey-map")]
+    for st_ in journey_map["stages"]:
+        assert st_["entered"] == expected["entered"][st_["stage"]], st_["stage"]
+        assert st_["customers"] == expected["now"][st_["stage"]], st_["stage"]
+        assert st_["median_seconds_in_stage"] == expected["median_to_next"][st_["stage"]]
     for i, stage in enumerate(STAGES):
         body = answer[1 + len(BREAKDOWNS) + 1 + i]
         assert body["stage"] == stage
@@ -155,7 +172,8 @@ async def rollups_are_never_negative(conn: asyncpg.Connection, workspace_id: int
 
 
 async def blocks_are_sums_of_days(conn: asyncpg.Connection, workspace_id: int) -> None:
-    """The block tables (migration 0007) hold exactly the sums of their day rows."""
+    """The block tables (migrations 0007, 0010) hold exactly the sums of their day rows."""
+    spans = ", ".join(f"({span})" for span in BLOCK_SPANS)
     for days, blocks, keys, values in (
         ("agg_stage_durations", "agg_stage_duration_blocks", "stage, dval, bucket", ["n"]),
         (
@@ -171,7 +189,7 @@ async def blocks_are_sums_of_days(conn: asyncpg.Connection, workspace_id: int) -
             tuple(r)[: -len(values)]: tuple(r)[-len(values) :]
             for r in await conn.fetch(
                 f"SELECT dim, s.span, {start} AS start, {keys}, {sums} FROM {days} "
-                "CROSS JOIN (VALUES (8), (64)) AS s(span) WHERE workspace_id = $1 "
+                f"CROSS JOIN (VALUES {spans}) AS s(span) WHERE workspace_id = $1 "
                 f"GROUP BY 1, 2, 3, {keys}",
                 workspace_id,
             )

@@ -31,7 +31,7 @@ def test_day_deltas_sum_into_their_blocks_and_cancelling_blocks_vanish() -> None
     }
     blocks = _blocks(touches, day_at=4, scalar=False)
     same_block = {block_start(d1, span) == block_start(d2, span) for span in BLOCK_SPANS}
-    assert same_block == {True}  # 2026-11-01/02 share their 8- and 64-day blocks
+    assert same_block == {True}  # 2026-11-01/02 share their 2-, 8- and 32-day blocks
     assert blocks == {
         ("", span, block_start(d1, span), "", "purchase", "Email"): [4.0, 0.0]
         for span in BLOCK_SPANS
