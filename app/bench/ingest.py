@@ -114,6 +114,7 @@ class PhaseResult:
     profile: ProfileSummary | None = None
     ratio_to_copy: float | None = None
     checkpoints: int | None = None  # PostgreSQL checkpoints that ran during the phase
+    commits: int | None = None  # transactions the bench database committed during the phase
 
 
 @dataclass(slots=True)
@@ -352,6 +353,29 @@ def _checkpoints_now(dsn: str) -> int | None:
             return int(
                 await conn.fetchval(
                     "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+                )
+            )
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(query())
+    except (OSError, asyncpg.PostgresError):
+        return None
+
+
+def _commits_now(dsn: str) -> int | None:
+    """Transactions committed in the bench database so far: a phase's count tells how many
+    events a group commit carried (the statistics lag by up to a second, small against a
+    phase)."""
+
+    async def query() -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            return int(
+                await conn.fetchval(
+                    "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
                 )
             )
         finally:
@@ -720,6 +744,7 @@ def _http_phase(
     meter = CpuMeter(server.pid, postmaster)
     dsn = asyncpg_dsn(opts.database_url)
     checkpoints_before = _checkpoints_now(dsn)
+    commits_before = _commits_now(dsn)
     meter.start(_pg_pids_now(dsn) if postmaster else None)
     started = time.monotonic()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -743,6 +768,7 @@ def _http_phase(
         output = proc.communicate()[0].decode(errors="replace")
         cpu = meter.stop(load_generator=True, pg_pids=_pg_pids_now(dsn) if postmaster else None)
         checkpoints_after = _checkpoints_now(dsn)
+        commits_after = _commits_now(dsn)
     except BaseException:
         for child in (proc, spy):
             if child is not None and child.poll() is None:
@@ -791,6 +817,9 @@ def _http_phase(
         checkpoints=None
         if checkpoints_before is None or checkpoints_after is None
         else checkpoints_after - checkpoints_before,
+        commits=None
+        if commits_before is None or commits_after is None
+        else commits_after - commits_before,
     ), output
 
 
@@ -1027,6 +1056,15 @@ def markdown(report: IngestBenchReport) -> str:
         "one during a phase stalls its commits): "
         + "; ".join(
             f"{p.name}: {p.checkpoints}" for p in report.phases if p.checkpoints is not None
+        )
+        + ".",
+        "Transactions committed in the bench database during each HTTP phase (a small group "
+        "commit is one; a large one also counts its look-up of stored messageIds and the "
+        "preparation of that statement): "
+        + "; ".join(
+            f"{p.name}: {p.commits:,}, {p.events / p.commits:.1f} events per transaction"
+            for p in report.phases
+            if p.commits
         )
         + ".",
         "",

@@ -18,3 +18,7 @@ COMMIT_SECONDS = Histogram(
     "Duration of a group commit",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+COMMIT_RACES = Counter(
+    "journeys_commit_races_total",
+    "Group commits run again with ON CONFLICT: a concurrent commit stored one of their messageIds",
+)
