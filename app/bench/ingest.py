@@ -45,24 +45,12 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from app.bench import wrk
 from app.bench.events import MESSAGE_ID_PLACEHOLDER, EventTemplate, average_size, make_templates
 from app.bench.profile import ProfileSummary, start_recording, summarise
-from app.bench.report import machine_line, number, percentile, verdict_lines
+from app.bench.report import machine_line, number, percentile, stats_row, verdict_lines
 from app.db.engine import asyncpg_dsn, make_engine
 from app.db.partitions import partition_name, week_of
+from app.ingest.repository import COPY_COLUMNS
 
 TEMPLATES = 256
-_COPY_COLUMNS = (
-    "workspace_id",
-    "received_week",
-    "message_id",
-    "type",
-    "event",
-    "user_id",
-    "anonymous_id",
-    "timestamp",
-    "received_at",
-    "flags",
-    "payload",
-)
 
 
 class BenchFailed(RuntimeError):
@@ -346,45 +334,18 @@ async def _pg_pids(conn: asyncpg.Connection, *, include_self: bool) -> set[int]:
 def _checkpoints_now(dsn: str) -> int | None:
     """Checkpoints the cluster has run so far: one during a phase stalls commits (fsync), which
     shows in its p99."""
-
-    async def query() -> int:
-        conn = await asyncpg.connect(dsn)
-        try:
-            return int(
-                await conn.fetchval(
-                    "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
-                )
-            )
-        finally:
-            await conn.close()
-
-    try:
-        return asyncio.run(query())
-    except (OSError, asyncpg.PostgresError):
-        return None
+    row = stats_row(dsn, "SELECT checkpoints_timed + checkpoints_req AS n FROM pg_stat_bgwriter")
+    return None if row is None else row["n"]
 
 
 def _commits_now(dsn: str) -> int | None:
     """Transactions committed in the bench database so far: a phase's count tells how many
     events a group commit carried (the statistics lag by up to a second, small against a
     phase)."""
-
-    async def query() -> int:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute("SELECT pg_stat_clear_snapshot()")
-            return int(
-                await conn.fetchval(
-                    "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
-                )
-            )
-        finally:
-            await conn.close()
-
-    try:
-        return asyncio.run(query())
-    except (OSError, asyncpg.PostgresError):
-        return None
+    row = stats_row(
+        dsn, "SELECT xact_commit AS n FROM pg_stat_database WHERE datname = current_database()"
+    )
+    return None if row is None else row["n"]
 
 
 def _checkpoint(dsn: str) -> None:
@@ -541,7 +502,7 @@ async def _copy_phase(
                 )
             started = time.perf_counter()
             async with conn.transaction():
-                await conn.copy_records_to_table(table, records=records, columns=_COPY_COLUMNS)
+                await conn.copy_records_to_table(table, records=records, columns=COPY_COLUMNS)
             latencies.append(time.perf_counter() - started)
             done += count
             advance(count)

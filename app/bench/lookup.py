@@ -25,7 +25,6 @@ alternate N times and the medians are reported (less sensitive to a noisy machin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import statistics
@@ -53,7 +52,7 @@ from app.bench import dataset as ds
 from app.bench import lookup_rows
 from app.bench.ingest import ServerProcess
 from app.bench.profile import ProfileSummary, start_recording, summarise
-from app.bench.report import emit, machine_line, verdict_lines
+from app.bench.report import emit, machine_line, stats_row, verdict_lines
 from app.bench.wrk import LUA_DONE, WrkError, _lua_string, ensure_wrk, parse_output
 from app.db.engine import asyncpg_dsn
 
@@ -242,26 +241,11 @@ class LookupPhase:
 
 def _block_counts(dsn: str) -> tuple[int, int] | None:
     """The database's (blks_read, blks_hit) so far."""
-
-    async def query() -> tuple[int, int]:
-        conn = await asyncpg.connect(dsn)
-        try:
-            # Counters are flushed by backends about once a second: this one's own first
-            # (PostgreSQL 15+; older servers' counters lag by up to their stats interval).
-            with contextlib.suppress(asyncpg.UndefinedFunctionError):
-                await conn.execute("SELECT pg_stat_force_next_flush()")
-            row = await conn.fetchrow(
-                "SELECT blks_read, blks_hit FROM pg_stat_database "
-                "WHERE datname = current_database()"
-            )
-            return (int(row["blks_read"]), int(row["blks_hit"])) if row else (0, 0)
-        finally:
-            await conn.close()
-
-    try:
-        return asyncio.run(query())
-    except (OSError, asyncpg.PostgresError):
-        return None
+    row = stats_row(
+        dsn,
+        "SELECT blks_read, blks_hit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    return None if row is None else (row["blks_read"], row["blks_hit"])
 
 
 def _wrk(

@@ -3,13 +3,34 @@ failures it ends with, in markdown."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 from rich.console import Console
+
+
+def stats_row(dsn: str, sql: str) -> dict[str, int] | None:
+    """One row of PostgreSQL's cumulative statistics (`pg_stat_*`), as integers, read on a new
+    connection (so no statistics snapshot of an earlier read is reused; other backends flush
+    their counters at least once a second). None when the server can't be asked."""
+
+    async def query() -> dict[str, int] | None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            row = await conn.fetchrow(sql)
+        finally:
+            await conn.close()
+        return None if row is None else {k: int(v) for k, v in row.items()}
+
+    try:
+        return asyncio.run(query())
+    except (OSError, asyncpg.PostgresError):
+        return None
 
 
 def percentile(values: Sequence[float], pct: float) -> float:

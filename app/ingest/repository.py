@@ -63,8 +63,8 @@ _INSERT_ON_CONFLICT: Final = (
     f"INSERT INTO events {_SELECT_ROWS}\n"
     "ON CONFLICT (workspace_id, message_id, received_week) DO NOTHING"
 )
-
-_COPY_COLUMNS: Final = (
+# The columns of `events` a COPY writes (the ingest bench copies the same ones).
+COPY_COLUMNS: Final = (
     "workspace_id",
     "received_week",
     "message_id",
@@ -247,7 +247,7 @@ async def _copy_new(conn: asyncpg.Connection, plan: _WeekRows) -> int:
     if not records:
         return 0
     status = await conn.copy_records_to_table(
-        partition_name(week), records=records, columns=_COPY_COLUMNS
+        partition_name(week), records=records, columns=COPY_COLUMNS
     )
     return _count(status)
 
