@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.aggregates.funnel_store import trim_changes
 from app.core.logging import get_logger
 from app.core.settings import Settings
 from app.db.embedded import EmbeddedPostgres, start_embedded
@@ -144,12 +145,22 @@ class Runtime:
                     self.committer.writer.forget_partitions()
                     log.info("retention_dropped_partitions", partitions=dropped)
 
+    async def trim_funnel_changes(self) -> int:
+        """Drop the funnel change feed's rows past retention (app/aggregates/funnel_store)."""
+        seconds = self.settings.funnel_changes_retention_seconds
+        async with raw_connection(self.engine) as conn:
+            return await trim_changes(conn, older_than=timedelta(seconds=seconds))
+
     async def _maintain(self) -> None:
         while True:
             try:
                 await self.maintain_partitions()
             except Exception as exc:  # the next round retries; ingest creates partitions too
                 log.warning("partition_maintenance_failed", error=repr(exc))
+            try:
+                await self.trim_funnel_changes()
+            except Exception as exc:  # the next round retries; the feed only grows meanwhile
+                log.warning("funnel_changes_trim_failed", error=repr(exc))
             await asyncio.sleep(MAINTENANCE_INTERVAL_SECONDS)
 
 

@@ -89,6 +89,9 @@ def settings(database_url: str) -> Settings:
         log_level="warning",
         key_cache_seconds=0.5,
         inprocess_worker=False,
+        # Every workspace's funnels through the in-memory index (the SQL path is compared
+        # with it in tests/integration/test_aggregates_exact.py).
+        funnel_index_min_customers=0,
     )
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
 
 import asyncpg
@@ -14,6 +15,7 @@ from fastapi.responses import Response
 from app.aggregates import service
 from app.aggregates.cache import ANSWERS, snapshot_version
 from app.aggregates.facts import ATTRIBUTION_MODELS
+from app.aggregates.funnel_store import FUNNELS, IndexUnusable, funnel_found
 from app.core.auth import ReadWorkspace
 from app.core.deps import runtime
 from app.journeys.stages import JourneyModel
@@ -79,12 +81,15 @@ async def _answer(
     *,
     live: Callable[[asyncpg.Connection, JourneyModel, str, Any], Awaitable[Any]] | None = None,
     serial: bool = True,
+    guard: Callable[[asyncpg.Connection], Awaitable[AbstractAsyncContextManager[Any]]]
+    | None = None,
 ) -> Response:
     """The answer of `compute` for this request: from the exact answer cache when the
     workspace's data version and journey model are those it was computed for, else computed in
     one REPEATABLE READ snapshot and stored under that snapshot's version. `live` adds what
     depends on the clock (never cached). `X-Journeys-Cache`: hit, miss or bypass. `serial`:
-    computed without parallel workers (rollup reads; a funnel's scan may use them)."""
+    computed without parallel workers (rollup reads; a funnel's scan may use them). `guard`:
+    a context held from before the snapshot is taken until the answer is computed."""
     fresh = _fresh(request)
     async with runtime(request).read_connection() as conn:
         state = await ANSWERS.state(conn, workspace_id)
@@ -94,7 +99,11 @@ async def _answer(
         status = "hit"
         if body is None:
             status = "bypass" if fresh else "miss"
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
+            held = contextlib.nullcontext() if guard is None else await guard(conn)
+            async with (
+                held,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
                 version = await snapshot_version(conn, workspace_id, serial=serial)
                 body = await compute(conn, state.model, dim)
             ANSWERS.put((workspace_id, version, state.model_text, dim, key), body)
@@ -179,15 +188,50 @@ async def get_funnel(
 ) -> Response:
     win = service.window(start, end)
     span = service.funnel_window(window)
+    settings = runtime(request).settings
+    indexed = False
+
+    async def guard(conn: asyncpg.Connection) -> AbstractAsyncContextManager[Any]:
+        # A large workspace's funnels come from its in-memory index, whose lock is taken
+        # before the request's snapshot: the snapshots it is brought to only move forward.
+        nonlocal indexed
+        indexed = await FUNNELS.chosen(
+            conn, workspace_id, min_customers=settings.funnel_index_min_customers
+        )
+        return FUNNELS.lock(workspace_id) if indexed else contextlib.nullcontext()
 
     async def compute(conn: asyncpg.Connection, model: JourneyModel, dim: str) -> Any:
         parsed = service.funnel_steps(model, steps)
+        if indexed:
+            try:
+                found = await funnel_found(
+                    FUNNELS,
+                    conn,
+                    workspace_id,
+                    stages=model.stage_names,
+                    breakdowns=model.breakdowns,
+                    dim=dim,
+                    steps=parsed,
+                    start=win.start_at,
+                    end=win.end_at,
+                    span=span,
+                    max_bytes=settings.funnel_index_max_mb * 1_000_000,
+                )
+                return service.funnel_answer(dim, win, parsed, span, found)
+            except IndexUnusable:
+                pass  # logged; this workspace keeps the SQL path
         return await service.funnel(
             conn, workspace_id, model, dim=dim, win=win, steps=parsed, span=span
         )
 
     return await _answer(
-        request, workspace_id, breakdown, ("funnel", win, steps, span), compute, serial=False
+        request,
+        workspace_id,
+        breakdown,
+        ("funnel", win, steps, span),
+        compute,
+        serial=False,
+        guard=guard,
     )
 
 

@@ -932,7 +932,7 @@ async def funnel(
             dval = TOTAL if dim == TOTAL else r["dval"]
             for k in range(1, len(steps) + 1):
                 found[dval][k] = (r[f"n{k}"], r[f"m{k}"] if k > 1 else None)
-        return _funnel_answer(dim, win, steps, span, found)
+        return funnel_answer(dim, win, steps, span, found)
     events = [(s.name, i + 1) for i, s in enumerate(steps) if s.kind == "event"]
     stage_steps = [(s.name, i + 1) for i, s in enumerate(steps) if s.kind == "stage"]
     async with conn.transaction(readonly=True):
@@ -957,16 +957,17 @@ async def funnel(
     for r in rows:
         dval = TOTAL if dim == TOTAL else r["dval"]
         found[dval][r["step"]] = (r["n"], r["median"])
-    return _funnel_answer(dim, win, steps, span, found)
+    return funnel_answer(dim, win, steps, span, found)
 
 
-def _funnel_answer(
+def funnel_answer(
     dim: str,
     win: Window,
     steps: Sequence[FunnelStep],
     span: timedelta,
     found: Mapping[str, Mapping[int, tuple[int, float | None]]],
 ) -> dict[str, Any]:
+    """The funnel's answer from dval -> step -> (customers, median seconds from previous)."""
     groups: dict[str, dict[str, Any]] = {}
     for dval, by_step in found.items():
         groups[dval] = {"steps": _funnel_body(steps, by_step)}
@@ -1010,6 +1011,7 @@ __all__ = [
     "cover",
     "dropoff",
     "funnel",
+    "funnel_answer",
     "funnel_steps",
     "funnel_window",
     "journey_map",

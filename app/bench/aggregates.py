@@ -309,6 +309,8 @@ class AggregatesBenchReport:
     summary: dict[str, LookupPhase] = field(default_factory=dict)
     profiles: dict[str, LookupPhase] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # The server's resident memory at the end of the HTTP phases (funnel indexes included).
+    server_memory_mb: dict[str, float] = field(default_factory=dict)
     targets: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -901,10 +903,25 @@ def _phases(
                     if info[e.name]["mode"] == "wrk":
                         report.profiles[e.name] = phase(e, opts.duration, profile=True)
                         asyncio.run(wait_idle(dsn))
+            report.server_memory_mb = process_memory_mb(server.pid)
         except LookupBenchFailed as exc:
             raise AggregatesBenchFailed(str(exc)) from None
         finally:
             server.stop()
+
+
+def process_memory_mb(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM (peak) of a process, in MB (Linux; empty elsewhere)."""
+    out: dict[str, float] = {}
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out["rss" if key == "VmRSS" else "peak"] = round(int(value.split()[0]) / 1024, 1)
+    return out
 
 
 def cpu_us_per_request(p: LookupPhase, who: str) -> float | None:
@@ -1139,6 +1156,13 @@ def markdown(report: AggregatesBenchReport) -> str:
     if report.endpoints:
         lines += ["", "Answers (one request each before the load):", ""]
         lines += [f"- {e['name']}: {e['digest']}" for e in report.endpoints]
+    if report.server_memory_mb:
+        mem = report.server_memory_mb
+        lines += [
+            "",
+            f"Server memory at the end of the HTTP phases (funnel indexes included): RSS "
+            f"{mem.get('rss', 0):,.0f} MB, peak {mem.get('peak', 0):,.0f} MB.",
+        ]
     if report.timings:
         lines += [
             "",

@@ -190,12 +190,15 @@ def _print_human(report: object, text: str) -> None:
 
 def _register_stitch_lookup_aggregates() -> None:
     from app.bench.aggregates import bench_aggregates
+    from app.bench.funnel_probe import bench_funnel_feed_cost, bench_funnel_index
     from app.bench.lookup import bench_lookup
     from app.bench.stitch import bench_stitch
 
     bench_cli.command("stitch")(bench_stitch)
     bench_cli.command("lookup")(bench_lookup)
     bench_cli.command("aggregates")(bench_aggregates)
+    bench_cli.command("funnel-index")(bench_funnel_index)
+    bench_cli.command("funnel-feed-cost")(bench_funnel_feed_cost)
 
 
 _register_stitch_lookup_aggregates()

@@ -64,6 +64,14 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(default=2_000, ge=1)
     key_cache_seconds: float = Field(default=10.0, ge=0)
 
+    # Funnels of workspaces with at least this many customers are answered from an in-memory
+    # index per process (app/aggregates/funnel_store.py; 0: every workspace), within this
+    # much memory (least recently used indexes evicted); the change feed keeps its rows this
+    # long (an index idle for longer reloads).
+    funnel_index_min_customers: int = Field(default=20_000, ge=0)
+    funnel_index_max_mb: int = Field(default=1_024, ge=1)
+    funnel_changes_retention_seconds: float = Field(default=3_600.0, gt=0)
+
     @property
     def embedded(self) -> bool:
         """True when no external database is configured."""

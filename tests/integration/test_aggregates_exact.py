@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.aggregates.facts import duration_bucket, median_of_buckets
+from app.aggregates.funnel_store import FUNNELS, FunnelIndexes, funnel_found
 from app.aggregates.repository import BLOCK_SPANS
 from app.aggregates.rollups_from_facts import (
     compare_rollups,
@@ -58,6 +59,62 @@ QUERIES: list[tuple[str, dict[str, str]]] = [
     ("funnel", {"steps": "Product Viewed,Order Completed", "window": "1d"}),
     ("funnel", {"steps": "awareness,Order Completed,loyalty", "breakdown": "trait:plan"}),
 ]
+
+
+# Funnels compared between the in-memory index (HTTP: the suite indexes every workspace) and
+# the SQL path: every stage, event name and breakdown the index holds, so that after the first
+# comparison it is only ever brought up to date by the change feed, never reloaded.
+FUNNEL_EVENTS = ("Product Viewed", "Order Completed", "Email Link Clicked", "Survey Responded")
+FIXED_FUNNELS: list[dict[str, str]] = [
+    {"steps": "awareness,consideration,purchase,retention,loyalty,advocacy", "window": "14d"},
+    {"steps": ",".join(FUNNEL_EVENTS), "window": "14d", "breakdown": "trait:plan"},
+    {
+        "steps": "Product Viewed,purchase,Order Completed",
+        "window": "1d",
+        "breakdown": "property:score",
+    },
+]
+FUNNEL_STEP = st.sampled_from([*STAGES, *FUNNEL_EVENTS, "event:Order Completed"])
+FUNNEL_QUERY = st.fixed_dictionaries(
+    {
+        "steps": st.lists(FUNNEL_STEP, min_size=2, max_size=5).map(",".join),
+        "window": st.sampled_from(["1s", "40m", "1h", "1d", "14d"]),
+    },
+    optional={
+        "breakdown": st.sampled_from(BREAKDOWNS),
+        "from": st.sampled_from(["2026-09-01", "2026-10-01", "2026-10-03"]),
+    },
+)
+
+
+async def funnels_equal_sql(
+    client: httpx.AsyncClient,
+    conn: asyncpg.Connection,
+    ws: NewWorkspace,
+    queries: list[dict[str, str]],
+) -> None:
+    """Each funnel from the index (through HTTP, computed now) equals the SQL path's."""
+    model = await model_for(conn, ws.workspace_id)
+    for params in [*FIXED_FUNNELS, *queries]:
+        q = {**WINDOW, **params}
+        r = await client.get(
+            "/v1/aggregates/funnel",
+            params=q,
+            headers={"Authorization": f"Bearer {ws.read_key}", "Cache-Control": "no-cache"},
+        )
+        assert r.status_code == 200, (q, r.text)
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            expected = await funnel(
+                conn,
+                ws.workspace_id,
+                model,
+                dim=q.get("breakdown", ""),
+                win=window(q["from"], q["to"]),
+                steps=funnel_steps(model, q["steps"]),
+                span=funnel_window(q["window"]),
+            )
+        assert r.json() == orjson.loads(orjson.dumps(expected)), q
+    assert FUNNELS.entry(ws.workspace_id) is not None
 
 
 async def prepared_workspace(client: httpx.AsyncClient, database_url: str) -> NewWorkspace:
@@ -227,8 +284,14 @@ async def test_every_aggregate_is_independent_of_arrival_and_equals_a_recount(
     second = data.draw(arrivals(events), label="arrival 2")
     ws1 = await prepared_workspace(client, database_url)
     ws2 = await prepared_workspace(client, database_url)
+    funnel_queries = data.draw(st.lists(FUNNEL_QUERY, max_size=3), label="funnels")
+    await funnels_equal_sql(client, conn, ws1, [])  # the index, loaded before any event
     await ingest(client, ws1, stitch, first)
     await ingest(client, ws2, stitch, second)
+    await funnels_equal_sql(client, conn, ws1, funnel_queries)
+    await funnels_equal_sql(client, conn, ws2, funnel_queries)
+    # From now on the indexes hold every name asked for: only the change feed moves them.
+    indexes = [FUNNELS.entry(ws.workspace_id) for ws in (ws1, ws2)]
 
     one = await answers(client, ws1)
     assert_same(one, await answers(client, ws2))
@@ -258,6 +321,18 @@ async def test_every_aggregate_is_independent_of_arrival_and_equals_a_recount(
         await rollups_are_never_negative(conn, ws1.workspace_id)
         await blocks_are_sums_of_days(conn, ws1.workspace_id)
         assert_same(await answers(client, ws1, fresh=True), one)
+        await funnels_equal_sql(client, conn, ws1, funnel_queries)
+
+    # Late events: a second story (same people, same two weeks) arriving after the first.
+    late = data.draw(stories(max_events=8), label="late events")
+    for i, e in enumerate(late):
+        e["messageId"] = f"late{i:02d}"
+    for ws in (ws1, ws2):
+        await ingest(client, ws, stitch, [late])
+    one = await answers(client, ws1)
+    assert_same(one, await answers(client, ws2))
+    assert_matches_brute_force(one, await brute_force(conn, ws1.workspace_id))
+    await funnels_equal_sql(client, conn, ws1, funnel_queries)
 
     # The rollups are the sum of the customers' stored contributions (by the stitcher's own
     # add_facts), and rebuilt from those contributions alone they answer the same.
@@ -273,6 +348,23 @@ async def test_every_aggregate_is_independent_of_arrival_and_equals_a_recount(
     await rebuild_workspace(conn, ws2.workspace_id)
     await blocks_are_sums_of_days(conn, ws2.workspace_id)
     assert_same(await answers(client, ws2), one)
+    await funnels_equal_sql(client, conn, ws2, funnel_queries)
+
+    # A GDPR deletion of one customer of ws1: gone from the funnels too.
+    victim = await conn.fetchval(
+        "SELECT kind || ':' || value FROM identities WHERE workspace_id = $1 "
+        "AND kind IN ('user_id', 'anonymous_id') ORDER BY kind, value LIMIT 1",
+        ws1.workspace_id,
+    )
+    if victim is not None:
+        r = await client.delete(
+            f"/v1/profiles/{victim}", headers={"Authorization": f"Bearer {ws1.server_key}"}
+        )
+        assert r.status_code in (202, 409), r.text
+        await stitch()
+        await funnels_equal_sql(client, conn, ws1, funnel_queries)
+    # Every comparison after the first was answered by the same indexes, kept by the feed.
+    assert [FUNNELS.entry(ws.workspace_id) for ws in (ws1, ws2)] == indexes
 
 
 async def test_a_model_change_moves_every_figure_to_the_new_stages(
@@ -408,3 +500,99 @@ async def test_the_one_pass_stage_funnel_equals_the_general_step_matcher(
         for a, b in zip(fast_groups, general_groups, strict=True):
             assert a.get("value") == b.get("value")
             assert a["steps"] == b["steps"][:-1], (names, dim)
+
+
+async def test_an_index_older_than_the_trimmed_feed_reloads_and_stays_exact(
+    app: Any,
+    client: httpx.AsyncClient,
+    stitch: Stitch,
+    conn: asyncpg.Connection,
+    database_url: str,
+) -> None:
+    """The feed's rows are trimmed after their retention; an index that could have missed one
+    reloads (and one that could not keeps going from the feed)."""
+    ws = await prepared_workspace(client, database_url)
+
+    def story(prefix: str, user: str, day: int) -> list[dict[str, Any]]:
+        return [
+            {
+                "type": "track",
+                "messageId": f"{prefix}{i}",
+                "userId": user,
+                "event": name,
+                "timestamp": f"2026-10-{day + i:02d}T10:00:00Z",
+                "properties": {"score": 9},
+            }
+            for i, name in enumerate(["Product Viewed", "Order Completed", "Order Completed"])
+        ]
+
+    await ingest(client, ws, stitch, [story("a", "u1", 1)])
+    await funnels_equal_sql(client, conn, ws, [])
+    loaded = FUNNELS.entry(ws.workspace_id)
+    await ingest(client, ws, stitch, [story("b", "u2", 5)])
+    await funnels_equal_sql(client, conn, ws, [])
+    assert FUNNELS.entry(ws.workspace_id) is loaded  # brought up to date by the feed
+
+    await ingest(client, ws, stitch, [story("c", "u3", 9)])
+    await conn.execute(
+        "UPDATE funnel_changes SET at = now() - interval '2 hours' WHERE workspace_id = $1",
+        ws.workspace_id,
+    )
+    assert await app.state.runtime.trim_funnel_changes() > 0
+    assert not await conn.fetchval(
+        "SELECT count(*) FROM funnel_changes WHERE workspace_id = $1", ws.workspace_id
+    )
+    await funnels_equal_sql(client, conn, ws, [])
+    assert FUNNELS.entry(ws.workspace_id) is not loaded  # reloaded: the feed was trimmed
+    body = (
+        await client.get(
+            "/v1/aggregates/funnel",
+            params={**WINDOW, "steps": "Product Viewed,Order Completed", "window": "14d"},
+            headers={"Authorization": f"Bearer {ws.read_key}", "Cache-Control": "no-cache"},
+        )
+    ).json()
+    assert [s["customers"] for s in body["steps"]] == [3, 3]
+
+
+async def test_indexes_beyond_the_memory_bound_are_evicted_least_recently_used(
+    client: httpx.AsyncClient, stitch: Stitch, conn: asyncpg.Connection, database_url: str
+) -> None:
+    indexes = FunnelIndexes()
+    workspaces = [await prepared_workspace(client, database_url) for _ in range(2)]
+    for ws in workspaces:
+        visit = {"type": "page", "messageId": "v", "userId": "u", "name": "Home"}
+        signup = {"type": "track", "messageId": "s", "userId": "u", "event": "Signed Up"}
+        await ingest(
+            client,
+            ws,
+            stitch,
+            [
+                [
+                    {**visit, "timestamp": "2026-10-01T10:00:00Z"},
+                    {**signup, "timestamp": "2026-10-01T11:00:00Z"},
+                ]
+            ],
+        )
+    model = await model_for(conn, workspaces[0].workspace_id)
+    win = window(WINDOW["from"], WINDOW["to"])
+    steps = funnel_steps(model, "awareness,consideration")
+    for ws in workspaces:
+        async with (
+            indexes.lock(ws.workspace_id),
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            found = await funnel_found(
+                indexes,
+                conn,
+                ws.workspace_id,
+                stages=model.stage_names,
+                dim="",
+                steps=steps,
+                start=win.start_at,
+                end=win.end_at,
+                span=funnel_window("1d"),
+                max_bytes=1,  # room for the one in use only
+            )
+        assert found == {"": {1: (1, None), 2: (1, 3600.0)}}
+    assert indexes.entry(workspaces[0].workspace_id) is None
+    assert indexes.entry(workspaces[1].workspace_id) is not None

@@ -8,6 +8,8 @@ from app.db.models.aggregates import (
     AggStageDurationBlock,
     AggTouchBlock,
     AggTouchDay,
+    FunnelChange,
+    FunnelChangeHorizon,
     StageEntryRow,
 )
 from app.db.models.base import Base
@@ -41,6 +43,8 @@ __all__ = [
     "Customer",
     "Deletion",
     "Event",
+    "FunnelChange",
+    "FunnelChangeHorizon",
     "Identity",
     "IdentityLink",
     "Job",

@@ -17,12 +17,16 @@ from sqlalchemy import (
     Double,
     Index,
     PrimaryKeyConstraint,
+    Sequence,
     SmallInteger,
     Text,
+    func,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.models.base import Base
+from app.db.models.events import Xid8
 
 
 class AggStageDay(Base):
@@ -184,3 +188,33 @@ class AggTouchBlock(Base):
     success_yes: Mapped[float] = mapped_column(Double)
     sentiment_n: Mapped[float] = mapped_column(Double)
     sentiment_sum: Mapped[float] = mapped_column(Double)
+
+
+FUNNEL_CHANGES_SEQ = Sequence("funnel_changes_seq")
+
+
+class FunnelChange(Base):
+    """Customers whose stage entries, breakdown values or timeline a statement changed, with
+    the writer's transaction id (triggers of migration 0011): the funnel indexes of the API
+    processes re-read exactly these customers in their next request's snapshot."""
+
+    __tablename__ = "funnel_changes"
+    __table_args__ = (PrimaryKeyConstraint("workspace_id", "xid", "seq"),)
+
+    workspace_id: Mapped[int] = mapped_column(BigInteger)
+    xid: Mapped[int] = mapped_column(Xid8())
+    seq: Mapped[int] = mapped_column(
+        BigInteger, FUNNEL_CHANGES_SEQ, server_default=FUNNEL_CHANGES_SEQ.next_value()
+    )
+    customer_ids: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class FunnelChangeHorizon(Base):
+    """The newest transaction id whose changes were trimmed from `funnel_changes`: an index
+    whose snapshot is older reloads instead of reading the feed."""
+
+    __tablename__ = "funnel_change_horizons"
+
+    workspace_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    trimmed_through: Mapped[int] = mapped_column(Xid8())
