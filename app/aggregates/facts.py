@@ -13,7 +13,7 @@ any window without distinct counting at query time.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -118,15 +118,21 @@ class Facts:
     stages: list[tuple[str, int, int, int]] = field(default_factory=list)
     touches: dict[tuple[str, str, int], list[float]] = field(default_factory=dict)
     attribution: dict[tuple[str, str, int], list[float]] = field(default_factory=dict)
+    # Not part of the contribution: the stitcher's state for resuming the customer's walk
+    # (`app.journeys.fold`), stored alongside it under "k" (no rollup reads it).
+    walk: dict[str, Any] | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """The stored form (see `from_json`)."""
-        return {
+        stored = {
             "d": self.dims,
             "s": self.stages,
             "t": [[*key, *values] for key, values in self.touches.items()],
             "a": [[*key, *values] for key, values in self.attribution.items()],
         }
+        if self.walk is not None:
+            stored["k"] = self.walk
+        return stored
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Facts:
@@ -136,12 +142,16 @@ class Facts:
             stages=[(s[0], s[1], s[2], s[3]) for s in raw.get("s", [])],
             touches={(t[0], t[1], t[2]): list(t[3:]) for t in raw.get("t", [])},
             attribution={(a[0], a[1], a[2]): list(a[3:]) for a in raw.get("a", [])},
+            walk=raw.get("k"),
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TimelineItem:
-    """What the facts need of one event, with the values the stitcher derived for it."""
+    """What the facts need of one event, with the values the stitcher derived for it.
+
+    Treat it as immutable; not declared frozen for the same reason as `StitchEvent` (the
+    stitcher builds one per event of every customer it re-derives)."""
 
     event: StitchEvent
     channel: str
@@ -282,21 +292,111 @@ def attribution_credits(
     return credits
 
 
-def _sessions(items: Sequence[TimelineItem]) -> list[tuple[str, datetime, str, str]]:
-    """(session id, start, first message id, channel) of each session, in time order. A
-    session's channel is its first real source (not Direct or Unassigned), else its first
-    event's channel."""
-    sessions: dict[str, list[Any]] = {}
-    for item in items:
-        if item.session_id is None or item.event.is_bot:
-            continue
-        found = sessions.get(item.session_id)
-        if found is None:
-            sessions[item.session_id] = [item.event.timestamp, item.event.message_id, item.channel]
-        elif found[2] in (DIRECT, UNASSIGNED) and item.channel not in (DIRECT, UNASSIGNED):
-            found[2] = item.channel
-    ordered = sorted(sessions.items(), key=lambda kv: (kv[1][0], kv[1][1]))
-    return [(sid, start, mid, channel) for sid, (start, mid, channel) in ordered]
+class FactsWalk:
+    """A customer's contribution built one event at a time (in `sort_key` order), resumable
+    from a stored contribution plus the customer's sessions (`app.journeys.fold`).
+
+    Each event adds to its touch keys at once; which keys it counts under depends only on the
+    stage it happened in (entered earlier) and its own channel. What later events can still
+    change, the `converted` flags, the stage list and the attribution, is computed by `facts`
+    from the final history."""
+
+    __slots__ = ("_entered_day", "first_day", "sessions", "touches")
+
+    def __init__(
+        self,
+        *,
+        first_day: int | None = None,
+        touches: dict[tuple[str, str, int], list[float]] | None = None,
+        sessions: list[list[Any]] | None = None,
+        entered_day: dict[str, int] | None = None,
+    ) -> None:
+        self.first_day = first_day
+        self.touches: dict[tuple[str, str, int], list[float]] = (
+            touches if touches is not None else {}
+        )
+        # [session id, start, first message id, channel] of each session with a non-bot event,
+        # in time order. A session's channel is its first real source (not Direct or
+        # Unassigned), else its first event's channel.
+        self.sessions: list[list[Any]] = sessions if sessions is not None else []
+        self._entered_day: dict[str, int] = entered_day if entered_day is not None else {}
+
+    def add(
+        self,
+        e: StitchEvent,
+        channel: str,
+        session_id: str | None,
+        stage: str | None,
+        history: Sequence[StageEntry],
+    ) -> None:
+        """The next event with its derived channel, session and stage; `history` holds the
+        stage entries up to and including it."""
+        if self.first_day is None:
+            self.first_day = day_of(e.timestamp)
+        if e.is_bot:
+            return
+        if session_id is not None:
+            last = self.sessions[-1] if self.sessions else None
+            if last is None or last[0] != session_id:
+                self.sessions.append([session_id, e.timestamp, e.message_id, channel])
+            elif last[3] in (DIRECT, UNASSIGNED) and channel not in (DIRECT, UNASSIGNED):
+                last[3] = channel
+        if e.type not in TOUCH_TYPES:
+            return
+        feedback = feedback_of(e)
+        self._count((ANY_STAGE, channel, self.first_day), feedback)
+        if stage is not None:
+            day = self._entered_day.get(stage)
+            if day is None:
+                entry = next((h for h in reversed(history) if h.stage == stage), None)
+                if entry is None:
+                    return
+                day = self._entered_day[stage] = day_of(entry.entered_at)
+            self._count((stage, channel, day), feedback)
+
+    def _count(self, key: tuple[str, str, int], feedback: list[float] | None) -> None:
+        counters = self.touches.get(key)
+        if counters is None:
+            counters = self.touches[key] = [0.0] * len(TOUCH_FIELDS)
+            counters[_CUSTOMERS] = 1
+        counters[_TOUCHES] += 1
+        if feedback is not None:
+            for i in range(_RESPONSES, len(TOUCH_FIELDS)):
+                counters[i] += feedback[i]
+
+    def facts(self, history: Sequence[StageEntry], *, dims: dict[str, str]) -> Facts:
+        """The contribution of the events added so far, `history` their stage entries."""
+        facts = Facts(dims=dims)
+        if self.first_day is None:
+            return facts
+        converted: dict[str, int] = {}
+        for i, entry in enumerate(history):
+            nxt = history[i + 1] if i + 1 < len(history) else None
+            bucket = (
+                -1
+                if nxt is None
+                else duration_bucket((nxt.entered_at - entry.entered_at).total_seconds())
+            )
+            facts.stages.append(
+                (entry.stage, _epoch_us(entry.entered_at), 0 if nxt is None else 1, bucket)
+            )
+            converted[entry.stage] = 0 if nxt is None else 1
+        ever_converted = 1 if len(history) > 1 else 0
+        for key, counters in self.touches.items():
+            counters[_CONVERTED] = ever_converted if key[0] == ANY_STAGE else converted[key[0]]
+        facts.touches = self.touches
+        sessions = sorted(self.sessions, key=lambda s: (s[1], s[2]))
+        for entry in history:
+            moment = (entry.entered_at, entry.message_id)
+            before = [
+                (channel, start) for _, start, mid, channel in sessions if (start, mid) <= moment
+            ]
+            day = day_of(entry.entered_at)
+            for channel, credits in attribution_credits(
+                before, converted_at=entry.entered_at
+            ).items():
+                facts.attribution[(entry.stage, channel, day)] = credits
+        return facts
 
 
 def customer_facts(
@@ -306,55 +406,10 @@ def customer_facts(
     dims: dict[str, str],
 ) -> Facts:
     """The customer's contribution; `items` in `sort_key` order, `history` its stage entries."""
-    facts = Facts(dims=dims)
-    if not items:
-        return facts
-    entered_day: dict[str, int] = {}
-    converted: dict[str, int] = {}
-    for i, entry in enumerate(history):
-        nxt = history[i + 1] if i + 1 < len(history) else None
-        bucket = (
-            -1
-            if nxt is None
-            else duration_bucket((nxt.entered_at - entry.entered_at).total_seconds())
-        )
-        facts.stages.append(
-            (entry.stage, _epoch_us(entry.entered_at), 0 if nxt is None else 1, bucket)
-        )
-        entered_day[entry.stage] = day_of(entry.entered_at)
-        converted[entry.stage] = 0 if nxt is None else 1
-    first_day = day_of(items[0].event.timestamp)
-    ever_converted = 1 if len(history) > 1 else 0
+    walk = FactsWalk()
     for item in items:
-        e = item.event
-        if e.is_bot or e.type not in TOUCH_TYPES:
-            continue
-        feedback = feedback_of(e)
-        keys: list[tuple[tuple[str, str, int], int]] = [
-            ((ANY_STAGE, item.channel, first_day), ever_converted)
-        ]
-        if item.stage is not None and item.stage in entered_day:
-            keys.append(
-                ((item.stage, item.channel, entered_day[item.stage]), converted[item.stage])
-            )
-        for key, did_convert in keys:
-            counters = facts.touches.get(key)
-            if counters is None:
-                counters = facts.touches[key] = [0.0] * len(TOUCH_FIELDS)
-                counters[_CUSTOMERS] = 1
-                counters[_CONVERTED] = did_convert
-            counters[_TOUCHES] += 1
-            if feedback is not None:
-                for i in range(_RESPONSES, len(TOUCH_FIELDS)):
-                    counters[i] += feedback[i]
-    sessions = _sessions(items)
-    for entry in history:
-        moment = (entry.entered_at, entry.message_id)
-        before = [(channel, start) for _, start, mid, channel in sessions if (start, mid) <= moment]
-        day = day_of(entry.entered_at)
-        for channel, credits in attribution_credits(before, converted_at=entry.entered_at).items():
-            facts.attribution[(entry.stage, channel, day)] = credits
-    return facts
+        walk.add(item.event, item.channel, item.session_id, item.stage, history)
+    return walk.facts(history, dims=dims)
 
 
 @dataclass(slots=True)
@@ -383,13 +438,17 @@ def _groups(facts: Facts) -> list[tuple[str, str]]:
     return [(TOTAL, TOTAL), *facts.dims.items()]
 
 
-def _add(target: dict[Any, list[Any]], key: Any, values: Iterable[float], sign: int) -> None:
+def _add(target: dict[Any, list[Any]], key: Any, values: Sequence[float], sign: int) -> None:
     current = target.get(key)
     if current is None:
-        target[key] = [sign * v for v in values]
+        # Always a new list: `values` belongs to a customer's facts.
+        target[key] = list(values) if sign == 1 else [-v for v in values]
+    elif sign == 1:
+        for i, v in enumerate(values):
+            current[i] += v
     else:
         for i, v in enumerate(values):
-            current[i] += sign * v
+            current[i] -= v
 
 
 def add_facts(deltas: Deltas, facts: Facts, sign: int) -> None:
@@ -398,8 +457,9 @@ def add_facts(deltas: Deltas, facts: Facts, sign: int) -> None:
         deltas,
         _groups(facts),
         [(entry, sign) for entry in facts.stages],
-        {key: [sign * v for v in values] for key, values in facts.touches.items()},
-        {key: [sign * v for v in values] for key, values in facts.attribution.items()},
+        facts.touches,
+        facts.attribution,
+        sign=sign,
     )
 
 
@@ -448,22 +508,25 @@ def _expand(
     stages: list[tuple[tuple[str, int, int, int], int]],
     touches: dict[tuple[str, str, int], list[float]],
     attribution: dict[tuple[str, str, int], list[float]],
+    *,
+    sign: int = 1,
 ) -> None:
-    """File signed stage entries and touch / attribution deltas under every group."""
+    """File signed stage entries, and touch / attribution deltas times `sign`, under every
+    group."""
     entries = [
-        (stage, day_of(epoch_us_to_datetime(entered_us)), did_convert, bucket, sign)
-        for (stage, entered_us, did_convert, bucket), sign in stages
+        (stage, day_of(epoch_us_to_datetime(entered_us)), did_convert, bucket, entry_sign)
+        for (stage, entered_us, did_convert, bucket), entry_sign in stages
     ]
     for dim, dval in groups:
-        for stage, day, did_convert, bucket, sign in entries:
-            _add(deltas.stages, (dim, dval, stage, day), (1, did_convert), sign)
+        for stage, day, did_convert, bucket, entry_sign in entries:
+            _add(deltas.stages, (dim, dval, stage, day), (1, did_convert), entry_sign)
             if bucket >= 0:
                 key = (dim, dval, stage, day, bucket)
-                deltas.durations[key] = deltas.durations.get(key, 0) + sign
+                deltas.durations[key] = deltas.durations.get(key, 0) + entry_sign
         for (stage, channel, day), counters in touches.items():
-            _add(deltas.touches, (dim, dval, stage, channel, day), counters, 1)
+            _add(deltas.touches, (dim, dval, stage, channel, day), counters, sign)
         for (stage, channel, day), credits in attribution.items():
-            _add(deltas.attribution, (dim, dval, stage, channel, day), credits, 1)
+            _add(deltas.attribution, (dim, dval, stage, channel, day), credits, sign)
 
 
 def diff_entries(deltas: Deltas, customer_id: str, old: Facts | None, new: Facts | None) -> None:
@@ -481,7 +544,7 @@ def prune(deltas: Deltas) -> None:
     """Drop keys whose delta is zero (a customer recomputed to the same contribution)."""
     tables: list[dict[Any, list[Any]]] = [deltas.stages, deltas.touches, deltas.attribution]
     for table in tables:
-        for key in [k for k, values in table.items() if all(abs(v) < 1e-12 for v in values)]:
+        for key in [k for k, values in table.items() if max(map(abs, values)) < 1e-12]:
             del table[key]
     for duration in [k for k, n in deltas.durations.items() if n == 0]:
         del deltas.durations[duration]

@@ -1257,6 +1257,9 @@ def _template_facts(out: _Derived, a: int, ci: int, r: Any) -> None:
 
     dims = orjson.loads(r["dims"]) if isinstance(r["dims"], str) else dict(r["dims"])
     facts = Facts.from_json(orjson.loads(r["facts"]))
+    # The stitcher's saved walk (message and session ids) is not copied: a copy's next batch
+    # walks the customer again from its events (`app.journeys.fold`).
+    facts.walk = None
     text = orjson.dumps([dims, facts.to_json()]).decode()
     if _TEMPLATE_TOKEN.search(text) or PH in text:
         raise AssertionError(f"a customer token in a contribution: {text[:300]}")

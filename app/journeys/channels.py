@@ -148,13 +148,20 @@ _EMAIL_EVENTS = frozenset(
 _SMS_EVENTS = frozenset({"sms sent", "sms delivered", "sms link clicked", "sms clicked"})
 
 
-def channel_of(e: StitchEvent, *, own_hosts: frozenset[str] = frozenset()) -> str:
-    """The channel of one event in isolation; `own_hosts` are the site's own domains."""
+def channel_of(
+    e: StitchEvent,
+    *,
+    own_hosts: frozenset[str] = frozenset(),
+    campaign: Mapping[str, str] | None = None,
+) -> str:
+    """The channel of one event in isolation; `own_hosts` are the site's own domains;
+    `campaign` is `campaign_of(e)` when the caller already has it."""
     hinted = _hinted_channel(e)
     if hinted is not None:
         return hinted
 
-    campaign = campaign_of(e)
+    if campaign is None:
+        campaign = campaign_of(e)
     by_campaign = _campaign_channel(
         campaign.get("source", ""), campaign.get("medium", ""), campaign.get("name", "")
     )
@@ -228,11 +235,32 @@ def session_channels_from(
 
 
 def _normalise(value: object) -> str:
-    return re.sub(r"[\s\-]+", "_", value.strip().lower()) if isinstance(value, str) else ""
+    return _normalised(value) if isinstance(value, str) else ""
+
+
+# Hints, event names and library names repeat across events: their normal forms are cached.
+@lru_cache(maxsize=4096)
+def _normalised(text: str) -> str:
+    return re.sub(r"[\s\-]+", "_", text.strip().lower())
 
 
 def _event_name(e: StitchEvent) -> str:
-    return re.sub(r"[\s_]+", " ", (e.event or "").strip().lower())
+    return _normalised_event(e.event or "")
+
+
+@lru_cache(maxsize=4096)
+def _normalised_event(name: str) -> str:
+    return re.sub(r"[\s_]+", " ", name.strip().lower())
+
+
+@lru_cache(maxsize=1024)
+def _library_is_sms(library: str) -> bool:
+    return re.search(r"(^|[^a-z])sms([^a-z]|$)", library) is not None
+
+
+@lru_cache(maxsize=1024)
+def _library_is_mobile(library: str) -> bool:
+    return _MOBILE_LIBRARY.search(library) is not None
 
 
 def _hinted_channel(e: StitchEvent) -> str | None:
@@ -253,7 +281,7 @@ def _hinted_channel(e: StitchEvent) -> str | None:
     library = (e.library_name or "").lower()
     if name in _EMAIL_EVENTS or "email" in library:
         return EMAIL
-    if name in _SMS_EVENTS or re.search(r"(^|[^a-z])sms([^a-z]|$)", library):
+    if name in _SMS_EVENTS or _library_is_sms(library):
         return SMS
     return None
 
@@ -263,7 +291,7 @@ def _is_mobile(e: StitchEvent) -> bool:
     return (
         e.type == "screen"
         or _normalise(e.source_channel) == "mobile"
-        or _MOBILE_LIBRARY.search(library) is not None
+        or _library_is_mobile(library)
         or _event_name(e).startswith("push notification")
     )
 

@@ -246,6 +246,23 @@ async def load_customer_events(
     return rows
 
 
+async def load_customer_states(
+    conn: asyncpg.Connection, workspace_id: int, customer_ids: Sequence[str]
+) -> dict[str, asyncpg.Record]:
+    """What the stitcher resumes a customer's walk from (`app.journeys.fold`) and what its
+    rollup delta subtracts: first event, event count, traits, stage history and contribution
+    (with the saved walk), by customer id."""
+    if not customer_ids:
+        return {}
+    rows = await conn.fetch(
+        "SELECT customer_id, first_seen, event_count, traits, stage_history, facts "
+        "FROM customers WHERE workspace_id = $1 AND customer_id = ANY($2::text[])",
+        workspace_id,
+        list(customer_ids),
+    )
+    return {r["customer_id"]: r for r in rows}
+
+
 async def update_derived(
     conn: asyncpg.Connection,
     workspace_id: int,

@@ -35,28 +35,49 @@ def campaign_key(e: StitchEvent) -> CampaignKey | None:
     return (key[0], key[1], key[2])
 
 
-def assign_sessions(events: Iterable[StitchEvent]) -> dict[str, str]:
-    """Map each event's message id to its session id; pass one customer's events."""
-    sessions: dict[str, str] = {}
-    current = ""
-    started: datetime | None = None
-    last: datetime | None = None
-    campaign: CampaignKey | None = None
-    for e in sorted(events, key=sort_key):
+class SessionWalk:
+    """`assign_sessions` one event at a time, resumable from a saved state
+    (`app.journeys.fold`): the current session, when it started, the last event's time and
+    the session's campaign."""
+
+    __slots__ = ("campaign", "current", "last", "started")
+
+    def __init__(
+        self,
+        current: str = "",
+        started: datetime | None = None,
+        last: datetime | None = None,
+        campaign: CampaignKey | None = None,
+    ) -> None:
+        self.current = current
+        self.started = started
+        self.last = last
+        self.campaign = campaign
+
+    def add(self, e: StitchEvent) -> str:
+        """The session of the next event in `sort_key` order."""
         key = campaign_key(e)
-        new = (
+        started, last = self.started, self.last
+        if (
             started is None
             or last is None
             or e.timestamp - last >= SESSION_IDLE
             or e.timestamp - started >= SESSION_MAX_AGE
             # GA semantics: a campaign arriving mid-visit (even after a direct start) is a new
             # visit; events without one (later pages of the same visit) continue it.
-            or (key is not None and key != campaign)
-        )
-        if new:
-            current = session_id(e.message_id)
-            started = e.timestamp
-            campaign = key
-        last = e.timestamp
-        sessions[e.message_id] = current
-    return sessions
+            or (key is not None and key != self.campaign)
+        ):
+            self.current = session_id(e.message_id)
+            self.started = e.timestamp
+            self.campaign = key
+        self.last = e.timestamp
+        return self.current
+
+
+def assign_sessions(events: Iterable[StitchEvent], *, ordered: bool = False) -> dict[str, str]:
+    """Map each event's message id to its session id; pass one customer's events
+    (`ordered`: they already come in `sort_key` order, which saves sorting them again)."""
+    walk = SessionWalk()
+    return {
+        e.message_id: walk.add(e) for e in (events if ordered else sorted(events, key=sort_key))
+    }

@@ -174,12 +174,14 @@ class _RuleIndex:
     """A model's rules by the event name they require, so an event is only tested against
     rules that could match it (rules without an event filter are tested on every event)."""
 
+    # Per event name: its own rules, then the unfiltered ones (joined once, not per event).
     by_event: dict[str, tuple[_Candidate, ...]]
     unfiltered: tuple[_Candidate, ...]
 
     def candidates(self, event: str | None) -> tuple[_Candidate, ...]:
-        named = self.by_event.get(event, ()) if event is not None else ()
-        return named + self.unfiltered if named else self.unfiltered
+        if event is None:
+            return self.unfiltered
+        return self.by_event.get(event, self.unfiltered)
 
 
 _RULE_INDEXES: dict[int, tuple[JourneyModel, _RuleIndex]] = {}
@@ -198,26 +200,42 @@ def _rule_index(model: JourneyModel) -> _RuleIndex:
                     by_event.setdefault(name, []).append((i, j, rule))
             else:
                 unfiltered.append((i, j, rule))
-    index = _RuleIndex({k: tuple(v) for k, v in by_event.items()}, tuple(unfiltered))
+    index = _RuleIndex({k: (*v, *unfiltered) for k, v in by_event.items()}, tuple(unfiltered))
     if len(_RULE_INDEXES) > 64:  # models are few; replaced ones must not pile up
         _RULE_INDEXES.clear()
     _RULE_INDEXES[id(model)] = (model, index)  # the model is kept alive, so its id stays its own
     return index
 
 
-def stage_history(events: Iterable[StitchEvent], model: JourneyModel) -> list[StageEntry]:
-    """Each time the customer's furthest stage increased, walking events in event time."""
-    index = {name: i for i, name in enumerate(model.stage_names)}
-    rules = _rule_index(model)
-    counts: dict[tuple[int, int], int] = {}
-    furthest = -1
-    history: list[StageEntry] = []
-    for e in sorted(events, key=sort_key):
+class StageWalk:
+    """`stage_history` one event at a time, so that a walk can stop after a customer's stored
+    events and resume, from its saved state, with later ones (`app.journeys.fold`)."""
+
+    __slots__ = ("_index", "_model", "_rules", "counts", "furthest", "history")
+
+    def __init__(
+        self,
+        model: JourneyModel,
+        *,
+        counts: dict[tuple[int, int], int] | None = None,
+        history: list[StageEntry] | None = None,
+    ) -> None:
+        self._model = model
+        self._index = {name: i for i, name in enumerate(model.stage_names)}
+        self._rules = _rule_index(model)
+        # Matches counted per (stage, rule) with an `occurrence`, and the entries so far.
+        self.counts: dict[tuple[int, int], int] = counts if counts is not None else {}
+        self.history: list[StageEntry] = history if history is not None else []
+        self.furthest = self._index[self.history[-1].stage] if self.history else -1
+
+    def add(self, e: StitchEvent) -> None:
+        """The next event in `sort_key` order."""
         if not moves_stage(e):
-            continue
+            return
         best = -1
+        counts = self.counts
         # Every rule that could match; the outcome does not depend on the order they are tried.
-        for i, j, rule in rules.candidates(e.event):
+        for i, j, rule in self._rules.candidates(e.event):
             if i <= best and rule.occurrence is None:
                 continue  # cannot raise `best`, and counts nothing
             if not rule.matches_event(e):
@@ -226,13 +244,25 @@ def stage_history(events: Iterable[StitchEvent], model: JourneyModel) -> list[St
                 counts[i, j] = counts.get((i, j), 0) + 1
                 if counts[i, j] < rule.occurrence:
                     continue
-            if rule.after_stage is not None and furthest < index[rule.after_stage]:
+            if rule.after_stage is not None and self.furthest < self._index[rule.after_stage]:
                 continue
             best = max(best, i)
-        if best > furthest:
-            furthest = best
-            history.append(StageEntry(model.stages[best].name, e.timestamp, e.message_id))
-    return history
+        if best > self.furthest:
+            self.furthest = best
+            self.history.append(
+                StageEntry(self._model.stages[best].name, e.timestamp, e.message_id)
+            )
+
+
+def stage_history(
+    events: Iterable[StitchEvent], model: JourneyModel, *, ordered: bool = False
+) -> list[StageEntry]:
+    """Each time the customer's furthest stage increased, walking events in event time
+    (`ordered`: they already come in `sort_key` order, which saves sorting them again)."""
+    walk = StageWalk(model)
+    for e in events if ordered else sorted(events, key=sort_key):
+        walk.add(e)
+    return walk.history
 
 
 def current_stage(history: Sequence[StageEntry]) -> str | None:

@@ -13,18 +13,17 @@ import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 import asyncpg
+import orjson
 
 from app.aggregates import repository as rollups
 from app.aggregates.facts import (
     Deltas,
     Facts,
-    TimelineItem,
     add_change,
-    customer_dims,
-    customer_facts,
     diff_entries,
     prune,
 )
@@ -48,12 +47,14 @@ from app.identity.graph import (
 )
 from app.ingest.segment import FLAG_BOT
 from app.journeys import repository as journeys
-from app.journeys.channels import channel_of, session_channels_from
+from app.journeys.channels import channel_of
+from app.journeys.fold import JourneyWalk
 from app.journeys.model import StitchEvent, campaign_of, from_payload
-from app.journeys.sessions import assign_sessions
-from app.journeys.stages import JourneyModel, stage_at, stage_history
+from app.journeys.stages import JourneyModel, StageEntry
 from app.privacy.screen import drop_unwanted
 from app.webhooks import outbox as webhook_outbox
+
+_ITEM_ORDER = itemgetter("timestamp", "message_id")  # `sort_key` of timeline rows
 
 # Inside `journeys serve` the stitcher shares the event loop with ingest: its CPU-bound loops
 # give the loop a turn every this many items, so a large batch delays requests by a few
@@ -102,9 +103,9 @@ def parse_raw(record: asyncpg.Record) -> tuple[StitchEvent, journeys.TimelineRow
     e = from_payload(
         payload, timestamp=record["timestamp"], is_bot=bool(record["flags"] & FLAG_BOT)
     )
-    channel = channel_of(e)
-    properties = payload.get("properties")
     campaign = campaign_of(e)
+    channel = channel_of(e, campaign=campaign)
+    properties = payload.get("properties")
     row = journeys.TimelineRow(
         message_id=e.message_id,
         customer_id=None,
@@ -274,10 +275,20 @@ class WorkspaceStitcher:
         self.resolutions: dict[int, Resolution] = {}
         self.cluster_of: dict[Identifier, int] = {}
         self.batch: list[StitchEvent] = []
+        # own_identifiers of the batch's events, by message id (computed once, used twice).
+        self._own: dict[str, list[Identifier]] = {}
+        # Customers that timeline rows were moved away from by a re-resolution.
+        self._lost: set[str] = set()
+        # Identifiers first stored by this batch (no stored timeline row carries them), and the
+        # resolved clusters in which no stored row can have changed customer (see `stitch`).
+        self._newcomers: set[Identifier] = set()
+        self._unchanged: set[int] = set()
+        self._customers_before: dict[int, set[str]] = {}
 
     async def stitch(self, records: Sequence[asyncpg.Record]) -> StitchStats:
         """Stitch raw `events` rows (any order; events already stitched are skipped)."""
         stats = StitchStats()
+        self._own, self._lost, self._newcomers, self._unchanged = {}, set(), set(), set()
         parsed: dict[str, tuple[StitchEvent, journeys.TimelineRow]] = {}
         screened: list[tuple[asyncpg.Record, StitchEvent]] = []
         for i, record in enumerate(records, 1):
@@ -297,18 +308,30 @@ class WorkspaceStitcher:
         self.batch = events
         stats.events = len(events)
         dirty = await self._update_identities(events)
-        old_customers = await self._resolve_clusters(dirty)
+        await self._resolve_clusters(dirty)
         stats.resolved_clusters = len(dirty)
 
         new_rows: list[journeys.TimelineRow] = []
         for e, row in fresh:
-            row.customer_id = self._assign(e)
+            row.customer_id = self._assign(e, self._own.get(e.message_id))
             new_rows.append(row)
-        moved = await self._reassign(dirty, old_customers) if dirty else {}
+        # Stored rows can only change customer in clusters whose stored identifiers changed
+        # customer (or that hold a shared device): only those are looked up and re-assigned,
+        # and only their former customers are derived again (with the customers that gained
+        # or lost rows, and those with new events).
+        changed = dirty - self._unchanged
+        old_customers = {c for cluster in changed for c in self._customers_before[cluster]}
+        moved = await self._reassign(changed, old_customers) if changed else {}
         await journeys.set_customers(self.conn, self.ws, sorted(moved.items()))
-        touched = old_customers | {c for c in moved.values() if c is not None}
-        touched |= {r.customer_id for r in new_rows if r.customer_id is not None}
-        await self._recompute(sorted(touched), new_rows)
+        joined = {c for c in moved.values() if c is not None}
+        touched = old_customers | joined
+        appended = {r.customer_id for r in new_rows if r.customer_id is not None}
+        touched |= appended
+        # Customers whose stored timeline rows this batch left as they were (none moved to or
+        # from them, whatever their clusters' resolution): only new events join them, so their
+        # walks may resume (when the new events all come later). Derived state depends on a
+        # customer's rows alone.
+        await self._recompute(sorted(touched), new_rows, resumable=appended - self._lost - joined)
         stats.customers = len(touched)
         stats.touched = touched
         return stats
@@ -334,11 +357,13 @@ class WorkspaceStitcher:
         touched: set[Identifier] = set()
         links: dict[tuple[Identifier, Identifier, str], ids.LinkRow] = {}
         for e in events:
-            for ident in own_identifiers(e):
-                key = (e.timestamp, e.message_id)
+            own = self._own[e.message_id] = own_identifiers(e)
+            key = (e.timestamp, e.message_id)
+            for ident in own:
                 if ident not in sightings or key < sightings[ident]:
                     sightings[ident] = key
-            touched |= affected_identifiers(e)
+            # The event's own identifiers, and for an alias its previousId under both kinds.
+            touched.update(affected_identifiers(e) if e.type == ALIAS else own)
             for evidence in links_of(e):
                 found = ids.LinkRow(
                     evidence.a, evidence.b, evidence.rule, evidence.timestamp, evidence.message_id
@@ -435,6 +460,7 @@ class WorkspaceStitcher:
                     continue
                 ts, mid = sightings[ident]
                 new_rows.append(ids.IdentityRow(ident, customer_key(ident), target, ts, mid, False))
+                self._newcomers.add(ident)
                 self.customer_of[ident] = customer_key(ident)
                 self.cluster_of[ident] = target
             for ident, member in stored.items():
@@ -518,6 +544,18 @@ class WorkspaceStitcher:
                 blocked=frozenset(blocked_of[cluster_id]),
             )
             self.resolutions[cluster_id] = resolution
+            self._customers_before[cluster_id] = {row.customer_id for row in rows_of[cluster_id]}
+            if not resolution.shared_devices and all(
+                not row.shared_device
+                and (
+                    row.ident in self._newcomers
+                    or resolution.customer_by_identifier.get(row.ident) == row.customer_id
+                )
+                for row in rows_of[cluster_id]
+            ):
+                # Every identifier stored before this batch keeps its customer and no device is
+                # shared: each stored timeline row of the cluster keeps its customer too.
+                self._unchanged.add(cluster_id)
             writes += self._identity_writes(cluster_id, rows_of[cluster_id], resolution)
             # An alias's previousId stored as a user id before the anonymous id it named was
             # sighted: the resolver now links the anonymous id instead, so the user id is no more.
@@ -567,17 +605,18 @@ class WorkspaceStitcher:
 
     # ---- assignment
 
-    def _assign(self, e: StitchEvent) -> str | None:
-        for ident in own_identifiers(e):
-            cluster = self.cluster_of.get(ident)
+    def _assign(self, e: StitchEvent, own: list[Identifier] | None = None) -> str | None:
+        """The customer of an event; `own` is `own_identifiers(e)` when already known."""
+        if own is None:
+            own = own_identifiers(e)
+        if own:
+            cluster = self.cluster_of.get(own[0])
             if cluster is not None and cluster in self.resolutions:
                 return assign(e, self.resolutions[cluster])
-            break
         if e.user_id is not None:
             customer = self.customer_of.get(Identifier(USER_ID, e.user_id))
             if customer is not None:
                 return customer
-        own = own_identifiers(e)
         return self.customer_of.get(own[0]) if own else None
 
     async def _reassign(self, clusters: set[int], old_customers: set[str]) -> dict[str, str | None]:
@@ -608,35 +647,64 @@ class WorkspaceStitcher:
                 moved[row["message_id"]] = customer
                 if row["customer_id"] is not None:
                     old_customers.add(row["customer_id"])
+                    self._lost.add(row["customer_id"])
         return moved
 
     # ---- per-customer derived state
 
     async def _recompute(
-        self, customer_ids: Sequence[str], new_rows: Sequence[journeys.TimelineRow]
+        self,
+        customer_ids: Sequence[str],
+        new_rows: Sequence[journeys.TimelineRow],
+        *,
+        resumable: set[str] | frozenset[str] = frozenset(),
     ) -> None:
-        """Sessions, channels, stages, the summary and the rollup contribution of each customer,
-        from all its events; new rows are inserted with their final values, stored rows updated
-        where they changed, and the rollups get each customer's new contribution minus its old."""
-        stored = await journeys.load_customer_events(self.conn, self.ws, customer_ids)
-        old_facts = (
-            await rollups.load_facts(self.conn, self.ws, customer_ids) if self.rollups else {}
-        )
-        deltas = Deltas()
-        by_customer: dict[str, list[Mapping[str, Any]]] = {}
-        for record in stored:
-            by_customer.setdefault(record["customer_id"], []).append(record)
+        """Sessions, channels, stages, the summary and the rollup contribution of each customer;
+        new rows are inserted with their final values, stored rows updated where they changed,
+        and the rollups get each customer's new contribution minus its old. A `resumable`
+        customer whose new events all come after its stored ones resumes its saved walk with
+        them (`app.journeys.fold`); every other one is walked again from all its events."""
+        states = await journeys.load_customer_states(self.conn, self.ws, customer_ids)
+        stored_facts = {
+            c: Facts.from_json(orjson.loads(r["facts"]))
+            for c, r in states.items()
+            if r["facts"] is not None
+        }
+        new_of: dict[str, list[Mapping[str, Any]]] = {}
         fresh: dict[str, journeys.TimelineRow] = {}
         for row in new_rows:
             fresh[row.message_id] = row
             if row.customer_id is not None:
-                by_customer.setdefault(row.customer_id, []).append(_as_mapping(row))
-        derived: list[tuple[str, str, str | None, str | None]] = []
-        summaries: list[journeys.CustomerRow] = []
+                new_of.setdefault(row.customer_id, []).append(_as_mapping(row))
+        results: dict[str, Derivation] = {}
+        for customer in sorted(resumable & new_of.keys()):
+            walk = self._resumed(customer, states.get(customer), stored_facts.get(customer))
+            if walk is None:
+                continue
+            items = new_of[customer]
+            items.sort(key=_ITEM_ORDER)
+            last = walk.last
+            if last is None or (items[0]["timestamp"], items[0]["message_id"]) <= last:
+                continue  # a new event before a stored one: walk again from the start
+            results[customer] = walk_customer(customer, walk, items)
+        replayed = [c for c in customer_ids if c not in results]
+        stored = await journeys.load_customer_events(self.conn, self.ws, replayed)
+        by_customer: dict[str, list[Mapping[str, Any]]] = {}
+        for record in stored:
+            by_customer.setdefault(record["customer_id"], []).append(record)
+        for customer in replayed:
+            if customer in new_of:
+                by_customer.setdefault(customer, []).extend(new_of[customer])
         for i, (customer, items) in enumerate(sorted(by_customer.items()), 1):
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-            result = derive_customer(customer, items, self.model, with_facts=self.rollups)
+            results[customer] = derive_customer(
+                customer, items, self.model, with_facts=self.rollups
+            )
+        deltas = Deltas()
+        derived: list[tuple[str, str, str | None, str | None]] = []
+        summaries: list[journeys.CustomerRow] = []
+        for customer, result in sorted(results.items()):
             for r, values in zip(result.items, result.values, strict=True):
                 mid = r["message_id"]
                 if mid in fresh:
@@ -645,13 +713,13 @@ class WorkspaceStitcher:
                 elif values != (r["channel"], r["session_id"], r["stage"]):
                     derived.append((mid, *values))
             if self.rollups:
-                old = old_facts.get(customer)
+                old = stored_facts.get(customer)
                 add_change(deltas, old, result.facts)
                 diff_entries(deltas, customer, old, result.facts)
             summaries.append(result.summary)
-        gone = sorted(set(customer_ids) - set(by_customer))
+        gone = sorted(set(customer_ids) - set(results))
         for customer in gone:
-            old = old_facts.get(customer)
+            old = stored_facts.get(customer) if self.rollups else None
             add_change(deltas, old, None)
             diff_entries(deltas, customer, old, None)
         prune(deltas)
@@ -662,6 +730,28 @@ class WorkspaceStitcher:
         await journeys.upsert_customers(self.conn, self.ws, summaries)
         await rollups.apply_deltas(self.conn, self.ws, deltas)
         await journeys.delete_customers(self.conn, self.ws, gone)
+
+    def _resumed(
+        self, customer: str, state: Mapping[str, Any] | None, facts: Facts | None
+    ) -> JourneyWalk | None:
+        """The customer's walk over its stored events, from its saved state, if it has one
+        that this stitcher can resume."""
+        if state is None or facts is None or facts.walk is None:
+            return None
+        history = [
+            StageEntry(h["stage"], datetime.fromisoformat(h["entered_at"]), h["message_id"])
+            for h in state["stage_history"]
+        ]
+        return JourneyWalk.resume(
+            self.model,
+            with_facts=self.rollups,
+            state=facts.walk,
+            facts=facts,
+            history=history,
+            traits=dict(state["traits"] or {}),
+            first=state["first_seen"],
+            count=state["event_count"],
+        )
 
 
 @dataclass(slots=True)
@@ -680,58 +770,51 @@ def derive_customer(
 ) -> Derivation:
     """Sessions, channels, stages, summary and contribution of one customer from all its
     timeline rows (stored or new, any order). Pure."""
-    items.sort(key=lambda r: (r["timestamp"], r["message_id"]))
-    events = [
-        StitchEvent(
-            message_id=r["message_id"],
-            type=r["type"],
-            event=r["event"],
-            timestamp=r["timestamp"],
-            user_id=r["user_id"],
-            anonymous_id=r["anonymous_id"],
-            properties=r["properties"] or {},
-            campaign=r["campaign"] or {},
-            is_bot=bool(r["flags"] & FLAG_BOT),
+    items.sort(key=_ITEM_ORDER)
+    return walk_customer(customer, JourneyWalk(model, with_facts=with_facts), items)
+
+
+def walk_customer(customer: str, walk: JourneyWalk, items: list[Mapping[str, Any]]) -> Derivation:
+    """`derive_customer` from a walk over the customer's earlier events (or none) and its
+    timeline rows after them, in `sort_key` order. Pure."""
+    values = [
+        walk.add(
+            StitchEvent(
+                message_id=r["message_id"],
+                type=r["type"],
+                event=r["event"],
+                timestamp=r["timestamp"],
+                user_id=r["user_id"],
+                anonymous_id=r["anonymous_id"],
+                properties=r["properties"] or {},
+                campaign=r["campaign"] or {},
+                is_bot=bool(r["flags"] & FLAG_BOT),
+            ),
+            r["source_channel"],
+            r["traits"],
         )
         for r in items
     ]
-    sessions = assign_sessions(events)
-    channels = session_channels_from(
-        [(r["message_id"], r["source_channel"]) for r in items], sessions=sessions
-    )
-    history = stage_history(events, model)
-    traits: dict[str, Any] = {}
-    values: list[tuple[str, str | None, str | None]] = []
-    timeline: list[TimelineItem] = []
-    for r, e in zip(items, events, strict=True):
-        mid = r["message_id"]
-        value = (channels[mid], sessions[mid], stage_at(history, r["timestamp"], message_id=mid))
-        values.append(value)
-        if with_facts:
-            timeline.append(TimelineItem(e, *value))
-        if r["traits"]:
-            traits.update(r["traits"])
-    dims: dict[str, str] = {}
-    facts: Facts | None = None
-    if with_facts:
-        dims = customer_dims(model.breakdowns, traits=traits, items=timeline)
-        facts = customer_facts(timeline, history, dims=dims)
+    history = walk.history
+    dims = walk.dims()
+    facts = walk.facts(dims)
+    assert walk.first is not None and walk.last is not None  # at least one event
     summary = journeys.CustomerRow(
         customer_id=customer,
-        first_seen=events[0].timestamp,
-        last_seen=events[-1].timestamp,
-        event_count=len(events),
+        first_seen=walk.first,
+        last_seen=walk.last[0],
+        event_count=walk.count,
         stage=history[-1].stage if history else None,
         stage_entered_at=history[-1].entered_at if history else None,
         stage_history=[
             {"stage": h.stage, "entered_at": h.entered_at.isoformat(), "message_id": h.message_id}
             for h in history
         ],
-        traits=traits,
+        traits=walk.traits,
         dims=dims,
-        facts=rollups.facts_bytes(facts if facts is not None else Facts()),
+        facts=rollups.facts_bytes(facts),
     )
-    return Derivation(items, values, summary, facts)
+    return Derivation(items, values, summary, facts if walk.with_facts else None)
 
 
 def _as_mapping(row: journeys.TimelineRow) -> dict[str, Any]:
