@@ -24,7 +24,7 @@ from app.aggregates.facts import NONE_VALUE, Facts, FactsWalk, breakdown_value, 
 from app.journeys.channels import DIRECT, UNASSIGNED
 from app.journeys.model import StitchEvent
 from app.journeys.sessions import CampaignKey, SessionWalk
-from app.journeys.stages import JourneyModel, StageEntry, StageWalk, model_to_dict
+from app.journeys.stages import JourneyModel, PerModel, StageEntry, StageWalk, model_to_dict
 
 # A customer with more sessions than this keeps no state (its walk always replays): the state
 # lists every session, for attribution, and must stay small next to the contribution.
@@ -44,20 +44,13 @@ def _at(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
 
 
-_FINGERPRINTS: dict[int, tuple[JourneyModel, str]] = {}
-
-
-def model_fingerprint(model: JourneyModel) -> str:
-    """A short digest of a journey model: a saved walk is resumed only under the same model."""
-    hit = _FINGERPRINTS.get(id(model))
-    if hit is not None and hit[0] is model:
-        return hit[1]
+def _fingerprint(model: JourneyModel) -> str:
     text = json.dumps(model_to_dict(model), sort_keys=True, separators=(",", ":"))
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-    if len(_FINGERPRINTS) > 64:  # models are few; replaced ones must not pile up
-        _FINGERPRINTS.clear()
-    _FINGERPRINTS[id(model)] = (model, digest)  # kept alive, so the id stays its own
-    return digest
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# A short digest of a journey model: a saved walk is resumed only under the same model.
+model_fingerprint = PerModel(_fingerprint)
 
 
 class JourneyWalk:

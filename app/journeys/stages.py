@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from app.journeys.model import StitchEvent, sort_key
+
+T = TypeVar("T")
 
 Scalar = str | int | float | bool | None
 ConditionValue = Scalar | tuple[Scalar, ...]
@@ -184,13 +186,27 @@ class _RuleIndex:
         return self.by_event.get(event, self.unfiltered)
 
 
-_RULE_INDEXES: dict[int, tuple[JourneyModel, _RuleIndex]] = {}
+class PerModel(Generic[T]):
+    """A value derived from a journey model, computed once per model object. Keyed by the
+    model's id with the model kept alive beside its value (so the id stays its own); models
+    are few, and a process that has seen many clears the cache rather than pile them up."""
+
+    def __init__(self, build: Callable[[JourneyModel], T]) -> None:
+        self._build = build
+        self._cache: dict[int, tuple[JourneyModel, T]] = {}
+
+    def __call__(self, model: JourneyModel) -> T:
+        hit = self._cache.get(id(model))
+        if hit is not None and hit[0] is model:
+            return hit[1]
+        value = self._build(model)
+        if len(self._cache) > 64:
+            self._cache.clear()
+        self._cache[id(model)] = (model, value)
+        return value
 
 
-def _rule_index(model: JourneyModel) -> _RuleIndex:
-    hit = _RULE_INDEXES.get(id(model))
-    if hit is not None and hit[0] is model:
-        return hit[1]
+def _build_rule_index(model: JourneyModel) -> _RuleIndex:
     by_event: dict[str, list[_Candidate]] = {}
     unfiltered: list[_Candidate] = []
     for i, stage in enumerate(model.stages):
@@ -200,11 +216,10 @@ def _rule_index(model: JourneyModel) -> _RuleIndex:
                     by_event.setdefault(name, []).append((i, j, rule))
             else:
                 unfiltered.append((i, j, rule))
-    index = _RuleIndex({k: (*v, *unfiltered) for k, v in by_event.items()}, tuple(unfiltered))
-    if len(_RULE_INDEXES) > 64:  # models are few; replaced ones must not pile up
-        _RULE_INDEXES.clear()
-    _RULE_INDEXES[id(model)] = (model, index)  # the model is kept alive, so its id stays its own
-    return index
+    return _RuleIndex({k: (*v, *unfiltered) for k, v in by_event.items()}, tuple(unfiltered))
+
+
+_rule_index = PerModel(_build_rule_index)
 
 
 class StageWalk:
