@@ -403,6 +403,12 @@ class FunnelIndexes:
                 self._unusable.add(ws)
                 log.warning("funnel_index_unusable", workspace_id=ws, reason=str(exc))
                 raise
+            except MemoryError as exc:
+                # Too large for this process: this workspace keeps the SQL path (a 200, late)
+                # rather than every funnel request failing with a 500.
+                self._unusable.add(ws)
+                log.warning("funnel_index_unusable", workspace_id=ws, reason="out of memory")
+                raise IndexUnusable("out of memory") from exc
             self.loads += 1
         # (set again: another workspace's request may have evicted it while this one awaited)
         self._entries[ws] = entry
