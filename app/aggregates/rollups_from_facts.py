@@ -31,7 +31,7 @@ _US_PER_DAY = 86_400_000_000
 _EPOCH_ORDINAL = 719_163  # date(1970, 1, 1).toordinal()
 
 # Every (dim, dval) group of every customer with its parsed facts: the totals ('', '') and one
-# group per breakdown it carries (`facts._groups`).
+# group per breakdown it has a value for (`facts._groups`: no-value groups are not stored).
 _GROUPS = """
 WITH f AS (
     SELECT convert_from(facts, 'UTF8')::jsonb AS j FROM customers
@@ -40,6 +40,7 @@ WITH f AS (
     SELECT j, ''::text AS dim, ''::text AS dval FROM f
     UNION ALL
     SELECT f.j, d.key, d.value FROM f CROSS JOIN LATERAL jsonb_each_text(f.j -> 'd') AS d
+    WHERE d.value <> ''
 )
 """
 # The UTC day of an entry instant in epoch µs (floor division, also before 1970).

@@ -219,17 +219,34 @@ def _cover_args(win: Window) -> list[list[date]]:
     return [days, *(blocks[span] for span in BLOCK_SPANS)]
 
 
-def _covered(day_table: str, block_table: str, columns: str, extra: str = "") -> str:
-    """Rows of a window from a day rollup and its blocks: parameters $1 workspace, $2 dim,
-    $3 days, then the starts of the blocks of each of `BLOCK_SPANS` (`_cover_args`)."""
-    parts = [
-        f"SELECT {columns} FROM {day_table} WHERE workspace_id = $1 AND dim = $2 "
-        f"AND day = ANY($3::date[]){extra}"
-    ]
+def grouped_rows(table: str, keys: str, values: Sequence[str], where: str = "TRUE") -> str:
+    """`SELECT dval, <keys>, <values>` over the rows of `table` matching `where` in workspace $1
+    and breakdown $2 (`TOTAL` for none). The rollups store no rows for a breakdown's no-value
+    group (`facts._groups`): here it is the totals minus the breakdown's named groups, one
+    added and one subtracted copy of each row, which callers sum per `dval` (every rollup
+    column is additive; groups summing to zero are dropped by the callers' HAVING)."""
+    plain = ", ".join(values)
+    negated = ", ".join(f"-{v} AS {v}" for v in values)
+    return (
+        f"SELECT CASE WHEN dim = '' THEN ''::text ELSE dval END AS dval, {keys}, {plain} "
+        f"FROM {table} WHERE workspace_id = $1 AND dim IN ($2, '') AND {where} "
+        f"UNION ALL SELECT ''::text, {keys}, {negated} "
+        f"FROM {table} WHERE workspace_id = $1 AND dim = $2 AND $2 <> '' AND {where}"
+    )
+
+
+def _covered(
+    day_table: str, block_table: str, keys: str, values: Sequence[str], extra: str = ""
+) -> str:
+    """Rows (`dval, <keys>, <values>`) of a window from a day rollup and its blocks:
+    parameters $1 workspace, $2 dim, $3 days, then the starts of the blocks of each of
+    `BLOCK_SPANS` (`_cover_args`)."""
+    parts = [grouped_rows(day_table, keys, values, f"day = ANY($3::date[]){extra}")]
     for i, span in enumerate(BLOCK_SPANS):
         parts.append(
-            f"SELECT {columns} FROM {block_table} WHERE workspace_id = $1 AND dim = $2 "
-            f"AND span = {span} AND start = ANY(${4 + i}::date[]){extra}"
+            grouped_rows(
+                block_table, keys, values, f"span = {span} AND start = ANY(${4 + i}::date[]){extra}"
+            )
         )
     return " UNION ALL ".join(parts)
 
@@ -242,12 +259,14 @@ _STAGE_FIGURES_SQL = (
                 ::int8 AS entered,
             coalesce(sum(converted::float8) FILTER (WHERE day BETWEEN $%(lo)d AND $%(hi)d), 0)
                 ::int8 AS converted
-        FROM agg_stage_days WHERE workspace_id = $1 AND dim = $2
+        FROM ("""
+    + grouped_rows("agg_stage_days", "stage, day", ("entered", "converted"))
+    + """) d
         GROUP BY dval, stage HAVING sum(entered::float8) > 0
     ),
     h AS (
         SELECT dval, stage, bucket, sum(n::float8) AS n FROM ("""
-    + _covered("agg_stage_durations", "agg_stage_duration_blocks", "dval, stage, bucket, n")
+    + _covered("agg_stage_durations", "agg_stage_duration_blocks", "stage, bucket", ("n",))
     + """) x GROUP BY dval, stage, bucket HAVING sum(n::float8) > 0
     ),
     m AS (
@@ -345,7 +364,8 @@ _TOUCH_SQL = (
     + _covered(
         "agg_touch_days",
         "agg_touch_blocks",
-        f"dval, stage, channel, {', '.join(TOUCH_FIELDS)}",
+        "stage, channel",
+        TOUCH_FIELDS,
         f" AND (stage = ${_AFTER_COVER} OR (${_AFTER_COVER}::text IS NULL AND stage <> ''))",
     )
     + ") x GROUP BY dval, stage, channel HAVING sum(touches) > 0.5"
@@ -410,9 +430,11 @@ async def attribution(
         )
     column = model_name  # one of ATTRIBUTION_MODELS: safe to name in SQL
     rows = await conn.fetch(
-        f"SELECT dval, channel, sum({column}) AS credit FROM agg_attribution_days "
-        "WHERE workspace_id = $1 AND dim = $2 AND day BETWEEN $3 AND $4 AND stage = $5 "
-        "GROUP BY dval, channel",
+        f"SELECT dval, channel, sum({column}) AS credit FROM ("
+        + grouped_rows(
+            "agg_attribution_days", "channel", (column,), "day BETWEEN $3 AND $4 AND stage = $5"
+        )
+        + ") x GROUP BY dval, channel",
         ws,
         dim,
         win.start,
@@ -420,8 +442,11 @@ async def attribution(
         stage,
     )
     conversions = await conn.fetch(
-        "SELECT dval, sum(entered)::int8 AS n FROM agg_stage_days WHERE workspace_id = $1 "
-        "AND dim = $2 AND day BETWEEN $3 AND $4 AND stage = $5 GROUP BY dval",
+        "SELECT dval, sum(entered)::int8 AS n FROM ("
+        + grouped_rows(
+            "agg_stage_days", "stage", ("entered",), "day BETWEEN $3 AND $4 AND stage = $5"
+        )
+        + ") x GROUP BY dval",
         ws,
         dim,
         win.start,
@@ -584,11 +609,13 @@ def _cutoff(threshold: timedelta, now: datetime) -> datetime:
     return now - threshold
 
 
-_STALLED_SQL = """
+_STALLED_SQL = (
+    """
     SELECT s.stage, d.dval, sum(d.entered - d.converted)::int8 AS n
     FROM unnest($3::text[], $4::date[], $5::date[]) AS s(stage, low, high)
-    JOIN agg_stage_days d ON d.workspace_id = $1 AND d.dim = $2 AND d.stage = s.stage
-     AND d.day BETWEEN s.low AND s.high
+    JOIN ("""
+    + grouped_rows("agg_stage_days", "stage, day", ("entered", "converted"))
+    + """) d ON d.stage = s.stage AND d.day BETWEEN s.low AND s.high
     GROUP BY s.stage, d.dval HAVING sum(d.entered - d.converted) <> 0
     UNION ALL
     SELECT s.stage, CASE WHEN $2 = '' THEN '' ELSE coalesce(c.dims ->> $2, '') END,
@@ -599,6 +626,7 @@ _STALLED_SQL = """
      AND c.stage_entered_at >= s.low AND c.stage_entered_at < s.high
     GROUP BY 1, 2
 """
+)
 
 
 async def _stalled_counts(

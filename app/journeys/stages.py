@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Generic, TypeVar
@@ -128,18 +128,23 @@ class JourneyModel:
 
     stages: tuple[Stage, ...]
     breakdowns: tuple[str, ...] = DEFAULT_BREAKDOWNS
+    # Stage names in journey order, and each one's position: derived from `stages` once (the
+    # stitcher asks for them for every event it walks).
+    stage_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _positions: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        names = tuple(stage.name for stage in self.stages)
+        object.__setattr__(self, "stage_names", names)
+        object.__setattr__(self, "_positions", {name: i for i, name in enumerate(names)})
         _validate(self)
-
-    @property
-    def stage_names(self) -> tuple[str, ...]:
-        """Stage names in journey order."""
-        return tuple(stage.name for stage in self.stages)
 
     def index_of(self, name: str) -> int:
         """Position of a stage in the journey; ValueError if unknown."""
-        return self.stage_names.index(name)
+        try:
+            return self._positions[name]
+        except KeyError:
+            raise ValueError(f"{name!r} is not a stage of this journey model") from None
 
 
 @dataclass(frozen=True, slots=True)
