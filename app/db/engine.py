@@ -54,6 +54,20 @@ async def raw_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connectio
         yield driver
 
 
+_JSONB_OID = 3802
+_BINARY_FORMAT = 1  # asyncpg's PG_FORMAT_BINARY
+
+
+def copies_jsonb(conn: asyncpg.Connection) -> bool:
+    """Whether the connection can send jsonb (as serialised JSON text) in COPY's binary format.
+    The pool's connections can (SQLAlchemy registers binary JSON codecs); one with the text
+    JSON codecs of `init_connection` can't, and must INSERT instead."""
+    try:
+        return conn.get_settings().get_data_codec(_JSONB_OID, _BINARY_FORMAT) is not None
+    except Exception:  # an asyncpg without this introspection: INSERT works everywhere
+        return False
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
     """JSON in and out as SQLAlchemy's pooled connections do: str (serialised) in, objects out."""
     for name in ("json", "jsonb"):

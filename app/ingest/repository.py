@@ -31,6 +31,7 @@ from typing import Any, Final
 
 import asyncpg
 
+from app.db.engine import copies_jsonb
 from app.db.partitions import ensure_week_partition, partition_name, week_of
 from app.ingest.metrics import COMMIT_RACES
 from app.ingest.segment import NormalisedEvent
@@ -78,8 +79,6 @@ COPY_COLUMNS: Final = (
     "payload",
 )
 
-_JSONB_OID: Final = 3802
-_BINARY_FORMAT: Final = 1  # asyncpg's PG_FORMAT_BINARY
 
 _BY_MESSAGE_ID = attrgetter("message_id")
 
@@ -156,7 +155,7 @@ class EventWriter:
             plans.append(_WeekRows(week, workspace_ids, events))
             rows += len(events)
         try:
-            if rows >= COPY_MIN_ROWS and _copies_jsonb(conn):
+            if rows >= COPY_MIN_ROWS and copies_jsonb(conn):
                 return await _in_one_transaction(conn, plans, _copy_new)
             return await _in_one_transaction(conn, plans, _insert_on_conflict)
         except asyncpg.UniqueViolationError:
@@ -250,16 +249,6 @@ async def _copy_new(conn: asyncpg.Connection, plan: _WeekRows) -> int:
         partition_name(week), records=records, columns=COPY_COLUMNS
     )
     return _count(status)
-
-
-def _copies_jsonb(conn: asyncpg.Connection) -> bool:
-    """Whether the connection can send jsonb in COPY's binary format. The pool's connections
-    can (SQLAlchemy registers binary JSON codecs); one with the text JSON codecs of
-    `app.db.engine.init_connection` can't, and takes the INSERT path."""
-    try:
-        return conn.get_settings().get_data_codec(_JSONB_OID, _BINARY_FORMAT) is not None
-    except Exception:  # an asyncpg without this introspection: INSERT works everywhere
-        return False
 
 
 def _first_of_each(group: list[NormalisedEvent]) -> list[NormalisedEvent]:

@@ -97,7 +97,25 @@ def _traits(payload: Mapping[str, Any]) -> dict[str, Any] | None:
     return traits or None
 
 
-def parse_raw(record: asyncpg.Record) -> tuple[StitchEvent, journeys.TimelineRow]:
+Parsed = tuple[StitchEvent, journeys.TimelineRow]
+
+
+async def parse_ahead(records: Sequence[asyncpg.Record]) -> list[Parsed | None]:
+    """`parse_raw` of each record, ahead of its batch (`Stitcher` does it while the previous
+    batch waits on PostgreSQL); a record that fails to parse is left None, so that its batch
+    parses it again and fails where a poison event is handled."""
+    out: list[Parsed | None] = []
+    for i, record in enumerate(records, 1):
+        try:
+            out.append(parse_raw(record))
+        except Exception:
+            out.append(None)
+        if i % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+    return out
+
+
+def parse_raw(record: asyncpg.Record) -> Parsed:
     """A raw `events` row → the pure event and its timeline row (customer not yet known)."""
     payload = record["payload"]
     e = from_payload(
@@ -285,14 +303,22 @@ class WorkspaceStitcher:
         self._unchanged: set[int] = set()
         self._customers_before: dict[int, set[str]] = {}
 
-    async def stitch(self, records: Sequence[asyncpg.Record]) -> StitchStats:
-        """Stitch raw `events` rows (any order; events already stitched are skipped)."""
+    async def stitch(
+        self,
+        records: Sequence[asyncpg.Record],
+        *,
+        parsed_ahead: Sequence[Parsed | None] | None = None,
+    ) -> StitchStats:
+        """Stitch raw `events` rows (any order; events already stitched are skipped).
+        `parsed_ahead`, aligned with `records`, holds what `parse_raw` gave for each one when it
+        was already parsed (`read_ahead`); None entries are parsed here."""
         stats = StitchStats()
         self._own, self._lost, self._newcomers, self._unchanged = {}, set(), set(), set()
         parsed: dict[str, tuple[StitchEvent, journeys.TimelineRow]] = {}
         screened: list[tuple[asyncpg.Record, StitchEvent]] = []
         for i, record in enumerate(records, 1):
-            e, row = parse_raw(record)
+            ahead = parsed_ahead[i - 1] if parsed_ahead is not None else None
+            e, row = ahead if ahead is not None else parse_raw(record)
             parsed.setdefault(e.message_id, (e, row))
             screened.append((record, e))
             if i % YIELD_EVERY == 0:

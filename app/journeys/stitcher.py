@@ -25,7 +25,7 @@ from app.db.engine import is_unavailable, raw_connection
 from app.journeys import repository as journeys
 from app.journeys.jobs import run_one_chunk
 from app.journeys.stages import DEFAULT_MODEL, JourneyModel, JourneyModelError, model_from_dict
-from app.journeys.stitch import WorkspaceStitcher
+from app.journeys.stitch import Parsed, WorkspaceStitcher, parse_ahead
 
 log = get_logger(__name__)
 
@@ -43,6 +43,14 @@ STITCH_ERRORS = Counter("journeys_stitch_errors_total", "Stitch batches that fai
 SKIPPED = Counter(
     "journeys_stitch_skipped_events_total", "Poison events set aside in stitch_failures"
 )
+READ_AHEAD = Counter(
+    "journeys_stitch_read_ahead_total",
+    "Batches read and parsed while the previous batch was being written, by whether the "
+    "batch used them (used) or read the feed again (stale: the position moved, or it failed)",
+    ["result"],
+)
+
+Ahead = tuple[list[asyncpg.Record], list[Parsed | None]]
 
 
 @dataclass
@@ -103,6 +111,9 @@ class Stitcher:
         self._models = _ModelCache()
         self._lock_conn: asyncpg.Connection | None = None
         self._lock_ctx: Any = None
+        # Per shard, the next batch being read and parsed on another connection while the
+        # current one is written (behind on the feed only): (position it follows, task).
+        self._ahead: dict[int, tuple[tuple[int, int], asyncio.Task[Ahead]]] = {}
 
     def forget_model(self, workspace_id: int) -> None:
         """The workspace's journey model changed."""
@@ -171,6 +182,7 @@ class Stitcher:
         SHARDS_HELD.set(len(self._held))
 
     async def _release(self) -> None:
+        self._drop_ahead()
         self._held.clear()
         SHARDS_HELD.set(0)
         if self._lock_ctx is not None:
@@ -234,25 +246,76 @@ class Stitcher:
             await journeys.save_progress(conn, shard, (bad["tx"], bad["seq"]), 1)
         SKIPPED.inc()
 
+    def _drop_ahead(self) -> None:
+        for _, task in self._ahead.values():
+            task.cancel()
+        self._ahead.clear()
+
+    async def _read_ahead(self, shard: int, after: tuple[int, int]) -> Ahead:
+        async with raw_connection(self._engine) as conn:
+            records = await journeys.read_feed(
+                conn, shard=shard, after=after, limit=self._batch_size
+            )
+        return records, await parse_ahead(records)
+
+    async def _ahead_of(self, shard: int, position: tuple[int, int]) -> Ahead | None:
+        """The batch read ahead for this shard, if it follows `position` (else None)."""
+        found = self._ahead.pop(shard, None)
+        if found is None:
+            return None
+        after, task = found
+        if after != position:
+            task.cancel()
+            READ_AHEAD.labels("stale").inc()
+            return None
+        try:
+            ahead = await task
+        except Exception as exc:
+            log.warning("stitch_read_ahead_failed", shard=shard, error=repr(exc))
+            READ_AHEAD.labels("stale").inc()
+            return None
+        if not ahead[0]:
+            return None  # nothing then; there may be now
+        READ_AHEAD.labels("used").inc()
+        return ahead
+
     async def stitch_shard(self, shard: int, *, limit: int | None = None) -> int:
-        """Stitch the next batch of a shard; returns how many raw events it consumed."""
+        """Stitch the next batch of a shard; returns how many raw events it consumed.
+
+        While the shard is behind (a full batch), the next batch is read and parsed on a second
+        connection as this one is written, so the parsing overlaps this batch's waits on
+        PostgreSQL. That read is only a head start: it is used only if this batch commits and
+        the shard's position is then exactly where it began (otherwise it is dropped), and it
+        holds exactly what the feed gives after that position (rows below the oldest running
+        transaction: no row can join them later)."""
         started = time.perf_counter()
         async with raw_connection(self._engine) as conn, conn.transaction():
             position = await journeys.lock_progress(conn, shard)
-            records = await journeys.read_feed(
-                conn, shard=shard, after=position, limit=limit or self._batch_size
-            )
+            ahead = await self._ahead_of(shard, position) if limit is None else None
+            if ahead is not None:
+                records, parsed = ahead
+            else:
+                records = await journeys.read_feed(
+                    conn, shard=shard, after=position, limit=limit or self._batch_size
+                )
+                parsed = [None] * len(records)
             if not records:
                 return 0
-            by_workspace: dict[int, list[asyncpg.Record]] = {}
-            for record in records:
-                by_workspace.setdefault(record["workspace_id"], []).append(record)
-            for workspace_id, rows in sorted(by_workspace.items()):
+            last = records[-1]
+            if limit is None and len(records) >= self._batch_size:
+                after = (int(last["tx"]), int(last["seq"]))
+                task = asyncio.create_task(self._read_ahead(shard, after))
+                # A dropped read's failure is not news (its batch reads the feed itself).
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+                self._ahead[shard] = (after, task)
+            by_workspace: dict[int, list[int]] = {}
+            for i, record in enumerate(records):
+                by_workspace.setdefault(record["workspace_id"], []).append(i)
+            for workspace_id, at in sorted(by_workspace.items()):
                 model = await self._models.get(conn, workspace_id)
                 await WorkspaceStitcher(conn, workspace_id, model, rollups=self._rollups).stitch(
-                    rows
+                    [records[i] for i in at], parsed_ahead=[parsed[i] for i in at]
                 )
-            last = records[-1]
             await journeys.save_progress(conn, shard, (last["tx"], last["seq"]), len(records))
         STITCHED.inc(len(records))
         BATCH_SECONDS.observe(time.perf_counter() - started)

@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from app.db.engine import make_engine
 from app.journeys.stitcher import LOCK_BASE, Stitcher
@@ -408,6 +409,46 @@ async def test_two_stitchers_racing_on_one_shard_never_double_process(
         for engine in engines:
             await engine.dispose()
     assert rounds > 10
+    await assert_exactly_once(conn, ws, ref, before, events, 60)
+
+
+def _read_ahead(result: str) -> float:
+    return REGISTRY.get_sample_value("journeys_stitch_read_ahead_total", {"result": result}) or 0.0
+
+
+async def test_batches_read_ahead_stitch_like_the_reference_and_stale_ones_are_dropped(
+    client: httpx.AsyncClient,
+    stitch: Stitch,
+    conn: asyncpg.Connection,
+    database_url: str,
+) -> None:
+    """Behind on the feed, a stitcher reads and parses its next batch while it writes the
+    current one. With tiny batches nearly every batch is read ahead, and the result is the
+    reference's; a read made stale by another stitcher taking the next batch is dropped."""
+    events, ref = await reference(client, stitch, database_url, 60, SEED + 3)
+    before = await progress(conn)
+    ws = await new_workspace(database_url, "ahead")
+    await send(client, ws, events)
+    shard = ws.workspace_id % 16
+    used, stale = _read_ahead("used"), _read_ahead("stale")
+    engines = [make_engine(database_url, pool_size=3) for _ in range(2)]
+    first, second = (Stitcher(engine, batch_size=11) for engine in engines)
+    try:
+        assert await first.stitch_shard(shard) == 11  # and reads the next 11 ahead
+        assert await second.stitch_shard(shard) == 11  # takes those 11 itself
+        assert await first.stitch_shard(shard) == 11  # its read ahead no longer follows
+        assert _read_ahead("stale") == stale + 1
+        batches = 0
+        while await first.stitch_shard(shard):
+            batches += 1
+    finally:
+        for stitcher in (first, second):
+            await stitcher._release()
+        for engine in engines:
+            await engine.dispose()
+    assert batches > 5
+    # Every full batch after the first of this loop began from a read ahead.
+    assert _read_ahead("used") - used >= batches - 1
     await assert_exactly_once(conn, ws, ref, before, events, 60)
 
 
