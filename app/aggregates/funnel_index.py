@@ -26,8 +26,9 @@ I32 = npt.NDArray[np.int32]
 NEVER = np.iinfo(np.int64).max  # an instant after every real one: "not reached"
 NONE_CODE = 0  # the group code of "" (no value), in every breakdown
 _BEFORE_ALL = np.iinfo(np.int64).min
-# Below this many survivors per step event, a binary search per survivor; above, one scan of
-# the event's rows in customer order (sequential reads instead of random ones).
+# (Unused since every event step is one gather from the dense first/last instants plus a
+# binary search for the few customers with instants on both sides of the bound; kept because
+# tests/unit/test_funnel_index.py toggles it.)
 _SEARCH_SHARE = 16
 _SMALL_GROUPS = 8  # up to this many groups, medians by one mask per group
 
@@ -48,12 +49,13 @@ def median_seconds(diffs: I64) -> float | None:
     n = int(diffs.size)
     if n == 0:
         return None
+    mid = n // 2
+    # One k (a partition with two is several times slower), then the largest below it.
+    part = np.partition(diffs, mid)
+    hi = int(part[mid]) / 1_000_000
     if n % 2:
-        mid = n // 2
-        return int(np.partition(diffs, mid)[mid]) / 1_000_000
-    part = np.partition(diffs, (n // 2 - 1, n // 2))
-    lo = int(part[n // 2 - 1]) / 1_000_000
-    hi = int(part[n // 2]) / 1_000_000
+        return hi
+    lo = int(part[:mid].max()) / 1_000_000
     return lo + 0.5 * (hi - lo)
 
 
@@ -118,7 +120,10 @@ class Scratch:
 class StepEvents:
     """The instants of one event name per customer: a base CSR layout, and an overlay holding
     the current instants of every customer re-read since the base was built (their base rows
-    are ignored: `replaced`). The overlay is folded into the base when it grows."""
+    are ignored: `replaced`). The overlay is folded into the base when it grows. Per customer
+    also its first and last instant, wherever they are (`first_at`, `last_at`: dense), so that
+    "the first instant at or after t" is one gather for most customers, and a binary search
+    in its rows only for those with instants on both sides of t."""
 
     def __init__(self, cust: npt.NDArray[np.integer], at: I64, customers: int) -> None:
         self._build(np.asarray(cust, np.int64), np.asarray(at, np.int64), customers)
@@ -127,10 +132,14 @@ class StepEvents:
         order = np.lexsort((at, cust))
         cust, at = cust[order], at[order]
         self.base_n = customers
-        self.base_cust = cust.astype(np.int32)
         self.base_at = at
         self.base_off = np.zeros(customers + 1, np.int64)
         np.cumsum(np.bincount(cust, minlength=customers)[:customers], out=self.base_off[1:])
+        self.first_at = np.full(customers, NEVER, np.int64)
+        self.last_at = np.full(customers, _BEFORE_ALL, np.int64)
+        has = np.flatnonzero(self.base_off[1:] > self.base_off[:-1])
+        self.first_at[has] = at[self.base_off[has]]
+        self.last_at[has] = at[self.base_off[has + 1] - 1]
         # The same rows in time order, each with the instant of its customer's previous row
         # (`_BEFORE_ALL` for its first): a row in [start, end) is its customer's first there
         # iff that previous instant is before `start`, so a step 1 is one slice and one mask.
@@ -140,11 +149,10 @@ class StepEvents:
             previous[1:][same] = at[:-1][same]
         by_time = np.argsort(at, kind="stable")
         self.time_at = at[by_time]
-        self.time_cust = self.base_cust[by_time]
+        self.time_cust = cust[by_time].astype(np.int32)
         self.time_previous = previous[by_time]
         self.replaced = np.zeros(customers, np.bool_)
         self.overlay: dict[int, I64] = {}
-        self._ov_ready = True
         self._ov_cust = np.empty(0, np.int64)
         self._ov_off = np.zeros(1, np.int64)
         self._ov_at = np.empty(0, np.int64)
@@ -153,19 +161,25 @@ class StepEvents:
     @property
     def nbytes(self) -> int:
         return int(
-            self.base_cust.nbytes * 2
-            + self.base_at.nbytes * 3
+            self.base_at.nbytes
+            + self.time_at.nbytes * 2
+            + self.time_cust.nbytes
             + self.base_off.nbytes
+            + self.first_at.nbytes * 2
             + self.replaced.nbytes
             + self._ov_rows * 24
         )
 
+    def _room(self, size: int) -> None:
+        if size > self.replaced.size:
+            extra = max(size, 2 * self.replaced.size) - self.replaced.size
+            self.replaced = np.concatenate([self.replaced, np.zeros(extra, np.bool_)])
+            self.first_at = np.concatenate([self.first_at, np.full(extra, NEVER, np.int64)])
+            self.last_at = np.concatenate([self.last_at, np.full(extra, _BEFORE_ALL, np.int64)])
+
     def replace(self, customers: Mapping[int, Sequence[int]], size: int) -> None:
         """Set the instants of these customers (all of them; empty: none any more)."""
-        if size > self.replaced.size:
-            self.replaced = np.concatenate(
-                [self.replaced, np.zeros(size - self.replaced.size, np.bool_)]
-            )
+        self._room(size)
         for c, instants in customers.items():
             old = self.overlay.get(c)
             if old is not None:
@@ -174,110 +188,89 @@ class StepEvents:
             self.overlay[c] = arr
             self._ov_rows += arr.size
             self.replaced[c] = True
-        self._ov_ready = False
+            self.first_at[c] = arr[0] if arr.size else NEVER
+            self.last_at[c] = arr[-1] if arr.size else _BEFORE_ALL
         if len(self.overlay) > max(4096, self.base_n // 16):
             self.fold(size)
+        else:
+            self._overlay()
 
     def fold(self, size: int) -> None:
         """Rebuild the base with the overlay in it."""
-        keep = ~self.replaced[self.base_cust]
-        parts_c = [self.base_cust[keep].astype(np.int64)]
+        owner = np.repeat(np.arange(self.base_n, dtype=np.int64), np.diff(self.base_off))
+        keep = ~self.replaced[owner]
+        parts_c = [owner[keep]]
         parts_t = [self.base_at[keep]]
         for c, arr in self.overlay.items():
             parts_c.append(np.full(arr.size, c, np.int64))
             parts_t.append(arr)
         self._build(np.concatenate(parts_c), np.concatenate(parts_t), max(size, self.base_n))
 
-    def _overlay(self) -> tuple[I64, I64, I64]:
-        if not self._ov_ready:
-            custs = sorted(self.overlay)
-            self._ov_cust = np.asarray(custs, np.int64)
-            lengths = np.asarray([self.overlay[c].size for c in custs], np.int64)
-            self._ov_off = np.zeros(len(custs) + 1, np.int64)
-            np.cumsum(lengths, out=self._ov_off[1:])
-            self._ov_at = (
-                np.concatenate([self.overlay[c] for c in custs]) if custs else np.empty(0, np.int64)
-            )
-            self._ov_ready = True
-        return self._ov_cust, self._ov_off, self._ov_at
+    def _overlay(self) -> None:
+        """The overlay as arrays (built when it changes: evaluations only read them)."""
+        custs = sorted(self.overlay)
+        self._ov_cust = np.asarray(custs, np.int64)
+        lengths = np.asarray([self.overlay[c].size for c in custs], np.int64)
+        self._ov_off = np.zeros(len(custs) + 1, np.int64)
+        np.cumsum(lengths, out=self._ov_off[1:])
+        self._ov_at = (
+            np.concatenate([self.overlay[c] for c in custs]) if custs else np.empty(0, np.int64)
+        )
 
     def firsts_in(self, start: int, end: int, scratch: Scratch) -> tuple[I64, I64]:
-        """Each customer's first instant in [start, end): (customers, instants)."""
+        """Each customer's first instant in [start, end): (customers, instants), in the order
+        of those instants (not of customers)."""
         lo, hi = np.searchsorted(self.time_at, (start, end))
         first = scratch.get("first", int(hi - lo), np.bool_)
         np.less(self.time_previous[lo:hi], start, out=first)
         if self.overlay:
             first &= ~self.replaced[self.time_cust[lo:hi]]
-        rows = np.flatnonzero(first) + lo
+        rows = np.flatnonzero(first)
+        rows += lo
         cust = self.time_cust[rows].astype(np.int64)
         at = self.time_at[rows]
         if not self.overlay:
             return cust, at
-        ov_cust, ov_off, ov_at = self._overlay()
-        ov_rows = np.flatnonzero((ov_at >= start) & (ov_at < end))
-        owners = np.repeat(ov_cust, np.diff(ov_off))[ov_rows]
-        more_c, more_t = _first_per_run(owners, ov_at[ov_rows])
+        ov_rows = np.flatnonzero((self._ov_at >= start) & (self._ov_at < end))
+        owners = np.repeat(self._ov_cust, np.diff(self._ov_off))[ov_rows]
+        more_c, more_t = _first_per_run(owners, self._ov_at[ov_rows])
         return np.concatenate([cust, more_c]), np.concatenate([at, more_t])
 
-    def first_between(
-        self, cust: I64, lower: I64, upper: I64, *, strict: bool, scratch: Scratch
-    ) -> I64:
-        """Each customer's first instant >= `lower` (> when `strict`) if it is <= `upper`,
-        else `NEVER`; `cust` ascending."""
-        out = np.full(cust.size, NEVER, np.int64)
-        if cust.size == 0:
-            return out
-        replaced = None
-        rows: I64 | None = None  # the customers answered by the base (None: all of them)
-        if self.overlay or cust[-1] >= self.base_n:
-            replaced = np.zeros(cust.size, np.bool_)
-            inside = np.flatnonzero(cust < self.replaced.size)
-            replaced[inside] = self.replaced[cust[inside]]
-            rows = np.flatnonzero(~replaced & (cust < self.base_n))
-        base_cust = cust if rows is None else cust[rows]
-        base_lower = lower if rows is None else lower[rows]
-        base_upper = upper if rows is None else upper[rows]
-        if base_cust.size * _SEARCH_SHARE < self.base_at.size:
-            lo = self.base_off[base_cust]
-            hi = self.base_off[base_cust + 1]
-            pos = _lower_bound(self.base_at, lo, hi, base_lower, strict=strict)
-            found = pos < hi
-            got = np.where(found, self.base_at[np.minimum(pos, self.base_at.size - 1)], NEVER)
-        else:
-            low = scratch.never(self.base_n)
-            high = scratch.get("high", self.base_n, np.int64)
-            low[base_cust] = base_lower + 1 if strict else base_lower
-            high[base_cust] = base_upper
-            at = self.base_at
-            owner = self.base_cust
-            seen = scratch.get("seen", at.size, np.int64)
-            ok = scratch.get("ok", at.size, np.bool_)
-            also = scratch.get("also", at.size, np.bool_)
-            np.take(low, owner, out=seen, mode="clip")
-            np.greater_equal(at, seen, out=ok)
-            np.take(high, owner, out=seen, mode="clip")
-            np.less_equal(at, seen, out=also)
-            ok &= also
-            rows_ok = np.flatnonzero(ok)
-            first_c, first_t = _first_per_run(owner[rows_ok], at[rows_ok])
-            low[base_cust] = NEVER
-            high[base_cust] = NEVER
-            high[first_c] = first_t
-            got = high[base_cust]
-        if rows is None:
-            out = got
-        else:
-            out[rows] = got
-        if replaced is not None and self.overlay:
-            rows = np.flatnonzero(replaced)
-            ov_cust, ov_off, ov_at = self._overlay()
-            j = np.searchsorted(ov_cust, cust[rows])
-            olo, ohi = ov_off[j], ov_off[j + 1]
-            opos = _lower_bound(ov_at, olo, ohi, lower[rows], strict=strict)
-            ofound = np.flatnonzero(opos < ohi)
-            out[rows[ofound]] = ov_at[opos[ofound]]
-        out[out > upper] = NEVER
-        return out
+    def first_from(self, cust: I64, lower: I64, *, strict: bool) -> I64:
+        """Each customer's first instant >= `lower` (> when `strict`), else `NEVER` (any
+        order of customers)."""
+        if strict:
+            lower = lower + 1
+        t = self.first_at[cust]
+        miss = np.flatnonzero(t < lower)
+        if miss.size == 0:
+            return t
+        t[miss] = NEVER
+        mc = cust[miss]
+        ml = lower[miss]
+        look = np.flatnonzero(self.last_at[mc] >= ml)
+        if look.size == 0:
+            return t
+        # Instants on both sides of `lower`: a binary search in the customer's rows (its
+        # first row is before `lower`, its last one at or after it: always found).
+        rows, c, low = miss[look], mc[look], ml[look]
+        if self.overlay:
+            over = self.replaced[c]
+            at_over = np.flatnonzero(over)
+            if at_over.size:
+                oc = c[at_over]
+                j = np.searchsorted(self._ov_cust, oc)
+                olo, ohi = self._ov_off[j], self._ov_off[j + 1]
+                opos = _lower_bound(self._ov_at, olo, ohi, low[at_over], strict=False)
+                t[rows[at_over]] = self._ov_at[opos]
+                at_base = np.flatnonzero(~over)
+                rows, c, low = rows[at_base], c[at_base], low[at_base]
+        if rows.size:
+            pos = _lower_bound(
+                self.base_at, self.base_off[c] + 1, self.base_off[c + 1], low, strict=False
+            )
+            t[rows] = self.base_at[pos]
+        return t
 
 
 @dataclass(slots=True)
@@ -322,7 +315,8 @@ class FunnelIndex:
         self.stages: dict[str, I64] = dict(stages)
         self.breakdowns: dict[str, Breakdown] = dict(breakdowns)
         self.events: dict[str, StepEvents] = dict(events)
-        self.scratch = Scratch()
+        # Work arrays, one set per evaluation in flight (evaluations run concurrently).
+        self._scratch: list[Scratch] = []
 
     @property
     def nbytes(self) -> int:
@@ -331,7 +325,7 @@ class FunnelIndex:
             sum(a.nbytes for a in self.stages.values())
             + sum(b.codes.nbytes for b in self.breakdowns.values())
             + sum(e.nbytes for e in self.events.values())
-            + self.scratch.nbytes
+            + sum(s.nbytes for s in list(self._scratch))
         )
 
     def covers(
@@ -397,12 +391,25 @@ class FunnelIndex:
     ) -> Found:
         """The funnel: customers whose first step-1 instant is in [start, end), then each
         next step's first instant at or after the previous one (after, when the same step
-        repeats) and at most `span` after step 1; per group of `dim` ("" = no breakdown)."""
+        repeats) and at most `span` after step 1; per group of `dim` ("" = no breakdown).
+        Reads the index only: evaluations may run concurrently (each with its own work
+        arrays), but not while the index is changed."""
+        try:
+            scratch = self._scratch.pop()
+        except IndexError:
+            scratch = Scratch()
+        found = self._evaluate(steps, start=start, end=end, span=span, dim=dim, scratch=scratch)
+        # (not on an exception: its `never` array may not have been restored)
+        self._scratch.append(scratch)
+        return found
+
+    def _evaluate(
+        self, steps: Sequence[Step], *, start: int, end: int, span: int, dim: str, scratch: Scratch
+    ) -> Found:
         first = steps[0]
-        scratch = self.scratch
-        inside = scratch.get("inside", self.size, np.bool_)
         if first.kind == "stage":
             t = self.stages[first.name][: self.size]
+            inside = scratch.get("inside", self.size, np.bool_)
             also = scratch.get("also_n", self.size, np.bool_)
             np.greater_equal(t, start, out=inside)
             np.less(t, end, out=also)
@@ -410,14 +417,9 @@ class FunnelIndex:
             surv = np.flatnonzero(inside)
             prev = t[surv]
         else:
-            # In customer order (as every later step expects): reads stay sequential.
-            cust, at = self.events[first.name].firsts_in(start, end, scratch)
-            t = scratch.never(self.size)
-            t[cust] = at
-            np.not_equal(t, NEVER, out=inside)
-            surv = np.flatnonzero(inside)
-            prev = t[surv]
-            t[cust] = NEVER
+            # Survivors in the order of their first instants: later steps gather from them in
+            # any order (ordering them by customer would cost more than it saves).
+            surv, prev = self.events[first.name].firsts_in(start, end, scratch)
         if dim == "":
             codes = None
             values = [""]
@@ -442,23 +444,27 @@ class FunnelIndex:
                 # Unsigned: a negative difference (before the previous step, or a wrapped
                 # `NEVER`) is huge, so one comparison checks both bounds.
                 if strict:
-                    ok = (diffs - 1).view(np.uint64) < slack.view(np.uint64)
+                    diffs -= 1
+                    ok = diffs.view(np.uint64) < slack.view(np.uint64)
+                    diffs += 1
                 else:
                     ok = diffs.view(np.uint64) <= slack.view(np.uint64)
             else:
-                t = self.events[step.name].first_between(
-                    surv, prev, prev + slack, strict=strict, scratch=scratch
-                )
-                ok = t != NEVER
-                diffs = t - prev
+                t = self.events[step.name].first_from(surv, prev, strict=strict)
+                diffs = t - prev  # (`NEVER` - prev: huge, or negative, so huge unsigned)
+                ok = diffs.view(np.uint64) <= slack.view(np.uint64)
             # (flatnonzero + take: a few times faster than a boolean index on random masks)
             keep = np.flatnonzero(ok)
-            surv, prev, diffs = surv[keep], t[keep], diffs[keep]
-            slack = slack[keep] - diffs
+            if keep.size < surv.size:
+                surv, prev, diffs, slack = surv[keep], t[keep], diffs[keep], slack[keep]
+                if codes is not None:
+                    codes = codes[keep]
+            else:
+                prev = t
+            slack -= diffs
             if codes is None:
                 found[""][k] = (int(diffs.size), median_seconds(diffs))
                 continue
-            codes = codes[keep]
             for g, (n, median) in _group_figures(codes, diffs, len(values), present).items():
                 found[values[g]][k] = (n, median)
         return found
@@ -476,8 +482,13 @@ def _group_figures(
         return out
     if len(present) <= _SMALL_GROUPS:
         for g in present:
-            rows = np.flatnonzero(codes == g)
-            out[g] = (int(counts[g]), median_seconds(diffs[rows]) if counts[g] else None)
+            n = int(counts[g])
+            if n == 0:
+                out[g] = (0, None)
+            elif n == diffs.size:
+                out[g] = (n, median_seconds(diffs))
+            else:
+                out[g] = (n, median_seconds(diffs[np.flatnonzero(codes == g)]))
         return out
     order = np.argsort(codes, kind="stable")
     ordered = diffs[order]

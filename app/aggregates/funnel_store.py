@@ -6,7 +6,10 @@ Each later request, in its own snapshot, reads the change feed of migration 0011
 touched by every transaction its snapshot sees and the index's did not. It re-reads exactly
 those customers (stage entries, breakdown values, step events) and answers from the index, so
 the answer is exactly its snapshot's, as the SQL path's would be. Requests of one workspace take
-the index's lock *before* their snapshot, so the snapshots an index moves through only grow.
+the index's gate *before* their snapshot, so the snapshots an index moves through only grow;
+once the index is at a request's snapshot the request lets the gate go and evaluates
+concurrently with others, and the index is changed in place only when no evaluation is in
+flight (`Gate`).
 
 An index reloads when it lacks a stage, breakdown or event name a funnel asks for, when its
 snapshot is older than what the maintenance task trimmed from the feed, or when the feed names
@@ -17,13 +20,18 @@ bound. Small workspaces keep the SQL path (`funnel_index_min_customers`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import io
+import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import numpy as np
@@ -46,6 +54,15 @@ PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # binary timestamptz: microseconds 
 _MICROSECOND = timedelta(microseconds=1)
 SIZE_TTL_SECONDS = 600.0  # how long a workspace's size decision is kept
 MAX_INDEXES = 64
+# Workspaces this large are (re)loaded in the background (seconds), smaller ones in the request.
+BACKGROUND_MIN_CUSTOMERS = 100_000
+T = TypeVar("T")
+Connect = Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
+# Funnel evaluations of every workspace: numpy releases the GIL in its large passes, so as
+# many run in parallel as there are cores.
+_EVALUATIONS = ThreadPoolExecutor(
+    max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="funnel-eval"
+)
 
 
 def instant(at: datetime) -> int:
@@ -55,6 +72,10 @@ def instant(at: datetime) -> int:
 
 class IndexUnusable(Exception):
     """The workspace cannot be indexed (the caller answers with SQL)."""
+
+
+class IndexLoading(IndexUnusable):
+    """The index is being (re)loaded in the background (the caller answers with SQL)."""
 
 
 # ------------------------------------------------------------------------------- reading
@@ -212,10 +233,13 @@ async def _read_customers(
     ws: int,
     entry: Entry,
     customer_ids: Sequence[str],
+    *,
+    gate: Gate | None = None,
 ) -> None:
-    """Re-read everything the index holds about these customers, in the current snapshot."""
+    """Re-read everything the index holds about these customers, in the current snapshot, and
+    set it; with `gate`, after the evaluations in flight have ended (they read the index)."""
     index = entry.index
-    ords = entry.ordinals(customer_ids)
+    ords = entry.ordinals(customer_ids)  # (`extra` only: no evaluation reads it)
     of = dict(zip(customer_ids, ords, strict=True))
     dims = list(index.breakdowns)
     values: dict[int, dict[str, str]] = {}
@@ -234,6 +258,8 @@ async def _read_customers(
                 _CUSTOMER_EVENTS_SQL, ws, list(customer_ids), list(index.events)
             )
         ]
+    if gate is not None:
+        await gate.drained()
     index.replace(ords, entries=entries, values=values, events=events)
 
 
@@ -246,6 +272,8 @@ async def load(
     events: Sequence[str],
 ) -> Entry:
     """The index of a workspace as the current snapshot sees it."""
+    # Each name once (rows are told apart by the name's first position in the list).
+    stages, breakdowns, events = _union(stages, ()), _union(breakdowns, ()), _union(events, ())
     started = time.perf_counter()
     snapshot = str(await conn.fetchval("SELECT pg_current_snapshot()::text"))
     row = await conn.fetchrow(_IDS_SQL, ws)
@@ -325,22 +353,108 @@ async def load(
 # ------------------------------------------------------------------------------- registry
 
 
+class Gate:
+    """The concurrency rule of one workspace's index: a readers-writer scheme in which the
+    snapshots the index moves through only grow.
+
+    * `async with gate` (the *order*, exclusive) is held from before a request's REPEATABLE
+      READ snapshot until the index is exactly at that snapshot (feed read, changed customers
+      re-read and applied, or a (re)load). Requests therefore take their snapshots one after
+      the other, each seeing everything the index has applied.
+    * Still holding it, the request registers as a reader (`run`) and lets the order go
+      (`release`): its evaluation runs in a thread, concurrently with other evaluations and with
+      the next request's snapshot and feed read.
+    * The index is changed in place only with the order held and no reader registered
+      (`drained`): a request whose snapshot sees changes the index has not applied waits for
+      the evaluations in flight, which are at older snapshots, to end. A request that sees no
+      change only moves the index's snapshot forward and evaluates at once, alongside them.
+    * A (re)load builds a new index; evaluations in flight keep the one they started on.
+    """
+
+    def __init__(self) -> None:
+        self._order = asyncio.Lock()
+        self._owner: asyncio.Task[Any] | None = None
+        self._readers = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.draining = False  # a change waits for the evaluations in flight (tests look)
+
+    async def __aenter__(self) -> Gate:
+        await self._order.acquire()
+        self._owner = asyncio.current_task()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    def held(self) -> bool:
+        """Whether the current task holds the order."""
+        return self._owner is not None and self._owner is asyncio.current_task()
+
+    def release(self) -> None:
+        """Let the order go, if the current task holds it (idempotent)."""
+        if self.held():
+            self._owner = None
+            self._order.release()
+
+    @property
+    def readers(self) -> int:
+        return self._readers
+
+    async def drained(self) -> None:
+        """Wait until no evaluation is in flight (the order held: none can start meanwhile)."""
+        while self._readers:
+            self.draining = True
+            try:
+                await self._idle.wait()
+            finally:
+                self.draining = False
+
+    def run(self, fn: Callable[[], T]) -> Awaitable[T]:
+        """Run `fn` (an evaluation) in the evaluation threads as a reader: registered now (call
+        holding the order), unregistered when the thread has finished with it, even if the
+        awaiting request is cancelled first."""
+        loop = asyncio.get_running_loop()
+        self._readers += 1
+        self._idle.clear()
+
+        def done(_: object) -> None:
+            with contextlib.suppress(RuntimeError):  # (the loop is closed: nobody waits)
+                loop.call_soon_threadsafe(self._leave)
+
+        try:
+            work = _EVALUATIONS.submit(fn)
+        except BaseException:
+            self._leave()
+            raise
+        work.add_done_callback(done)
+        return asyncio.wrap_future(work)
+
+    def _leave(self) -> None:
+        self._readers -= 1
+        if not self._readers:
+            self._idle.set()
+
+
 class FunnelIndexes:
     """The indexes of one process: LRU, bounded in memory; one lock per workspace."""
 
     def __init__(self) -> None:
         self._entries: OrderedDict[int, Entry] = OrderedDict()
-        self._locks: dict[int, asyncio.Lock] = {}
+        self._gates: dict[int, Gate] = {}
         self._sizes: dict[int, tuple[float, int]] = {}
         self._unusable: set[int] = set()
+        self._loading: dict[int, asyncio.Task[None]] = {}
+        self.background_min_customers = BACKGROUND_MIN_CUSTOMERS
         self.loads = 0
         self.refreshes = 0
 
-    def lock(self, ws: int) -> asyncio.Lock:
-        """Held from before a request's snapshot to its answer."""
-        found = self._locks.get(ws)
+    def lock(self, ws: int) -> Gate:
+        """The workspace's gate: entered (`async with`) from before a request's snapshot;
+        `funnel_found` lets it go once its evaluation is registered (see `Gate`)."""
+        found = self._gates.get(ws)
         if found is None:
-            found = self._locks[ws] = asyncio.Lock()
+            found = self._gates[ws] = Gate()
         return found
 
     def entry(self, ws: int) -> Entry | None:
@@ -352,12 +466,20 @@ class FunnelIndexes:
             return False
         if min_customers <= 0 or ws in self._entries:
             return True
+        return await self._size(conn, ws) >= min_customers
+
+    async def _size(self, conn: asyncpg.Connection, ws: int) -> int:
+        """Customers of the workspace's most-entered stage (from the rollups; kept a while)."""
         now = time.monotonic()
         cached = self._sizes.get(ws)
         if cached is None or now - cached[0] > SIZE_TTL_SECONDS:
             cached = (now, int(await conn.fetchval(_SIZE_SQL, ws)))
             self._sizes[ws] = cached
-        return cached[1] >= min_customers
+        return cached[1]
+
+    def loading(self, ws: int) -> asyncio.Task[None] | None:
+        """The workspace's load running in the background, if any."""
+        return self._loading.get(ws)
 
     async def current(
         self,
@@ -369,11 +491,15 @@ class FunnelIndexes:
         events: Iterable[str],
         max_bytes: int,
         also_breakdowns: Iterable[str] = (),
+        connect: Connect | None = None,
     ) -> FunnelIndex:
         """The workspace's index, exact for the current transaction's snapshot (call with
         `lock(ws)` held, in a REPEATABLE READ transaction begun under it). A (re)load also
-        reads `also_breakdowns` (the journey model's), so they never cost a reload."""
-        stages, breakdowns, events = list(stages), list(breakdowns), list(events)
+        reads `also_breakdowns` (the journey model's), so they never cost a reload. With
+        `connect` (a connection factory), a workspace of `background_min_customers` or more
+        is (re)loaded in the background instead: `IndexLoading` meanwhile."""
+        # Each name once: a funnel repeating an event step names it twice.
+        stages, breakdowns, events = _union(stages, ()), _union(breakdowns, ()), _union(events, ())
         entry = self._entries.get(ws)
         covered = entry is not None and entry.index.covers(stages, breakdowns, events)
         breakdowns = _union(breakdowns, also_breakdowns)
@@ -392,29 +518,93 @@ class FunnelIndexes:
                 entry = None
             else:
                 if changed:
-                    await _read_customers(conn, ws, entry, changed)
+                    await _read_customers(conn, ws, entry, changed, gate=self.lock(ws))
                     self.refreshes += 1
                 entry.snapshot = row["snapshot"]
         if entry is None:
+            if connect is not None and (
+                ws in self._loading or await self._size(conn, ws) >= self.background_min_customers
+            ):
+                if ws not in self._loading:
+                    task = asyncio.create_task(
+                        self._load_in_background(
+                            connect,
+                            ws,
+                            stages=stages,
+                            breakdowns=breakdowns,
+                            events=events,
+                            max_bytes=max_bytes,
+                        )
+                    )
+                    self._loading[ws] = task
+                raise IndexLoading("loading in the background")
             self._entries.pop(ws, None)
-            try:
-                entry = await load(conn, ws, stages=stages, breakdowns=breakdowns, events=events)
-            except IndexUnusable as exc:
-                self._unusable.add(ws)
-                log.warning("funnel_index_unusable", workspace_id=ws, reason=str(exc))
-                raise
-            except MemoryError as exc:
-                # Too large for this process: this workspace keeps the SQL path (a 200, late)
-                # rather than every funnel request failing with a 500.
-                self._unusable.add(ws)
-                log.warning("funnel_index_unusable", workspace_id=ws, reason="out of memory")
-                raise IndexUnusable("out of memory") from exc
-            self.loads += 1
+            entry = await self._load(conn, ws, stages=stages, breakdowns=breakdowns, events=events)
+        self._install(ws, entry, max_bytes)
+        return entry.index
+
+    async def _load(
+        self,
+        conn: asyncpg.Connection,
+        ws: int,
+        *,
+        stages: Sequence[str],
+        breakdowns: Sequence[str],
+        events: Sequence[str],
+    ) -> Entry:
+        try:
+            entry = await load(conn, ws, stages=stages, breakdowns=breakdowns, events=events)
+        except IndexUnusable as exc:
+            self._unusable.add(ws)
+            log.warning("funnel_index_unusable", workspace_id=ws, reason=str(exc))
+            raise
+        except MemoryError as exc:
+            # Too large for this process: this workspace keeps the SQL path (a 200, late)
+            # rather than every funnel request failing with a 500.
+            self._unusable.add(ws)
+            log.warning("funnel_index_unusable", workspace_id=ws, reason="out of memory")
+            raise IndexUnusable("out of memory") from exc
+        self.loads += 1
+        return entry
+
+    def _install(self, ws: int, entry: Entry, max_bytes: int) -> None:
         # (set again: another workspace's request may have evicted it while this one awaited)
         self._entries[ws] = entry
         self._entries.move_to_end(ws)
         self._evict(ws, max_bytes)
-        return entry.index
+
+    async def _load_in_background(
+        self,
+        connect: Connect,
+        ws: int,
+        *,
+        stages: Sequence[str],
+        breakdowns: Sequence[str],
+        events: Sequence[str],
+        max_bytes: int,
+    ) -> None:
+        """Load in a snapshot of its own, without the gate (requests meanwhile keep the index
+        they have, or the SQL path), then install the index under the gate. Exact: a request
+        takes its snapshot after entering the gate, so after the install, so after the load's
+        snapshot was taken: it sees all the load saw, and the feed brings the index from the
+        load's snapshot to the request's (an index it replaces may have been further on; the
+        feed covers that too)."""
+        try:
+            async with (
+                connect() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                entry = await self._load(
+                    conn, ws, stages=stages, breakdowns=breakdowns, events=events
+                )
+            async with self.lock(ws):
+                self._install(ws, entry, max_bytes)
+        except IndexUnusable:
+            pass  # logged; this workspace keeps the SQL path
+        except Exception as exc:  # a later request tries again
+            log.warning("funnel_index_load_failed", workspace_id=ws, error=repr(exc))
+        finally:
+            self._loading.pop(ws, None)
 
     def _evict(self, keep: int, max_bytes: int) -> None:
         total = sum(e.nbytes for e in self._entries.values())
@@ -438,9 +628,8 @@ class FunnelIndexes:
 
 
 def _union(have: Iterable[str], want: Iterable[str]) -> list[str]:
-    out = list(have)
-    out += [w for w in want if w not in out]
-    return out
+    """The names of both, each once (a name twice would load an empty event: see `load`)."""
+    return list(dict.fromkeys([*have, *want]))
 
 
 async def funnel_found(
@@ -456,28 +645,41 @@ async def funnel_found(
     end: datetime,
     span: timedelta,
     max_bytes: int,
+    connect: Connect | None = None,
 ) -> Found:
     """A funnel's figures from the workspace's index (see `FunnelIndex.evaluate`);
-    `breakdowns`: the journey model's, loaded with the index."""
-    index = await indexes.current(
-        conn,
-        ws,
-        stages=stages,
-        breakdowns=[dim] if dim else [],
-        events=[s.name for s in steps if s.kind == "event"],
-        max_bytes=max_bytes,
-        also_breakdowns=breakdowns,
+    `breakdowns`: the journey model's, loaded with the index. With `connect`, a large
+    workspace's index is (re)loaded in the background (`IndexLoading` meanwhile). The gate
+    (`indexes.lock(ws)`), if the caller holds it, is let go before this returns or raises."""
+    gate = indexes.lock(ws)
+    try:
+        index = await indexes.current(
+            conn,
+            ws,
+            stages=stages,
+            breakdowns=[dim] if dim else [],
+            events=[s.name for s in steps if s.kind == "event"],
+            max_bytes=max_bytes,
+            also_breakdowns=breakdowns,
+            connect=connect,
+        )
+    except BaseException:
+        gate.release()  # (the SQL path answers without holding it)
+        raise
+    # In a thread (numpy releases the GIL), concurrently with other evaluations; registered
+    # as a reader before the gate is let go, so the index cannot change under it (`Gate`).
+    evaluation = gate.run(
+        functools.partial(
+            index.evaluate,
+            steps,
+            start=instant(start),
+            end=instant(end),
+            span=span // _MICROSECOND,
+            dim=dim,
+        )
     )
-    # In a thread (numpy releases the GIL), so that other requests are served meanwhile; the
-    # index cannot change under it: every change happens under the lock the caller holds.
-    return await asyncio.to_thread(
-        index.evaluate,
-        steps,
-        start=instant(start),
-        end=instant(end),
-        span=span // _MICROSECOND,
-        dim=dim,
-    )
+    gate.release()
+    return await evaluation
 
 
 FUNNELS = FunnelIndexes()
@@ -486,6 +688,8 @@ __all__ = [
     "FUNNELS",
     "Entry",
     "FunnelIndexes",
+    "Gate",
+    "IndexLoading",
     "IndexUnusable",
     "funnel_found",
     "instant",

@@ -192,8 +192,9 @@ async def get_funnel(
     indexed = False
 
     async def guard(conn: asyncpg.Connection) -> AbstractAsyncContextManager[Any]:
-        # A large workspace's funnels come from its in-memory index, whose lock is taken
-        # before the request's snapshot: the snapshots it is brought to only move forward.
+        # A large workspace's funnels come from its in-memory index, whose gate is entered
+        # before the request's snapshot: the snapshots it is brought to only move forward
+        # (`funnel_found` lets the gate go once the index is at this snapshot).
         nonlocal indexed
         indexed = await FUNNELS.chosen(
             conn, workspace_id, min_customers=settings.funnel_index_min_customers
@@ -216,6 +217,8 @@ async def get_funnel(
                     end=win.end_at,
                     span=span,
                     max_bytes=settings.funnel_index_max_mb * 1_000_000,
+                    # (a large workspace's index loads in the background: SQL meanwhile)
+                    connect=runtime(request).read_connection,
                 )
                 return service.funnel_answer(dim, win, parsed, span, found)
             except IndexUnusable:
