@@ -9,9 +9,12 @@ COPY migrations ./migrations
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim AS runtime
+# NUMBA_CACHE_DIR: the funnel index's compiled kernels are cached there (site-packages is
+# read-only to the service user).
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     JOURNEYS_HOST=0.0.0.0 JOURNEYS_PORT=8000 JOURNEYS_LOG_FORMAT=json \
-    JOURNEYS_DATA_DIR=/data
+    JOURNEYS_DATA_DIR=/data \
+    NUMBA_CACHE_DIR=/data/numba-cache
 RUN groupadd --system journeys && useradd --system --gid journeys --home /app journeys \
     && mkdir -p /data && chown journeys:journeys /data
 WORKDIR /app

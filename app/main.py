@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import __version__
+from app.aggregates.funnel_store import warm_kernels
 from app.aggregates.routes import router as aggregates_router
 from app.core.errors import install_error_handlers
 from app.core.http import RequestMiddleware
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with running(settings) as rt:
             app.state.runtime = rt
             tune_gc()
+            warm_kernels()  # the funnel index's compiled kernels, in the background
             yield
 
     app = FastAPI(

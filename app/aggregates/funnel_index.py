@@ -1,36 +1,59 @@
-"""The funnel index of one workspace: exact funnels evaluated on numpy arrays (pure: no I/O).
+"""The funnel index of one workspace: exact funnels evaluated on arrays (pure: no I/O).
 
 Customers are dense ordinals. Per stage, an `int64` array of entry instants (microseconds since
 2000-01-01 UTC, PostgreSQL's own binary epoch; `NEVER` when the customer never entered it); per
 breakdown, an `int32` array of group codes; per event name used as a step, the step events as
 a CSR layout (`off[c]:off[c+1]` are customer `c`'s instants, sorted) plus an overlay for the
-customers re-read since (`StepEvents`). A funnel is a few array passes per step over the
-survivors of the previous step (`FunnelIndex.evaluate`), and gives exactly what the SQL of
-`app.aggregates.service.funnel` gives: the same greedy earliest match, the same counts, and the
-same medians (`percentile_cont(0.5)` over float8 seconds, reproduced in the same float
-arithmetic by `median_seconds`).
+customers re-read since (`StepEvents`). A funnel is one compiled pass per step over the
+survivors of the previous step, in customer order (`FunnelIndex.evaluate`, `_enter`,
+`_advance`), and gives exactly what the SQL of `app.aggregates.service.funnel` gives: the same
+greedy earliest match, the same counts, and the same medians (`percentile_cont(0.5)` over
+float8 seconds, reproduced in the same float arithmetic by `_seconds`).
+
+The loops are compiled by numba (`_kernel`: no GIL, so evaluations in the thread pool of
+`app.aggregates.funnel_store` run in parallel). Machine code is cached on disk next to this
+file (`__pycache__`), or in `NUMBA_CACHE_DIR` when set; where neither is writable the kernels
+are compiled in memory once per process. Either way the first call per process compiles or
+loads them (seconds, or ~0.1 s from the cache): `warm_up` does it on tiny arrays, at startup.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
+import numba
 import numpy as np
 import numpy.typing as npt
 
 I64 = npt.NDArray[np.int64]
 I32 = npt.NDArray[np.int32]
+Flags = npt.NDArray[np.bool_]
 
 NEVER = np.iinfo(np.int64).max  # an instant after every real one: "not reached"
 NONE_CODE = 0  # the group code of "" (no value), in every breakdown
 _BEFORE_ALL = np.iinfo(np.int64).min
-# (Unused since every event step is one gather from the dense first/last instants plus a
-# binary search for the few customers with instants on both sides of the bound; kept because
-# tests/unit/test_funnel_index.py toggles it.)
-_SEARCH_SHARE = 16
-_SMALL_GROUPS = 8  # up to this many groups, medians by one mask per group
+_NEVER = int(NEVER)  # (plain ints: compiled in as constants)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _kernel(fn: _F) -> _F:
+    """Compiled without the GIL, machine code cached on disk when a cache directory is
+    writable (next to this file, or `NUMBA_CACHE_DIR`); else compiled once per process."""
+    try:
+        return cast(_F, numba.njit(cache=True, nogil=True)(fn))
+    except RuntimeError:  # "cannot cache function …: no locator available"
+        warnings.warn(
+            "no writable numba cache directory: the funnel kernels are compiled once per "
+            "process (set NUMBA_CACHE_DIR)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return cast(_F, numba.njit(nogil=True)(fn))
 
 
 class Step(Protocol):
@@ -43,55 +66,263 @@ class Step(Protocol):
     def kind(self) -> str: ...  # "stage" | "event"
 
 
-def median_seconds(diffs: I64) -> float | None:
-    """`percentile_cont(0.5)` of `diffs` (microseconds) taken as float8 seconds: the middle
-    value, or `lo + 0.5 * (hi - lo)` of the two middle ones, in PostgreSQL's arithmetic."""
-    n = int(diffs.size)
+# --- compiled kernels -------------------------------------------------------------------------
+#
+# Each step reads "the instants of customer c" through the same eight arrays (`Rows`): for an
+# event, its dense first and last instants, its CSR rows and its overlay (`StepEvents`); for a
+# stage, the entry instants as both first and last (so no search is ever needed) and no rows.
+# The first instant at or after `lower` is `first[c]` when that is not before `lower`, none
+# when `last[c]` is before it, else found by a binary search in the customer's rows.
+#
+# Measured on this kind of machine, what matters: a branch on the data mispredicted per
+# customer costs more than the rest of the pass, so the passes write every candidate at the
+# next free place and only advance past those that pass (`m += ok`); and a call passing many
+# arrays per customer costs several times the search it makes, so the customers needing a
+# search are set aside during the pass and searched afterwards, in one loop (`_search`).
+
+
+@_kernel
+def _search(
+    off: I64,
+    at: I64,
+    replaced: Flags,
+    ov_cust: I64,
+    ov_off: I64,
+    ov_at: I64,
+    custs: I32,
+    lowers: I64,
+    q: int,
+    out: I64,
+) -> None:
+    """`out[k]`: customer `custs[k]`'s first instant at or after `lowers[k]` in its rows (the
+    overlay's, if re-read), or `NEVER`; for `k < q`. (The two binary searches are written
+    out: through a function taking the rows, this loop is three times slower.)"""
+    for k in range(q):
+        c = custs[k]
+        lower = lowers[k]
+        t = _NEVER
+        if replaced[c]:
+            j = np.searchsorted(ov_cust, c)
+            lo = ov_off[j]
+            hi = ov_off[j + 1]
+            stop = hi
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if ov_at[mid] < lower:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo < stop:
+                t = ov_at[lo]
+        else:
+            lo = off[c]
+            hi = off[c + 1]
+            stop = hi
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if at[mid] < lower:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo < stop:
+                t = at[lo]
+        out[k] = t
+
+
+@_kernel
+def _enter(
+    first_at: I64,
+    last_at: I64,
+    off: I64,
+    at: I64,
+    replaced: Flags,
+    ov_cust: I64,
+    ov_off: I64,
+    ov_at: I64,
+    n: int,
+    start: int,
+    end: int,
+    codes: I32,
+    grouped: bool,
+    surv: I32,
+    prev: I64,
+    grp: I32,
+    counts: I64,
+    pend: I32,
+    lowers: I64,
+    found: I64,
+) -> int:
+    """Step 1: customers `0 .. n-1` with a first instant in [start, end), into `surv`
+    (customer), `prev` (that instant) and, when `grouped`, `grp` (group code): in customer
+    order, those found by a search after the others. `counts` (zeros) gets the number per
+    group; `pend`, `lowers` and `found` are work arrays of `n`. Returns how many."""
+    ngroups = counts.size
+    m = 0
+    q = 0
+    for c in range(min(n, first_at.size)):
+        t = first_at[c]
+        pend[q] = c
+        q += (t < start) & (last_at[c] >= start)
+        ok = (t >= start) & (t < end)  # (`NEVER` is not before `end`)
+        surv[m] = c
+        prev[m] = t
+        if grouped:
+            g = codes[c]
+            if g < 0 or g >= ngroups:
+                raise IndexError("breakdown code out of range")
+            grp[m] = g
+            counts[g] += ok
+        m += ok
+    lowers[:q] = start
+    _search(off, at, replaced, ov_cust, ov_off, ov_at, pend, lowers, q, found)
+    for k in range(q):
+        c = pend[k]
+        t = found[k]
+        ok = t < end
+        surv[m] = c
+        prev[m] = t
+        if grouped:
+            g = codes[c]
+            grp[m] = g
+            counts[g] += ok
+        m += ok
+    if not grouped:
+        counts[0] = m
+    return m
+
+
+@_kernel
+def _advance(
+    first_at: I64,
+    last_at: I64,
+    off: I64,
+    at: I64,
+    replaced: Flags,
+    ov_cust: I64,
+    ov_off: I64,
+    ov_at: I64,
+    m: int,
+    span: int,
+    strict: bool,
+    grouped: bool,
+    surv: I32,
+    prev: I64,
+    first_in: I64,
+    first: I64,
+    grp: I32,
+    counts: I64,
+    diffs: I64,
+    starts: I64,
+    pend: I32,
+    pend_prev: I64,
+    pend_first: I64,
+    pend_grp: I32,
+    lowers: I64,
+    found: I64,
+) -> int:
+    """A later step over the `m` survivors of the previous one (`surv`, `prev`, `grp`, as
+    the previous step left them; their step-1 instants in `first_in`: `prev` at step 2,
+    else `first`): each one's first instant at or after `prev` (after, when `strict`) and at
+    most `span` after step 1's. Those who pass are written over them, in the order read,
+    those found by a search after the others (their step-1 instants to `first`). `counts`:
+    in, per group at the previous step; out, at this one. Per group, the differences from
+    `prev` go to `diffs[starts[g] : starts[g] + counts[g]]`, `starts[g]` being the previous
+    step's count of the groups before `g`, plus `g` (a spare place per group: every
+    candidate is written, only the places of those who pass are kept). `pend*`, `lowers`,
+    `found`: work arrays of `m`. Returns how many pass."""
+    total = 0
+    for g in range(counts.size):
+        starts[g] = total
+        total += counts[g] + 1
+        counts[g] = 0
+    after = 1 if strict else 0
+    j = 0
+    q = 0
+    g = 0
+    for i in range(m):
+        c = surv[i]
+        p = prev[i]
+        f = first_in[i]
+        if grouped:
+            g = grp[i]
+        t = first_at[c]
+        # (kept aside, for a search: the place `i` may be written over before then)
+        pend[q] = c
+        pend_prev[q] = p
+        pend_first[q] = f
+        pend_grp[q] = g
+        q += (t < p + after) & (last_at[c] >= p + after)
+        # (`t - f` cannot overflow unless `t` is `NEVER`: real instants are far from it)
+        ok = (t >= p + after) & (t != _NEVER) & (t - f <= span)
+        surv[j] = c
+        prev[j] = t
+        first[j] = f
+        if grouped:
+            grp[j] = g
+            place = starts[g] + counts[g]
+            counts[g] += ok
+        else:
+            place = j
+        diffs[place] = t - p
+        j += ok
+    for k in range(q):
+        lowers[k] = pend_prev[k] + after
+    _search(off, at, replaced, ov_cust, ov_off, ov_at, pend, lowers, q, found)
+    for k in range(q):
+        t = found[k]
+        f = pend_first[k]
+        ok = (t != _NEVER) & (t - f <= span)
+        surv[j] = pend[k]
+        prev[j] = t
+        first[j] = f
+        if grouped:
+            g = pend_grp[k]
+            grp[j] = g
+            place = starts[g] + counts[g]
+            counts[g] += ok
+        else:
+            place = j
+        diffs[place] = t - pend_prev[k]
+        j += ok
+    if not grouped:
+        counts[0] = j
+    return j
+
+
+def _middle(a: I64) -> tuple[int, int]:
+    """The two middle values of `a` (not empty; the same one twice for an odd size),
+    reordering it (numpy's partition: vectorised, several times faster than a compiled
+    quickselect)."""
+    k = a.size // 2
+    a.partition(k)
+    high = int(a[k])
+    return (int(a[:k].max()) if a.size % 2 == 0 else high), high
+
+
+def _seconds(n: int, low: int, high: int) -> float | None:
+    """`percentile_cont(0.5)` of `n` microsecond values as float8 seconds, from their two middle
+    values: the middle one, or `lo + 0.5 * (hi - lo)`, in PostgreSQL's arithmetic."""
     if n == 0:
         return None
-    mid = n // 2
-    # One k (a partition with two is several times slower), then the largest below it.
-    part = np.partition(diffs, mid)
-    hi = int(part[mid]) / 1_000_000
+    hi = high / 1_000_000
     if n % 2:
         return hi
-    lo = int(part[:mid].max()) / 1_000_000
+    lo = low / 1_000_000
     return lo + 0.5 * (hi - lo)
 
 
-def _lower_bound(values: I64, lo: I64, hi: I64, target: I64, *, strict: bool) -> I64:
-    """Per row, the first position in `values[lo:hi]` (sorted) holding a value >= `target`
-    (> when `strict`), or `hi`: a binary search vectorised over the rows still searching."""
-    lo = lo.copy()
-    hi = hi.copy()
-    active = np.flatnonzero(lo < hi)
-    while active.size:
-        a, b = lo[active], hi[active]
-        mid = (a + b) >> 1
-        seen = values[mid]
-        goal = target[active]
-        right = seen <= goal if strict else seen < goal
-        lo[active] = np.where(right, mid + 1, a)
-        hi[active] = np.where(right, b, mid)
-        active = active[lo[active] < hi[active]]
-    return lo
-
-
-def _first_per_run(cust: npt.NDArray[np.integer], at: I64) -> tuple[I64, I64]:
-    """The first row of each run of equal `cust` (rows sorted by customer, then instant)."""
-    if cust.size == 0:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    first = np.empty(cust.size, np.bool_)
-    first[0] = True
-    np.not_equal(cust[1:], cust[:-1], out=first[1:])
-    rows = np.flatnonzero(first)
-    return cust[rows].astype(np.int64), at[rows]
+def median_seconds(diffs: I64) -> float | None:
+    """`percentile_cont(0.5)` of `diffs` (microseconds) taken as float8 seconds."""
+    if diffs.size == 0:
+        return None
+    low, high = _middle(np.array(diffs, np.int64))  # (a copy: `_middle` reorders it)
+    return _seconds(int(diffs.size), low, high)
 
 
 class Scratch:
     """Work arrays kept between evaluations: a fresh multi-megabyte array costs its page
     faults at every request (about 1 ms per million int64 on the machine measured), a kept
-    one does not. `never(size)` is all `NEVER` between uses (users restore what they set)."""
+    one does not."""
 
     def __init__(self) -> None:
         self._arrays: dict[str, npt.NDArray[Any]] = {}
@@ -104,17 +335,18 @@ class Scratch:
             self._arrays[name] = found
         return found[:size]
 
-    def never(self, size: int) -> I64:
-        """A work array that is all `NEVER`: restore every item you set before returning."""
-        found = self._arrays.get("never")
-        if found is None or found.size < size:
-            found = np.full(max(size, 1024), NEVER, np.int64)
-            self._arrays["never"] = found
-        return found[:size]
-
     @property
     def nbytes(self) -> int:
         return sum(int(a.nbytes) for a in self._arrays.values())
+
+
+# What the kernels read for a step (see the kernels' comment): first, last, off, at, replaced,
+# overlay customers, overlay offsets, overlay instants.
+Rows = tuple[I64, I64, I64, I64, Flags, I64, I64, I64]
+_NO_OFF = np.zeros(1, np.int64)
+_NO_AT = np.empty(0, np.int64)
+_NO_FLAGS = np.zeros(0, np.bool_)
+_NO_CODES = np.zeros(0, np.int32)
 
 
 class StepEvents:
@@ -122,8 +354,8 @@ class StepEvents:
     the current instants of every customer re-read since the base was built (their base rows
     are ignored: `replaced`). The overlay is folded into the base when it grows. Per customer
     also its first and last instant, wherever they are (`first_at`, `last_at`: dense), so that
-    "the first instant at or after t" is one gather for most customers, and a binary search
-    in its rows only for those with instants on both sides of t."""
+    "the first instant at or after t" is one read for most customers, and a binary search in
+    its rows only for those with instants on both sides of t (`_search`)."""
 
     def __init__(self, cust: npt.NDArray[np.integer], at: I64, customers: int) -> None:
         self._build(np.asarray(cust, np.int64), np.asarray(at, np.int64), customers)
@@ -140,17 +372,6 @@ class StepEvents:
         has = np.flatnonzero(self.base_off[1:] > self.base_off[:-1])
         self.first_at[has] = at[self.base_off[has]]
         self.last_at[has] = at[self.base_off[has + 1] - 1]
-        # The same rows in time order, each with the instant of its customer's previous row
-        # (`_BEFORE_ALL` for its first): a row in [start, end) is its customer's first there
-        # iff that previous instant is before `start`, so a step 1 is one slice and one mask.
-        previous = np.full(at.size, _BEFORE_ALL, np.int64)
-        if at.size > 1:
-            same = cust[1:] == cust[:-1]
-            previous[1:][same] = at[:-1][same]
-        by_time = np.argsort(at, kind="stable")
-        self.time_at = at[by_time]
-        self.time_cust = cust[by_time].astype(np.int32)
-        self.time_previous = previous[by_time]
         self.replaced = np.zeros(customers, np.bool_)
         self.overlay: dict[int, I64] = {}
         self._ov_cust = np.empty(0, np.int64)
@@ -162,12 +383,23 @@ class StepEvents:
     def nbytes(self) -> int:
         return int(
             self.base_at.nbytes
-            + self.time_at.nbytes * 2
-            + self.time_cust.nbytes
             + self.base_off.nbytes
             + self.first_at.nbytes * 2
             + self.replaced.nbytes
             + self._ov_rows * 24
+        )
+
+    def rows(self) -> Rows:
+        """The arrays the kernels read."""
+        return (
+            self.first_at,
+            self.last_at,
+            self.base_off,
+            self.base_at,
+            self.replaced,
+            self._ov_cust,
+            self._ov_off,
+            self._ov_at,
         )
 
     def _room(self, size: int) -> None:
@@ -216,61 +448,6 @@ class StepEvents:
         self._ov_at = (
             np.concatenate([self.overlay[c] for c in custs]) if custs else np.empty(0, np.int64)
         )
-
-    def firsts_in(self, start: int, end: int, scratch: Scratch) -> tuple[I64, I64]:
-        """Each customer's first instant in [start, end): (customers, instants), in the order
-        of those instants (not of customers)."""
-        lo, hi = np.searchsorted(self.time_at, (start, end))
-        first = scratch.get("first", int(hi - lo), np.bool_)
-        np.less(self.time_previous[lo:hi], start, out=first)
-        if self.overlay:
-            first &= ~self.replaced[self.time_cust[lo:hi]]
-        rows = np.flatnonzero(first)
-        rows += lo
-        cust = self.time_cust[rows].astype(np.int64)
-        at = self.time_at[rows]
-        if not self.overlay:
-            return cust, at
-        ov_rows = np.flatnonzero((self._ov_at >= start) & (self._ov_at < end))
-        owners = np.repeat(self._ov_cust, np.diff(self._ov_off))[ov_rows]
-        more_c, more_t = _first_per_run(owners, self._ov_at[ov_rows])
-        return np.concatenate([cust, more_c]), np.concatenate([at, more_t])
-
-    def first_from(self, cust: I64, lower: I64, *, strict: bool) -> I64:
-        """Each customer's first instant >= `lower` (> when `strict`), else `NEVER` (any
-        order of customers)."""
-        if strict:
-            lower = lower + 1
-        t = self.first_at[cust]
-        miss = np.flatnonzero(t < lower)
-        if miss.size == 0:
-            return t
-        t[miss] = NEVER
-        mc = cust[miss]
-        ml = lower[miss]
-        look = np.flatnonzero(self.last_at[mc] >= ml)
-        if look.size == 0:
-            return t
-        # Instants on both sides of `lower`: a binary search in the customer's rows (its
-        # first row is before `lower`, its last one at or after it: always found).
-        rows, c, low = miss[look], mc[look], ml[look]
-        if self.overlay:
-            over = self.replaced[c]
-            at_over = np.flatnonzero(over)
-            if at_over.size:
-                oc = c[at_over]
-                j = np.searchsorted(self._ov_cust, oc)
-                olo, ohi = self._ov_off[j], self._ov_off[j + 1]
-                opos = _lower_bound(self._ov_at, olo, ohi, low[at_over], strict=False)
-                t[rows[at_over]] = self._ov_at[opos]
-                at_base = np.flatnonzero(~over)
-                rows, c, low = rows[at_base], c[at_base], low[at_base]
-        if rows.size:
-            pos = _lower_bound(
-                self.base_at, self.base_off[c] + 1, self.base_off[c + 1], low, strict=False
-            )
-            t[rows] = self.base_at[pos]
-        return t
 
 
 @dataclass(slots=True)
@@ -398,105 +575,116 @@ class FunnelIndex:
             scratch = self._scratch.pop()
         except IndexError:
             scratch = Scratch()
-        found = self._evaluate(steps, start=start, end=end, span=span, dim=dim, scratch=scratch)
-        # (not on an exception: its `never` array may not have been restored)
-        self._scratch.append(scratch)
-        return found
+        try:
+            return self._evaluate(steps, start=start, end=end, span=span, dim=dim, scratch=scratch)
+        finally:
+            self._scratch.append(scratch)
+
+    def _rows(self, step: Step) -> Rows:
+        if step.kind == "stage":
+            t = self.stages[step.name]
+            return (t, t, _NO_OFF, _NO_AT, _NO_FLAGS, _NO_AT, _NO_OFF, _NO_AT)
+        return self.events[step.name].rows()
 
     def _evaluate(
         self, steps: Sequence[Step], *, start: int, end: int, span: int, dim: str, scratch: Scratch
     ) -> Found:
-        first = steps[0]
-        if first.kind == "stage":
-            t = self.stages[first.name][: self.size]
-            inside = scratch.get("inside", self.size, np.bool_)
-            also = scratch.get("also_n", self.size, np.bool_)
-            np.greater_equal(t, start, out=inside)
-            np.less(t, end, out=also)
-            inside &= also
-            surv = np.flatnonzero(inside)
-            prev = t[surv]
+        n = self.size
+        if dim:
+            codes, values = self.breakdowns[dim].codes, self.breakdowns[dim].values
         else:
-            # Survivors in the order of their first instants: later steps gather from them in
-            # any order (ordering them by customer would cost more than it saves).
-            surv, prev = self.events[first.name].firsts_in(start, end, scratch)
-        if dim == "":
-            codes = None
-            values = [""]
-            found: Found = {"": {1: (int(surv.size), None)}} if surv.size else {}
-            present = [0]
-        else:
-            codes = self.breakdowns[dim].codes[surv]
-            values = self.breakdowns[dim].values
-            counts = np.bincount(codes, minlength=len(values))
-            present = [g for g in range(len(values)) if counts[g] > 0]
-            found = {values[g]: {1: (int(counts[g]), None)} for g in present}
-        if not found:
-            return found
-        # `slack`: how much later than the previous step the next one may be (the span left).
-        slack = np.full(surv.size, span, np.int64)
+            codes, values = _NO_CODES, [""]
+        # The survivors: customer, previous step's instant, step 1's instant, group; each
+        # step writes those who pass over them. In customer order but for those found by a
+        # search, appended after the others at each step: each step's reads move forward,
+        # in a run or two per earlier step.
+        surv = scratch.get("surv", n, np.int32)
+        prev = scratch.get("prev", n, np.int64)
+        first = scratch.get("first", n, np.int64)
+        grp = scratch.get("grp", n, np.int32)
+        pend = scratch.get("pend", n, np.int32)
+        lowers = scratch.get("lowers", n, np.int64)
+        found_at = scratch.get("found", n, np.int64)
+        counts = np.zeros(len(values), np.int64)
+        rows = self._rows(steps[0])
+        grouped = bool(dim)
+        m = _enter(
+            *rows, n, start, end, codes, grouped, surv, prev, grp, counts, pend, lowers, found_at
+        )
+        if m == 0:
+            return {}
+        present = np.flatnonzero(counts).tolist()
+        found: Found = {values[g]: {1: (int(counts[g]), None)} for g in present}
+        diffs = scratch.get("diffs", m + len(values), np.int64)
+        starts = np.empty(len(values), np.int64)
+        pend_prev = scratch.get("pend_prev", m, np.int64)
+        pend_first = scratch.get("pend_first", m, np.int64)
+        pend_grp = scratch.get("pend_grp", m, np.int32)
+        first_in = prev  # (step 1's instants: `prev` until step 2 has copied them)
         for k in range(2, len(steps) + 1):
-            step = steps[k - 1]
-            strict = step.name == steps[k - 2].name and step.kind == steps[k - 2].kind
-            if step.kind == "stage":
-                t = self.stages[step.name][surv]
-                diffs = t - prev
-                # Unsigned: a negative difference (before the previous step, or a wrapped
-                # `NEVER`) is huge, so one comparison checks both bounds.
-                if strict:
-                    diffs -= 1
-                    ok = diffs.view(np.uint64) < slack.view(np.uint64)
-                    diffs += 1
+            step, before = steps[k - 1], steps[k - 2]
+            strict = step.name == before.name and step.kind == before.kind
+            rows = self._rows(step)
+            m = _advance(
+                *rows,
+                m,
+                span,
+                strict,
+                grouped,
+                surv,
+                prev,
+                first_in,
+                first,
+                grp,
+                counts,
+                diffs,
+                starts,
+                pend,
+                pend_prev,
+                pend_first,
+                pend_grp,
+                lowers,
+                found_at,
+            )
+            first_in = first
+            for g in present:
+                size, at = int(counts[g]), int(starts[g])
+                if size:
+                    low, high = _middle(diffs[at : at + size])
+                    found[values[g]][k] = (size, _seconds(size, low, high))
                 else:
-                    ok = diffs.view(np.uint64) <= slack.view(np.uint64)
-            else:
-                t = self.events[step.name].first_from(surv, prev, strict=strict)
-                diffs = t - prev  # (`NEVER` - prev: huge, or negative, so huge unsigned)
-                ok = diffs.view(np.uint64) <= slack.view(np.uint64)
-            # (flatnonzero + take: a few times faster than a boolean index on random masks)
-            keep = np.flatnonzero(ok)
-            if keep.size < surv.size:
-                surv, prev, diffs, slack = surv[keep], t[keep], diffs[keep], slack[keep]
-                if codes is not None:
-                    codes = codes[keep]
-            else:
-                prev = t
-            slack -= diffs
-            if codes is None:
-                found[""][k] = (int(diffs.size), median_seconds(diffs))
-                continue
-            for g, (n, median) in _group_figures(codes, diffs, len(values), present).items():
-                found[values[g]][k] = (n, median)
+                    found[values[g]][k] = (0, None)
         return found
 
 
-def _group_figures(
-    codes: I32, diffs: I64, ngroups: int, present: Sequence[int]
-) -> dict[int, tuple[int, float | None]]:
-    """Per group present at step 1: the count and the median of `diffs`."""
-    counts = np.bincount(codes, minlength=ngroups)
-    out: dict[int, tuple[int, float | None]] = {}
-    if len(present) == 1:
-        g = present[0]
-        out[g] = (int(counts[g]), median_seconds(diffs))
-        return out
-    if len(present) <= _SMALL_GROUPS:
-        for g in present:
-            n = int(counts[g])
-            if n == 0:
-                out[g] = (0, None)
-            elif n == diffs.size:
-                out[g] = (n, median_seconds(diffs))
-            else:
-                out[g] = (n, median_seconds(diffs[np.flatnonzero(codes == g)]))
-        return out
-    order = np.argsort(codes, kind="stable")
-    ordered = diffs[order]
-    ends = np.cumsum(counts)
-    for g in present:
-        n = int(counts[g])
-        out[g] = (n, median_seconds(ordered[ends[g] - n : ends[g]]) if n else None)
-    return out
+@dataclass(frozen=True)
+class _Step:
+    name: str
+    kind: str
+
+
+_warm = threading.Lock()
+_warmed = False
+
+
+def warm_up() -> None:
+    """Compile every kernel (or load it from the disk cache) on a tiny index, so that the
+    first funnel of a process does not pay for it (seconds uncached). Cheap once done."""
+    global _warmed
+    with _warm:
+        if _warmed:
+            return
+        index = FunnelIndex(
+            customers=3,
+            stages={"a": np.asarray([0, 5, NEVER], np.int64)},
+            breakdowns={"d": Breakdown(np.asarray([0, 1, 1], np.int32), ["", "x"])},
+            events={"e": StepEvents(np.asarray([0, 0, 1]), np.asarray([1, 7, 6]), 3)},
+        )
+        steps = [_Step("a", "stage"), _Step("e", "event"), _Step("e", "event")]
+        for dim in ("", "d"):
+            index.evaluate(steps, start=0, end=10, span=100, dim=dim)
+        median_seconds(np.arange(40, dtype=np.int64))
+        _warmed = True
 
 
 __all__ = [
@@ -507,4 +695,5 @@ __all__ = [
     "FunnelIndex",
     "StepEvents",
     "median_seconds",
+    "warm_up",
 ]

@@ -44,6 +44,7 @@ from app.aggregates.funnel_index import (
     FunnelIndex,
     Step,
     StepEvents,
+    warm_up,
 )
 from app.core.logging import get_logger
 from app.ingest.segment import FLAG_BOT
@@ -63,6 +64,13 @@ Connect = Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
 _EVALUATIONS = ThreadPoolExecutor(
     max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="funnel-eval"
 )
+
+
+def warm_kernels() -> None:
+    """Compile (or load from numba's disk cache) the evaluation kernels in an evaluation
+    thread, without waiting: at startup, so that the first funnel does not pay for it (an
+    evaluation that comes first waits for the compilation, not longer)."""
+    _EVALUATIONS.submit(warm_up)
 
 
 def instant(at: datetime) -> int:
@@ -695,4 +703,5 @@ __all__ = [
     "instant",
     "load",
     "trim_changes",
+    "warm_kernels",
 ]

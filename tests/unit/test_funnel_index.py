@@ -9,7 +9,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,14 +21,6 @@ from app.aggregates.funnel_index import (
     StepEvents,
     median_seconds,
 )
-
-
-@pytest.fixture(autouse=True)
-def _restore_search_share() -> object:
-    saved = funnel_index._SEARCH_SHARE
-    yield
-    funnel_index._SEARCH_SHARE = saved
-
 
 STAGES = ("a", "b", "c", "d")
 EVENTS = ("X", "Y", "Z")
@@ -146,8 +137,6 @@ def reference(
 
 
 def query(draw: st.DrawFn) -> tuple[list[S], int, int, int, str]:
-    # Later event steps by a binary search per survivor, or by one scan of the rows.
-    funnel_index._SEARCH_SHARE = draw(st.sampled_from((0, 10**9)))
     steps = draw(st.lists(STEP, min_size=2, max_size=5))
     if draw(st.booleans()):  # a repeated step
         steps.insert(1, steps[0])
@@ -229,3 +218,118 @@ def test_many_groups_take_the_sorted_path() -> None:
     steps = [S("a", "stage"), S("b", "stage")]
     kw = {"start": 0, "end": 10, "span": 10**9, "dim": "trait:plan"}
     assert build(people).evaluate(steps, **kw) == reference(people, steps, **kw)  # type: ignore[arg-type]
+
+
+# Edge cases of the compiled kernels (`_enter`, `_advance`, `_search`), each against the
+# reference.
+
+STAGE_A, STAGE_B, EV_X, EV_Y = S("a", "stage"), S("b", "stage"), S("X", "event"), S("Y", "event")
+
+
+def check(people: list[Customer], steps: list[S], **kw: int | str) -> Found:
+    got = build(people).evaluate(steps, **kw)  # type: ignore[arg-type]
+    assert got == reference(people, steps, **kw)  # type: ignore[arg-type]
+    return got
+
+
+def test_nobody_in_the_window_gives_nothing() -> None:
+    people = [Customer({"a": 5_000_000}, [("X", 5_000_000)], {"trait:plan": "pro"})]
+    for first in (STAGE_A, EV_X):
+        for dim in ("", "trait:plan"):
+            kw = {"start": 6_000_000, "end": 9_000_000, "span": 10**9, "dim": dim}
+            assert check(people, [first, STAGE_B], **kw) == {}
+    assert build([]).evaluate([STAGE_A, EV_X], start=0, end=10, span=10, dim="") == {}
+
+
+def test_survivors_running_out_keep_zero_counts_for_later_steps() -> None:
+    people = [Customer({"a": 1_000_000}, [], {}) for _ in range(3)]
+    got = check(people, [STAGE_A, STAGE_B, EV_X], start=0, end=10**9, span=10**9, dim="")
+    assert got == {"": {1: (3, None), 2: (0, None), 3: (0, None)}}
+
+
+def test_ties_at_the_window_and_span_bounds() -> None:
+    start, end, span = 10_000_000, 20_000_000, 3_000_000
+    people = [
+        Customer({"a": start, "b": start + span}, [("X", start), ("Y", start + span)], {}),
+        Customer({"a": end, "b": end}, [("X", end)], {}),  # end: outside
+        Customer({"a": start - 1, "b": start}, [("X", start - 1)], {}),  # before: outside
+        Customer({"a": start + 1, "b": start + 1 + span + 1}, [("X", start + 1)], {}),
+        # an earlier instant before the window, one inside: the inside one is step 1
+        Customer({}, [("X", start - 5), ("X", start + 2), ("Y", start + 2)], {}),
+    ]
+    for steps in ([STAGE_A, STAGE_B], [EV_X, EV_Y], [EV_X, STAGE_B], [STAGE_A, EV_Y]):
+        check(people, steps, start=start, end=end, span=span, dim="")
+
+
+def test_repeated_event_steps_need_later_instants() -> None:
+    people = [
+        Customer({}, [("X", 1_000_000), ("X", 1_000_000), ("X", 4_000_000)], {}),
+        Customer({}, [("X", 1_000_000), ("X", 2_000_000), ("X", 3_000_000)], {}),
+        Customer({}, [("X", 1_000_000), ("X", 1_000_000)], {}),
+    ]
+    got = check(people, [EV_X, EV_X, EV_X], start=0, end=10**9, span=10**9, dim="")
+    assert got[""][2] == (2, 2.0)  # (3 s and 1 s)
+    assert got[""][3] == (1, 1.0)
+    check(people, [STAGE_A, STAGE_A], start=0, end=10**9, span=10**9, dim="")
+
+
+def test_a_single_customer() -> None:
+    person = Customer(
+        {"a": 1_000_000, "b": 2_500_000},
+        [("X", 500_000), ("X", 3_000_000), ("Y", 2_000_000), ("Y", 9_000_000)],
+        {"trait:plan": "team"},
+    )
+    for dim in ("", "trait:plan", "property:v"):
+        got = check([person], [STAGE_A, EV_X, EV_Y], start=0, end=10**7, span=10**8, dim=dim)
+        assert next(iter(got.values())) == {1: (1, None), 2: (1, 2.0), 3: (1, 6.0)}
+
+
+def test_breakdown_groups_of_one_member_and_groups_running_out() -> None:
+    people = [
+        Customer({"a": 0, "b": 1_000_000}, [], {"trait:plan": "free"}),
+        Customer({"a": 0, "b": 3_000_000}, [], {"trait:plan": "pro"}),
+        Customer({"a": 0, "b": 5_000_000}, [], {"trait:plan": "pro"}),
+        Customer({"a": 0}, [], {"trait:plan": "team"}),
+        Customer({"a": 0, "b": 7_000_000}, [], {}),
+    ]
+    got = check(people, [STAGE_A, STAGE_B], start=0, end=1, span=10**9, dim="trait:plan")
+    assert got == {
+        "": {1: (1, None), 2: (1, 7.0)},
+        "free": {1: (1, None), 2: (1, 1.0)},
+        "pro": {1: (2, None), 2: (2, 4.0)},
+        "team": {1: (1, None), 2: (0, None)},
+    }
+
+
+def test_searches_in_replaced_customers() -> None:
+    """Customers re-read (the overlay) with instants on both sides of the bound."""
+    before = [Customer({}, [("X", 1_000_000), ("Y", 2_000_000)], {}) for _ in range(4)]
+    after = [
+        Customer({}, [("X", 1_000_000), ("X", 6_000_000), ("Y", 2_000_000), ("Y", 7_000_000)], {}),
+        before[1],
+        Customer({}, [], {}),
+        Customer({}, [("X", 2_000_000), ("X", 8_000_000), ("Y", 9_000_000)], {}),
+    ]
+    index = build(before)
+    changed = [0, 2, 3]
+    index.replace(
+        changed,
+        entries=[],
+        values={c: after[c].values for c in changed},
+        events=[(c, e, at) for c in changed for e, at in after[c].events],
+    )
+    for steps in ([EV_X, EV_Y], [EV_X, EV_X, EV_Y], [EV_Y, EV_X]):
+        kw = {"start": 5_000_000, "end": 10**8, "span": 10**8, "dim": ""}
+        assert index.evaluate(steps, **kw) == reference(after, steps, **kw)  # type: ignore[arg-type]
+
+
+def test_large_medians_of_both_parities() -> None:
+    rng = np.random.default_rng(7)
+    for size in (10_000, 10_001):
+        values = rng.integers(0, 50, size) * 1_000_003  # many ties
+        assert median_seconds(values) == percentile_cont(values.tolist())
+
+
+def test_warm_up_is_idempotent() -> None:
+    funnel_index.warm_up()
+    funnel_index.warm_up()
