@@ -75,6 +75,9 @@ STAGE_FUNNEL = "awareness,consideration,purchase,loyalty"
 EVENT_FUNNEL = "Product Viewed,Product Added,Checkout Started,Order Completed"
 DROPOFF_STAGE = "consideration"
 SANITY_TIMEOUT_S = 600.0
+# How long an endpoint may take to become fast after its first requests: a large workspace's
+# funnel index loads in the background (~25 s at 1M customers, ~30 s more for event steps).
+SETTLE_SECONDS = 180.0
 SEQUENTIAL_MAX = 5
 
 
@@ -571,10 +574,20 @@ def _get(url: str, endpoint: Endpoint, headers: dict[str, str]) -> httpx.Respons
     return answer
 
 
-def _sanity(url: str, endpoint: Endpoint, headers: dict[str, str]) -> dict[str, Any]:
+def _sanity(
+    url: str,
+    endpoint: Endpoint,
+    headers: dict[str, str],
+    *,
+    slow_ms: float = float("inf"),
+    settle_s: float = 0.0,
+) -> dict[str, Any]:
     """The first request (with the cache: a miss, computed), then for cached endpoints one
     more (a hit) and one with `Cache-Control: no-cache` (computed again), which must all
-    answer the same."""
+    answer the same. While that uncached request takes `slow_ms` or more, it is repeated for
+    up to `settle_s` seconds: a large workspace's funnel index loads in the background after
+    the first request (the SQL path answers meanwhile), and the phases measure what follows
+    (`settled_s`: how long that took)."""
     answer = _get(url, endpoint, headers)
     body = answer.json()
     extra: dict[str, Any] = {}
@@ -586,10 +599,22 @@ def _sanity(url: str, endpoint: Endpoint, headers: dict[str, str]) -> dict[str, 
             raise AggregatesBenchFailed(
                 f"GET {endpoint.path}: the cache answered {found}, or the answers differ"
             )
+        started = time.monotonic()
+        settled: float | None = None
+        while fresh.elapsed.total_seconds() * 1000 >= slow_ms:
+            if time.monotonic() - started > settle_s:
+                break
+            time.sleep(1.0)
+            fresh = _get(url, endpoint, {**headers, **UNCACHED})
+            if fresh.json() != body:
+                raise AggregatesBenchFailed(f"GET {endpoint.path}: the answers differ")
+            settled = time.monotonic() - started
         extra = {
             "ms_hit": round(hit.elapsed.total_seconds() * 1000, 1),
             "ms_uncached": round(fresh.elapsed.total_seconds() * 1000, 1),
         }
+        if settled is not None:
+            extra["settled_s"] = round(settled, 1)
     return {
         **extra,
         "name": endpoint.name,
@@ -823,7 +848,9 @@ def _phases(
             )
             headers = {"Authorization": auth}
             for e in chosen:
-                report.endpoints.append(_sanity(server.url, e, headers))
+                report.endpoints.append(
+                    _sanity(server.url, e, headers, slow_ms=opts.slow_ms, settle_s=SETTLE_SECONDS)
+                )
                 got = report.endpoints[-1]
                 console.log(
                     f"{e.name:<26} first request: {got['ms_once']:,.1f} ms"
@@ -1039,6 +1066,11 @@ def markdown(report: AggregatesBenchReport) -> str:
             notes.append(f"as served: {p.requests} requests one at a time")
         if fresh is not None and e.get("mode_uncached") == "sequential":
             notes.append(f"uncached: too slow for wrk, {fresh.requests} requests one at a time")
+        if "settled_s" in e:
+            notes.append(
+                f"fast {e['settled_s']:,.0f} s after the first request (its index loading in "
+                "the background, the SQL path answering meanwhile); measured after that"
+            )
         label = e["label"] + (f" — **{'; '.join(notes)}**" if notes else "")
         verdict = (
             "-"
