@@ -140,8 +140,8 @@ class Facts:
         return cls(
             dims=dict(raw.get("d", {})),
             stages=[(s[0], s[1], s[2], s[3]) for s in raw.get("s", [])],
-            touches={(t[0], t[1], t[2]): list(t[3:]) for t in raw.get("t", [])},
-            attribution={(a[0], a[1], a[2]): list(a[3:]) for a in raw.get("a", [])},
+            touches={(t[0], t[1], t[2]): t[3:] for t in raw.get("t", [])},
+            attribution={(a[0], a[1], a[2]): a[3:] for a in raw.get("a", [])},
             walk=raw.get("k"),
         )
 

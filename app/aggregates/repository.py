@@ -7,7 +7,6 @@ Deltas are written in sorted key order so that two transactions touching the sam
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date
 from typing import Any
 
 import asyncpg
@@ -58,12 +57,6 @@ def _upsert_sql(table: str, keys: Sequence[tuple[str, str]], values: Sequence[st
 
 _DIM_KEYS = (("dim", "text"), ("dval", "text"), ("stage", "text"))
 _STAGES_SQL = _upsert_sql("agg_stage_days", (*_DIM_KEYS, ("day", "date")), ("entered", "converted"))
-_DURATIONS_SQL = _upsert_sql(
-    "agg_stage_durations", (*_DIM_KEYS, ("day", "date"), ("bucket", "int2")), ("n",)
-)
-_TOUCHES_SQL = _upsert_sql(
-    "agg_touch_days", (*_DIM_KEYS, ("channel", "text"), ("day", "date")), TOUCH_FIELDS
-)
 _ATTRIBUTION_SQL = _upsert_sql(
     "agg_attribution_days", (*_DIM_KEYS, ("channel", "text"), ("day", "date")), ATTRIBUTION_MODELS
 )
@@ -75,42 +68,61 @@ _ATTRIBUTION_SQL = _upsert_sql(
 # 32, 8, 2 (migration 0010; 0007 kept 64 and 8): three block rows per day row written, as
 # before, and a 90-day window reads 6-14 parts instead of 9-26 (35-50% fewer rows).
 BLOCK_SPANS = (32, 8, 2)
-_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
-_DURATION_BLOCKS_SQL = _upsert_sql(
+_SPANS_SQL = ", ".join(f"({span}::int2)" for span in BLOCK_SPANS)
+# The first day of the aligned block of `s.span` days that holds `day` (floor, also before 1970).
+_START_SQL = "day - ((((day - date '1970-01-01') % s.span) + s.span) % s.span)"
+
+
+def _with_blocks_sql(
+    day_table: str,
+    block_table: str,
+    keys: Sequence[tuple[str, str]],
+    block_keys: Sequence[str],
+    values: Sequence[str],
+    value_type: str,
+) -> str:
+    """One statement adding the day deltas (`unnest` arrays, in key order) to `day_table` and
+    their sums over each aligned block to `block_table` (blocks whose deltas cancel out are
+    left out), in the block table's key order. `keys` are the day table's key columns after
+    `workspace_id` (with `day`), `block_keys` the block table's after `dim, span, start`."""
+    names = [name for name, _ in keys] + list(values)
+    types = [kind for _, kind in keys] + ["float8"] * len(values)
+    params = ", ".join(f"${i + 2}::{kind}[]" for i, kind in enumerate(types))
+    day_keys = ", ".join(["workspace_id", *(name for name, _ in keys)])
+    block_key_list = ", ".join(["workspace_id", "dim", "span", "start", *block_keys])
+    group = ", ".join(["dim", "s.span", _START_SQL, *block_keys])
+    sums = ", ".join(f"sum({v})::{value_type}" for v in values)
+    nonzero = " OR ".join(f"abs(sum({v})) >= 1e-12" for v in values)
+    return (
+        f"WITH d AS (SELECT * FROM unnest({params}) AS d({', '.join(names)})), "
+        f"days AS (INSERT INTO {day_table} AS t (workspace_id, {', '.join(names)}) "
+        f"SELECT $1, * FROM d ON CONFLICT ({day_keys}) DO UPDATE SET "
+        + ", ".join(f"{v} = t.{v} + excluded.{v}" for v in values)
+        + f") INSERT INTO {block_table} AS t (workspace_id, dim, span, start, "
+        f"{', '.join(block_keys)}, {', '.join(values)}) "
+        f"SELECT $1, {group}, {sums} FROM d CROSS JOIN (VALUES {_SPANS_SQL}) AS s(span) "
+        f"GROUP BY {group} HAVING {nonzero} ORDER BY {group} "
+        f"ON CONFLICT ({block_key_list}) DO UPDATE SET "
+        + ", ".join(f"{v} = t.{v} + excluded.{v}" for v in values)
+    )
+
+
+_DURATIONS_SQL = _with_blocks_sql(
+    "agg_stage_durations",
     "agg_stage_duration_blocks",
-    (("dim", "text"), ("span", "int2"), ("start", "date"), ("stage", "text"), ("dval", "text"),
-     ("bucket", "int2")),
+    (*_DIM_KEYS, ("day", "date"), ("bucket", "int2")),
+    ("stage", "dval", "bucket"),
     ("n",),
-)  # fmt: skip
-_TOUCH_BLOCKS_SQL = _upsert_sql(
+    "int8",
+)
+_TOUCHES_SQL = _with_blocks_sql(
+    "agg_touch_days",
     "agg_touch_blocks",
-    (("dim", "text"), ("span", "int2"), ("start", "date"), ("stage", "text"), ("channel", "text"),
-     ("dval", "text")),
+    (*_DIM_KEYS, ("channel", "text"), ("day", "date")),
+    ("stage", "channel", "dval"),
     TOUCH_FIELDS,
-)  # fmt: skip
-
-
-def block_start(day: int, span: int) -> int:
-    """The first day (ordinal) of the aligned block of `span` days that holds `day`."""
-    return day - (day - _EPOCH_ORDINAL) % span
-
-
-def _blocks(table: dict[Any, Any], *, day_at: int, scalar: bool) -> dict[Any, list[float]]:
-    """A day-keyed delta table summed into its blocks, keyed (dim, span, start, *other keys);
-    blocks whose deltas cancel out are left out."""
-    found: dict[Any, list[float]] = {}
-    for key, value in table.items():
-        values = [value] if scalar else value
-        rest = tuple(part for i, part in enumerate(key) if i not in (0, day_at))
-        for span in BLOCK_SPANS:
-            block = (key[0], span, block_start(key[day_at], span), *rest)
-            current = found.get(block)
-            if current is None:
-                found[block] = list(values)
-            else:
-                for i, v in enumerate(values):
-                    current[i] += v
-    return {k: v for k, v in found.items() if any(abs(x) >= 1e-12 for x in v)}
+    "float8",
+)
 
 
 def _columns(table: dict[Any, Any], *, day_at: int, scalar: bool = False) -> list[list[Any]]:
@@ -139,25 +151,6 @@ async def apply_deltas(conn: asyncpg.Connection, workspace_id: int, deltas: Delt
         columns = _columns(table, day_at=day_at, scalar=scalar)
         if columns:
             await conn.execute(sql, workspace_id, *columns)
-    # The blocks, from the same deltas: (dim, dval, stage, day, bucket) → (dim, span, start,
-    # stage, dval, bucket) and (dim, dval, stage, channel, day) → (dim, span, start, stage,
-    # channel, dval), in the block tables' key order.
-    durations = {
-        (dim, span, start, stage, dval, bucket): v
-        for (dim, span, start, dval, stage, bucket), v in _blocks(
-            deltas.durations, day_at=3, scalar=True
-        ).items()
-    }
-    touches = {
-        (dim, span, start, stage, channel, dval): v
-        for (dim, span, start, dval, stage, channel), v in _blocks(
-            deltas.touches, day_at=4, scalar=False
-        ).items()
-    }
-    for sql, blocks in ((_DURATION_BLOCKS_SQL, durations), (_TOUCH_BLOCKS_SQL, touches)):
-        columns = _columns(blocks, day_at=2)
-        if columns:
-            await conn.execute(sql, workspace_id, *columns)
     gone = sorted(k for k, at in deltas.entries.items() if at is None)
     if gone:
         await conn.execute(
@@ -184,7 +177,6 @@ async def apply_deltas(conn: asyncpg.Connection, workspace_id: int, deltas: Delt
 __all__ = [
     "BLOCK_SPANS",
     "apply_deltas",
-    "block_start",
     "facts_bytes",
     "load_facts",
     "rebuild_blocks",
