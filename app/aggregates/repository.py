@@ -42,16 +42,28 @@ def facts_bytes(facts: Facts) -> bytes:
     return orjson.dumps(facts.to_json())
 
 
-def _upsert_sql(table: str, keys: Sequence[tuple[str, str]], values: Sequence[str]) -> str:
+def _unnest(keys: Sequence[tuple[str, str]], values: Sequence[str]) -> tuple[str, str]:
+    """The column list of a delta table's rows and the `unnest` of its arrays ($2 …)."""
     columns = [name for name, _ in keys] + list(values)
     types = [kind for _, kind in keys] + ["float8"] * len(values)
     params = ", ".join(f"${i + 2}::{kind}[]" for i, kind in enumerate(types))
-    updates = ", ".join(f"{v} = {table}.{v} + excluded.{v}" for v in values)
-    key_names = ", ".join(["workspace_id", *(name for name, _ in keys)])
+    return ", ".join(columns), f"unnest({params})"
+
+
+def _adding(keys: Sequence[str], values: Sequence[str]) -> str:
+    """Rows whose key (after `workspace_id`) is there already add their values to it."""
+    updates = ", ".join(f"{v} = t.{v} + excluded.{v}" for v in values)
+    return f"ON CONFLICT ({', '.join(['workspace_id', *keys])}) DO UPDATE SET {updates}"
+
+
+def _upsert_sql(
+    table: str, keys: Sequence[tuple[str, str]], values: Sequence[str], source: str = ""
+) -> str:
+    """Add the delta rows (`source`, by default the `unnest` of the arrays) to `table`."""
+    columns, unnest = _unnest(keys, values)
     return (
-        f"INSERT INTO {table} (workspace_id, {', '.join(columns)}) "
-        f"SELECT $1, * FROM unnest({params}) "
-        f"ON CONFLICT ({key_names}) DO UPDATE SET {updates}"
+        f"INSERT INTO {table} AS t (workspace_id, {columns}) SELECT $1, * FROM "
+        f"{source or unnest} " + _adding([name for name, _ in keys], values)
     )
 
 
@@ -85,25 +97,18 @@ def _with_blocks_sql(
     their sums over each aligned block to `block_table` (blocks whose deltas cancel out are
     left out), in the block table's key order. `keys` are the day table's key columns after
     `workspace_id` (with `day`), `block_keys` the block table's after `dim, span, start`."""
-    names = [name for name, _ in keys] + list(values)
-    types = [kind for _, kind in keys] + ["float8"] * len(values)
-    params = ", ".join(f"${i + 2}::{kind}[]" for i, kind in enumerate(types))
-    day_keys = ", ".join(["workspace_id", *(name for name, _ in keys)])
-    block_key_list = ", ".join(["workspace_id", "dim", "span", "start", *block_keys])
+    columns, unnest = _unnest(keys, values)
     group = ", ".join(["dim", "s.span", _START_SQL, *block_keys])
     sums = ", ".join(f"sum({v})::{value_type}" for v in values)
     nonzero = " OR ".join(f"abs(sum({v})) >= 1e-12" for v in values)
     return (
-        f"WITH d AS (SELECT * FROM unnest({params}) AS d({', '.join(names)})), "
-        f"days AS (INSERT INTO {day_table} AS t (workspace_id, {', '.join(names)}) "
-        f"SELECT $1, * FROM d ON CONFLICT ({day_keys}) DO UPDATE SET "
-        + ", ".join(f"{v} = t.{v} + excluded.{v}" for v in values)
-        + f") INSERT INTO {block_table} AS t (workspace_id, dim, span, start, "
+        f"WITH d AS (SELECT * FROM {unnest} AS d({columns})), "
+        f"days AS ({_upsert_sql(day_table, keys, values, source='d')}) "
+        f"INSERT INTO {block_table} AS t (workspace_id, dim, span, start, "
         f"{', '.join(block_keys)}, {', '.join(values)}) "
         f"SELECT $1, {group}, {sums} FROM d CROSS JOIN (VALUES {_SPANS_SQL}) AS s(span) "
         f"GROUP BY {group} HAVING {nonzero} ORDER BY {group} "
-        f"ON CONFLICT ({block_key_list}) DO UPDATE SET "
-        + ", ".join(f"{v} = t.{v} + excluded.{v}" for v in values)
+        + _adding(["dim", "span", "start", *block_keys], values)
     )
 
 
