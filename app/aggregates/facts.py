@@ -13,7 +13,7 @@ any window without distinct counting at query time.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -121,6 +121,11 @@ class Facts:
     # Not part of the contribution: the stitcher's state for resuming the customer's walk
     # (`app.journeys.fold`), stored alongside it under "k" (no rollup reads it).
     walk: dict[str, Any] | None = field(default=None, compare=False)
+    # Not part of the contribution either: when set, this contribution was resumed from
+    # `since` (`FactsWalk(base=...)`) and differs from it only in the touches at the keys of
+    # `touched` (same stages, same attribution objects), so `add_change` reads only those.
+    since: Facts | None = field(default=None, compare=False, repr=False)
+    touched: set[tuple[str, str, int]] | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         """The stored form (see `from_json`)."""
@@ -301,7 +306,15 @@ class FactsWalk:
     change, the `converted` flags, the stage list and the attribution, is computed by `facts`
     from the final history."""
 
-    __slots__ = ("_entered_day", "first_day", "sessions", "touches")
+    __slots__ = (
+        "_base",
+        "_base_sessions",
+        "_entered_day",
+        "_touched",
+        "first_day",
+        "sessions",
+        "touches",
+    )
 
     def __init__(
         self,
@@ -310,7 +323,10 @@ class FactsWalk:
         touches: dict[tuple[str, str, int], list[float]] | None = None,
         sessions: list[list[Any]] | None = None,
         entered_day: dict[str, int] | None = None,
+        base: Facts | None = None,
     ) -> None:
+        """A new walk, or (`touches`, `sessions`) one resumed from the stored contribution
+        `base` (whose touches `touches` copies)."""
         self.first_day = first_day
         self.touches: dict[tuple[str, str, int], list[float]] = (
             touches if touches is not None else {}
@@ -320,6 +336,14 @@ class FactsWalk:
         # Unassigned), else its first event's channel.
         self.sessions: list[list[Any]] = sessions if sessions is not None else []
         self._entered_day: dict[str, int] = entered_day if entered_day is not None else {}
+        # While the walk resumed from `base` has not changed anything but touch counters (no
+        # new stage entry, no earlier session's channel), `facts` keeps base's stages and
+        # attribution instead of computing them again: they depend only on the stage entries
+        # and on the sessions before each, and events added after the stored ones only start
+        # sessions later than every entry.
+        self._base = base
+        self._base_sessions = len(self.sessions)
+        self._touched: set[tuple[str, str, int]] = set()
 
     def add(
         self,
@@ -341,6 +365,8 @@ class FactsWalk:
                 self.sessions.append([session_id, e.timestamp, e.message_id, channel])
             elif last[3] in (DIRECT, UNASSIGNED) and channel not in (DIRECT, UNASSIGNED):
                 last[3] = channel
+                if len(self.sessions) <= self._base_sessions:
+                    self._base = None  # a stored session's channel: attribution may change
         if e.type not in TOUCH_TYPES:
             return
         feedback = feedback_of(e)
@@ -355,6 +381,7 @@ class FactsWalk:
             self._count((stage, channel, day), feedback)
 
     def _count(self, key: tuple[str, str, int], feedback: list[float] | None) -> None:
+        self._touched.add(key)
         counters = self.touches.get(key)
         if counters is None:
             counters = self.touches[key] = [0.0] * len(TOUCH_FIELDS)
@@ -366,6 +393,9 @@ class FactsWalk:
 
     def facts(self, history: Sequence[StageEntry], *, dims: dict[str, str]) -> Facts:
         """The contribution of the events added so far, `history` their stage entries."""
+        base = self._base
+        if base is not None and len(history) == len(base.stages):
+            return self._resumed_facts(base, history, dims)
         facts = Facts(dims=dims)
         if self.first_day is None:
             return facts
@@ -397,6 +427,27 @@ class FactsWalk:
             ).items():
                 facts.attribution[(entry.stage, channel, day)] = credits
         return facts
+
+    def _resumed_facts(
+        self, base: Facts, history: Sequence[StageEntry], dims: dict[str, str]
+    ) -> Facts:
+        """`facts` when no stage was entered since `base` (whose stages were computed from
+        the same entries): its stages and attribution as they are, its touches with the
+        walk's new counts (the `converted` flags of keys already there are unchanged)."""
+        converted = {stage: flag for stage, _, flag, _ in base.stages}
+        ever_converted = 1 if len(history) > 1 else 0
+        for key in self._touched:
+            self.touches[key][_CONVERTED] = (
+                ever_converted if key[0] == ANY_STAGE else converted[key[0]]
+            )
+        return Facts(
+            dims=dims,
+            stages=base.stages,
+            touches=self.touches,
+            attribution=base.attribution,
+            since=base,
+            touched=self._touched,
+        )
 
 
 def customer_facts(
@@ -472,6 +523,10 @@ def add_facts(deltas: Deltas, facts: Facts, sign: int) -> None:
 def add_change(deltas: Deltas, old: Facts | None, new: Facts | None) -> None:
     """Add `new - old`. When the customer's groups did not change (the usual case: a few new
     events), only the keys whose figures changed are expanded over the groups."""
+    if old is not None and new is not None and new.since is old and old.dims == new.dims:
+        assert new.touched is not None  # (set with `since`)
+        _expand(deltas, _groups(new), [], _difference_at(old.touches, new.touches, new.touched), {})
+        return
     if old is None or new is None or old.dims != new.dims:
         if old is not None:
             add_facts(deltas, old, -1)
@@ -505,6 +560,23 @@ def _difference(
     for key, values in old.items():
         if key not in new:
             changed[key] = [-v for v in values]
+    return changed
+
+
+def _difference_at(
+    old: dict[tuple[str, str, int], list[float]],
+    new: dict[tuple[str, str, int], list[float]],
+    keys: Iterable[tuple[str, str, int]],
+) -> dict[tuple[str, str, int], list[float]]:
+    """`_difference` when only `keys` can differ (all of them in `new`)."""
+    changed: dict[tuple[str, str, int], list[float]] = {}
+    for key in keys:
+        values = new[key]
+        before = old.get(key)
+        if before is None:
+            changed[key] = values
+        elif before != values:
+            changed[key] = [a - b for a, b in zip(values, before, strict=True)]
     return changed
 
 

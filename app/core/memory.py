@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 # A batch request (or a stitch batch) allocates thousands of dicts and lists that live until its
 # COMMIT, so with the default thresholds the collector ran a full collection of every module,
@@ -22,3 +24,27 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*_GC_THRESHOLDS)
+
+
+# How many pieces of work are running with the collector paused (coroutines of one event loop:
+# the collector runs again when the last one ends).
+_paused = 0
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause the cyclic collector for a bounded piece of work that builds many objects living
+    until its end, such as a stitch batch: reference counting frees them when it ends, and
+    the collector would only have traversed them again and again meanwhile (at the stitcher's
+    rate, three young-generation collections per batch and their promotions cost about 8 µs
+    per event, measured). Garbage cycles made meanwhile wait for the next collection."""
+    global _paused
+    _paused += 1
+    if _paused == 1:
+        gc.disable()
+    try:
+        yield
+    finally:
+        _paused -= 1
+        if _paused == 0:
+            gc.enable()

@@ -201,6 +201,7 @@ class JourneyWalk:
                 # Copies: the stored contribution is also the "old" side of the rollup delta.
                 touches={key: list(values) for key, values in facts.touches.items()},
                 sessions=[[sid, _at(at), mid, ch] for sid, at, mid, ch in state["a"]],
+                base=facts,
             )
             walk._properties = dict(state["p"])
         walk.traits = traits

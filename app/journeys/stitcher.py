@@ -21,6 +21,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.logging import get_logger
+from app.core.memory import collector_paused
 from app.db.engine import is_unavailable, raw_connection
 from app.journeys import repository as journeys
 from app.journeys.jobs import run_one_chunk
@@ -197,7 +198,8 @@ class Stitcher:
         if not self._held:
             return False
         async with raw_connection(self._engine) as conn:
-            return await run_one_chunk(conn, self._held)
+            with collector_paused():
+                return await run_one_chunk(conn, self._held)
 
     async def _stitch_or_isolate(self, shard: int) -> int:
         """Stitch a batch; if it fails for a reason other than the database being away, go
@@ -289,6 +291,10 @@ class Stitcher:
         holds exactly what the feed gives after that position (rows below the oldest running
         transaction: no row can join them later)."""
         started = time.perf_counter()
+        with collector_paused():
+            return await self._stitch_batch(shard, limit, started)
+
+    async def _stitch_batch(self, shard: int, limit: int | None, started: float) -> int:
         async with raw_connection(self._engine) as conn, conn.transaction():
             position = await journeys.lock_progress(conn, shard)
             ahead = await self._ahead_of(shard, position) if limit is None else None

@@ -9,6 +9,7 @@ stage, the summary, the breakdown groups, the contribution and the saved state i
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +17,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.aggregates.facts import Facts
+from app.aggregates.facts import Deltas, Facts, add_change, prune
 from app.journeys.channels import CHANNELS, DIRECT, UNASSIGNED
 from app.journeys.fold import JourneyWalk, model_fingerprint
 from app.journeys.stages import DEFAULT_MODEL, JourneyModel, StageEntry, model_from_dict
@@ -99,10 +100,17 @@ def _stored(
     model: JourneyModel, rows: list[dict[str, Any]], *, with_facts: bool
 ) -> JourneyWalk | None:
     """Derive `rows`, store the result as the database would, and resume from it."""
+    return _stored_with_facts(model, rows, with_facts=with_facts)[0]
+
+
+def _stored_with_facts(
+    model: JourneyModel, rows: list[dict[str, Any]], *, with_facts: bool
+) -> tuple[JourneyWalk | None, Facts]:
+    """`_stored`, and the stored contribution the walk resumed from."""
     result = derive_customer("cus_1", [dict(r) for r in rows], model, with_facts=with_facts)
     summary = result.summary
     facts = Facts.from_json(orjson.loads(summary.facts))
-    return JourneyWalk.resume(
+    walk = JourneyWalk.resume(
         model,
         with_facts=with_facts,
         state=facts.walk or {},
@@ -115,6 +123,12 @@ def _stored(
         first=summary.first_seen,
         count=summary.event_count,
     )
+    return walk, facts
+
+
+def _in_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows.sort(key=lambda r: (r["timestamp"], r["message_id"]))
+    return [r for i, r in enumerate(rows) if i == 0 or r["message_id"] != rows[i - 1]["message_id"]]
 
 
 @settings(max_examples=300, deadline=None)
@@ -127,8 +141,7 @@ def _stored(
 def test_a_resumed_walk_equals_the_whole_walk(
     rows: list[dict[str, Any]], cut: int, model: JourneyModel, with_facts: bool
 ) -> None:
-    rows.sort(key=lambda r: (r["timestamp"], r["message_id"]))
-    rows = [r for i, r in enumerate(rows) if i == 0 or r["message_id"] != rows[i - 1]["message_id"]]
+    rows = _in_order(rows)
     cut = min(cut, len(rows))
     whole = derive_customer("cus_1", [dict(r) for r in rows], model, with_facts=with_facts)
     if cut == len(rows):
@@ -183,3 +196,69 @@ def test_a_walk_saved_under_another_model_or_without_facts_is_not_resumed() -> N
     assert JourneyWalk.resume(DEFAULT_MODEL, with_facts=True, state=state, **common) is not None
     assert JourneyWalk.resume(COUNTING_MODEL, with_facts=True, state=state, **common) is None
     assert JourneyWalk.resume(DEFAULT_MODEL, with_facts=False, state=state, **common) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=histories(), cut=st.integers(1, 14))
+def test_the_rollup_delta_of_a_resumed_walk_equals_the_full_difference(
+    rows: list[dict[str, Any]], cut: int
+) -> None:
+    """A resumed contribution that entered no stage keeps its stored stages and attribution
+    and names the touch keys it changed (`Facts.since`, `Facts.touched`); the delta
+    `add_change` computes from those keys alone equals the difference of every figure."""
+    rows = _in_order(rows)
+    cut = min(cut, len(rows))
+    if cut == len(rows):
+        return
+    walk, old = _stored_with_facts(DEFAULT_MODEL, rows[:cut], with_facts=True)
+    assert walk is not None
+    new = walk_customer("cus_1", walk, [dict(r) for r in rows[cut:]]).facts
+    assert new is not None
+    fast, full = Deltas(), Deltas()
+    add_change(fast, old, new)
+    add_change(full, old, replace(new, since=None, touched=None))
+    prune(fast)
+    prune(full)
+    assert fast == full
+
+
+def test_a_resumed_walk_that_enters_no_stage_keeps_its_stages_and_attribution() -> None:
+    """The fast path is taken when it applies, and not when a stage is entered or a stored
+    session's channel changes."""
+
+    def row(i: int, minutes: int, event: str | None, channel: str) -> dict[str, Any]:
+        return {
+            "message_id": f"m{i}",
+            "timestamp": T0 + timedelta(minutes=minutes),
+            "type": "track" if event else "page",
+            "event": event,
+            "user_id": "u1",
+            "anonymous_id": None,
+            "flags": 0,
+            "properties": None,
+            "traits": None,
+            "campaign": None,
+            "source_channel": channel,
+        }
+
+    stored = [row(1, 0, None, CHANNELS[0]), row(2, 60 * 24 * 3, None, DIRECT)]
+    cases = {
+        "a later page view, new session": (row(3, 60 * 24 * 6, None, DIRECT), True),
+        "a purchase (enters a stage)": (row(3, 60 * 24 * 6, "Order Completed", DIRECT), False),
+        "a real source in the stored Direct session": (
+            row(3, 60 * 24 * 3 + 5, None, "Email"),
+            False,
+        ),
+    }
+    for name, (later, fast) in cases.items():
+        walk, old = _stored_with_facts(DEFAULT_MODEL, stored, with_facts=True)
+        assert walk is not None
+        new = walk_customer("cus_1", walk, [later]).facts
+        assert new is not None
+        assert (new.since is old) == fast, name
+        # (only the purchase enters a stage: the Email case is refused for its channel)
+        assert (new.stages == old.stages) == ("purchase" not in name), name
+        whole = derive_customer(
+            "cus_1", [dict(r) for r in [*stored, later]], DEFAULT_MODEL, with_facts=True
+        )
+        assert new == whole.facts, name
