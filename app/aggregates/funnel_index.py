@@ -2,13 +2,14 @@
 
 Customers are dense ordinals. Per stage, an `int64` array of entry instants (microseconds since
 2000-01-01 UTC, PostgreSQL's own binary epoch; `NEVER` when the customer never entered it); per
-breakdown, an `int32` array of group codes; per event name used as a step, the step events as
-a CSR layout (`off[c]:off[c+1]` are customer `c`'s instants, sorted) plus an overlay for the
-customers re-read since (`StepEvents`). A funnel is one compiled pass per step over the
-survivors of the previous step, in customer order (`FunnelIndex.evaluate`, `_enter`,
-`_advance`), and gives exactly what the SQL of `app.aggregates.service.funnel` gives: the same
-greedy earliest match, the same counts, and the same medians (`percentile_cont(0.5)` over
-float8 seconds, reproduced in the same float arithmetic by `_seconds`).
+breakdown, an `int32` array of group codes; per event name used as a step, the step events as a
+CSR layout (`off[c]:off[c+1]` are customer `c`'s instants, sorted) plus an overlay for the
+customers re-read since (`StepEvents`). A funnel is one compiled call (`_funnel`) taking blocks
+of customers through every step in turn, the survivors of a block kept in the core's cache
+(`FunnelIndex.evaluate`), and gives exactly what the SQL of `app.aggregates.service.funnel`
+gives: the same greedy earliest match, the same counts, and the same medians
+(`percentile_cont(0.5)` over float8 seconds, reproduced in the same float arithmetic by
+`_seconds`).
 
 The loops are compiled by numba (`_kernel`: no GIL, so evaluations in the thread pool of
 `app.aggregates.funnel_store` run in parallel). Machine code is cached on disk next to this
@@ -28,9 +29,14 @@ from typing import Any, Protocol, TypeVar, cast
 import numba
 import numpy as np
 import numpy.typing as npt
+from llvmlite import ir  # type: ignore[import-untyped]
+from numba import types
+from numba.extending import intrinsic
+from numba.typed import List as TypedList
 
 I64 = npt.NDArray[np.int64]
 I32 = npt.NDArray[np.int32]
+U32 = npt.NDArray[np.uint32]
 Flags = npt.NDArray[np.bool_]
 
 NEVER = np.iinfo(np.int64).max  # an instant after every real one: "not reached"
@@ -68,17 +74,65 @@ class Step(Protocol):
 
 # --- compiled kernels -------------------------------------------------------------------------
 #
-# Each step reads "the instants of customer c" through the same eight arrays (`Rows`): for an
-# event, its dense first and last instants, its CSR rows and its overlay (`StepEvents`); for a
-# stage, the entry instants as both first and last (so no search is ever needed) and no rows.
-# The first instant at or after `lower` is `first[c]` when that is not before `lower`, none
-# when `last[c]` is before it, else found by a binary search in the customer's rows.
+# A funnel is evaluated in one call (`_funnel`), block by block of customers: all its steps for
+# customers `b0 .. b0 + block - 1`, then the next block. The survivors of a block (customer,
+# previous step's instant, step 1's instant, group) stay in small work arrays in the core's
+# cache from step to step; what reaches memory is only the index's arrays, read once per step
+# in customer order, and each step's differences (`diffs`, with their groups in `dgrp`).
 #
-# Measured on this kind of machine, what matters: a branch on the data mispredicted per
-# customer costs more than the rest of the pass, so the passes write every candidate at the
-# next free place and only advance past those that pass (`m += ok`); and a call passing many
-# arrays per customer costs several times the search it makes, so the customers needing a
-# search are set aside during the pass and searched afterwards, in one loop (`_search`).
+# Each step reads "the instants of customer c" through the same seven arrays: for a stage, its
+# entry instants (`bounds[c]`); for an event, its first and last instants interleaved (`bounds[2c]`,
+# `bounds[2c + 1]`: one cache line for both), its CSR rows and its overlay (`StepEvents`). The
+# first instant at or after `lower` is the first one when that is not before `lower`, none
+# when the last one is before it, else found by a binary search in the customer's rows.
+#
+# Measured on this kind of machine (2 cores, AMD EPYC), what matters: the passes are bound by
+# the latency of their gathers, not by memory bandwidth (a sequential pass reads 40 GB/s; a
+# gather of 5 % of an 8 MB array costs ~15 ns per item): so each gather is prefetched a few
+# dozen survivors ahead (`_prefetch`), the binary searches' rows too. A branch on the data
+# mispredicted per customer costs more than the rest of the pass, so the passes write every
+# candidate at the next free place and only advance past those that pass (`m += ok`); and a
+# call passing many arrays per customer costs several times the search it makes, so the
+# customers needing a search are set aside during the pass and searched afterwards, in one
+# loop (`_search`). numpy's partition is fast with one `kth` (vectorised) and ~20x slower with
+# several: medians per group are taken on each group's differences made contiguous first
+# (`_by_group`).
+
+AHEAD = 32  # prefetch distance of the gathers, in survivors
+_SHORT = 16  # rows of up to this many instants: counted through, not searched
+BLOCK = 8192  # customers per block of `_funnel` (its survivors stay in the core's cache)
+
+
+def _prefetch_intrinsic(typingctx: Any, arr: Any, idx: Any) -> Any:
+    """A hint that `arr[idx]` is read soon (LLVM's prefetch: no fault, no effect on results)."""
+    sig = types.void(arr, idx)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = builder.module.globals.get("llvm.prefetch.p0i8")
+        if fn is None:
+            fn = ir.Function(builder.module, fnty, name="llvm.prefetch.p0i8")
+        # (read, high locality, data cache)
+        builder.call(
+            fn,
+            [
+                builder.bitcast(ptr, i8p),
+                ir.Constant(i32, 0),
+                ir.Constant(i32, 3),
+                ir.Constant(i32, 1),
+            ],
+        )
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# (typed for mypy as what it is in compiled code: a function of an array and an index)
+_prefetch = cast(Callable[[Any, Any], None], intrinsic(_prefetch_intrinsic))
 
 
 @_kernel
@@ -86,11 +140,27 @@ def _at_or_after(values: I64, lo: int, hi: int, lower: int) -> int:
     """The first position in `values[lo:hi]` (sorted) holding an instant >= `lower`, or `hi`."""
     while lo < hi:
         mid = (lo + hi) >> 1
-        if values[mid] < lower:
+        if values[np.uint64(mid)] < lower:
             lo = mid + 1
         else:
             hi = mid
     return lo
+
+
+@_kernel
+def _first_at_or_after(values: I64, lo: int, hi: int, lower: int) -> int:
+    """The first instant >= `lower` in `values[lo:hi]` (sorted), or `NEVER`. A row of up to
+    `_SHORT` instants is counted through without a branch (`values` holds `_SHORT` more
+    items past every row: `_pad`), a longer one searched."""
+    size = hi - lo
+    if size <= _SHORT:
+        base = np.uint64(lo)
+        before = 0
+        for i in range(_SHORT):
+            before += (i < size) & (values[base + np.uint64(i)] < lower)
+        return values[base + np.uint64(before)] if before < size else _NEVER
+    at = _at_or_after(values, lo, hi, lower)
+    return values[np.uint64(at)] if at < hi else _NEVER
 
 
 @_kernel
@@ -101,191 +171,263 @@ def _search(
     ov_cust: I64,
     ov_off: I64,
     ov_at: I64,
-    custs: I32,
+    custs: U32,
     lowers: I64,
-    q: int,
+    q: Any,
     out: I64,
+    ahead: int,
 ) -> None:
     """`out[k]`: customer `custs[k]`'s first instant at or after `lowers[k]` in its rows (the
-    overlay's, if re-read), or `NEVER`; for `k < q`. (`_at_or_after` takes one array and
-    three numbers and is inlined: as fast as the search written out here, measured; a call
-    taking all the rows made this loop three times slower.)"""
+    overlay's, if re-read), or `NEVER`; for `k < q`. (`_first_at_or_after` takes one array
+    and three numbers and is inlined: as fast as the search written out here, measured; a
+    call taking all the rows made this loop three times slower.) The offsets are prefetched
+    two distances ahead, the rows they point to one distance ahead."""
+    one = np.uint32(1)
     for k in range(q):
+        if k + 2 * ahead < q:
+            c2 = custs[k + 2 * ahead]
+            _prefetch(off, c2)
+            _prefetch(replaced, c2)
+        if k + ahead < q:
+            c1 = custs[k + ahead]
+            if not replaced[c1]:
+                _prefetch(at, np.uint64(off[c1]))
         c = custs[k]
-        lower = lowers[k]
-        t = _NEVER
         if replaced[c]:
-            j = np.searchsorted(ov_cust, c)
-            hi = ov_off[j + 1]
-            lo = _at_or_after(ov_at, ov_off[j], hi, lower)
-            if lo < hi:
-                t = ov_at[lo]
+            j = np.uint64(np.searchsorted(ov_cust, c))
+            out[k] = _first_at_or_after(ov_at, ov_off[j], ov_off[j + one], lowers[k])
         else:
-            hi = off[c + 1]
-            lo = _at_or_after(at, off[c], hi, lower)
-            if lo < hi:
-                t = at[lo]
-        out[k] = t
+            out[k] = _first_at_or_after(at, off[c], off[c + one], lowers[k])
 
 
 @_kernel
-def _enter(
-    first_at: I64,
-    last_at: I64,
-    off: I64,
-    at: I64,
-    replaced: Flags,
-    ov_cust: I64,
-    ov_off: I64,
-    ov_at: I64,
+def _funnel(
+    bounds: Any,
+    offs: Any,
+    ats: Any,
+    repls: Any,
+    ovcs: Any,
+    ovos: Any,
+    ovas: Any,
+    stage: Flags,
+    strict: Flags,
     n: int,
     start: int,
     end: int,
+    span: int,
     codes: I32,
     grouped: bool,
-    surv: I32,
-    prev: I64,
-    grp: I32,
-    counts: I64,
-    pend: I32,
-    lowers: I64,
+    block: int,
+    ahead: int,
+    sc: U32,
+    sp: I64,
+    sf: I64,
+    sg: U32,
+    pend: U32,
+    pprev: I64,
+    pfirst: I64,
+    pgrp: U32,
     found: I64,
-) -> int:
-    """Step 1: customers `0 .. n-1` with a first instant in [start, end), into `surv`
-    (customer), `prev` (that instant) and, when `grouped`, `grp` (group code): in customer
-    order, those found by a search after the others. `counts` (zeros) gets the number per
-    group; `pend`, `lowers` and `found` are work arrays of `n`. Returns how many."""
-    ngroups = counts.size
-    m = 0
-    q = 0
-    for c in range(min(n, first_at.size)):
-        t = first_at[c]
-        pend[q] = c
-        q += (t < start) & (last_at[c] >= start)
-        ok = (t >= start) & (t < end)  # (`NEVER` is not before `end`)
-        surv[m] = c
-        prev[m] = t
+    counts: I64,
+    diffs: I64,
+    dgrp: U32,
+    tops: I64,
+) -> None:
+    """The funnel over customers `0 .. n-1` (see `FunnelIndex.evaluate`). Step `k`'s arrays are
+    item `k` of the typed lists `bounds` … `ovas` (`stage[k]`: a stage's entries, else an
+    event's); `strict[k]`: the same step as `k - 1` (later instants only). Out: `counts[0, g]`,
+    step 1's customers per group; per later step `k`, `tops[k]` customers and their
+    differences from the previous step in `diffs[k, :tops[k]]` and, when `grouped`, their
+    groups in `dgrp[k, :tops[k]]` (their counts per group are left to `_by_group`). `sc` …
+    `found`: work arrays of `block` items.
+
+    Indices are unsigned (`np.uint64`, `U32` arrays): numba checks a signed index for a
+    negative value (wrapping around) at every access; measured, 20 % of a pass."""
+    u = np.uint64
+    one = u(1)
+    steps = stage.size
+    ngroups = counts.shape[1]
+    n = min(n, bounds[0].size if stage[0] else bounds[0].size // 2)
+    for k in range(1, steps):
+        if (bounds[k].size if stage[k] else bounds[k].size // 2) < n:
+            raise IndexError("a step's arrays are shorter than the index")
+    if grouped and codes.size < n:
+        raise IndexError("breakdown codes shorter than the index")
+    for k in range(steps):
+        tops[k] = 0
+    # Counts per group in four lanes: consecutive increments of one counter wait for each
+    # other (through memory), increments of four interleaved ones do not.
+    lanes = np.zeros((4, ngroups), np.int64)
+    for b0 in range(0, n, block):
+        b1 = min(n, b0 + block)
+        # Step 1: the customers of the block with a first instant in [start, end).
+        f1 = bounds[0]
+        m = u(0)
+        if stage[0]:
+            for c in range(u(b0), u(b1)):
+                t = f1[c]
+                sc[m] = c
+                sp[m] = t
+                m += u((t >= start) & (t < end))  # (`NEVER` is not before `end`)
+        else:
+            q = u(0)
+            for c in range(u(b0), u(b1)):
+                t = f1[c + c]
+                pend[q] = c
+                q += u((t < start) & (f1[c + c + one] >= start))
+                sc[m] = c
+                sp[m] = t
+                m += u((t >= start) & (t < end))
+            if q:
+                pprev[:q] = start
+                _search(
+                    offs[0],
+                    ats[0],
+                    repls[0],
+                    ovcs[0],
+                    ovos[0],
+                    ovas[0],
+                    pend,
+                    pprev,
+                    q,
+                    found,
+                    ahead,
+                )
+                for i in range(q):
+                    t = found[i]
+                    sc[m] = pend[i]
+                    sp[m] = t
+                    m += u(t < end)
+        if m == 0:
+            continue
         if grouped:
-            g = codes[c]
-            if g < 0 or g >= ngroups:
-                raise IndexError("breakdown code out of range")
-            grp[m] = g
-            counts[g] += ok
-        m += ok
-    lowers[:q] = start
-    _search(off, at, replaced, ov_cust, ov_off, ov_at, pend, lowers, q, found)
-    for k in range(q):
-        c = pend[k]
-        t = found[k]
-        ok = t < end
-        surv[m] = c
-        prev[m] = t
-        if grouped:
-            g = codes[c]
-            grp[m] = g
-            counts[g] += ok
-        m += ok
-    if not grouped:
-        counts[0] = m
-    return m
+            for i in range(m):
+                g = codes[sc[i]]
+                if g < 0 or g >= ngroups:
+                    raise IndexError("breakdown code out of range")
+                sg[i] = g
+                lanes[i & 3, u(g)] += 1
+        else:
+            counts[0, 0] += m
+        sf[:m] = sp[:m]
+        # Later steps: each survivor's first instant at or after the previous one (after, when
+        # strict) and at most `span` after step 1's; written over the survivors, those found
+        # by a search after the others.
+        for k in range(1, steps):
+            fk = bounds[k]
+            after = 1 if strict[k] else 0
+            out = diffs[k]
+            out_g = dgrp[k]
+            top = u(tops[k])
+            j = u(0)
+            g = np.uint32(0)
+            if stage[k]:
+                for i in range(m):
+                    if i + ahead < m:
+                        _prefetch(fk, sc[i + ahead])
+                    c = sc[i]
+                    p = sp[i]
+                    f = sf[i]
+                    t = fk[c]
+                    # (`t - f` cannot overflow unless `t` is `NEVER`: real instants are far
+                    # from it)
+                    ok = u((t >= p + after) & (t != _NEVER) & (t - f <= span))
+                    if grouped:
+                        g = sg[i]
+                        sg[j] = g
+                        out_g[top] = g
+                    sc[j] = c
+                    sp[j] = t
+                    sf[j] = f
+                    out[top] = t - p
+                    top += ok
+                    j += ok
+            else:
+                q = u(0)
+                for i in range(m):
+                    if i + ahead < m:
+                        ca = sc[i + ahead]
+                        _prefetch(fk, ca + ca)
+                    c = sc[i]
+                    p = sp[i]
+                    f = sf[i]
+                    t = fk[c + c]
+                    if grouped:
+                        g = sg[i]
+                    # (kept aside, for a search: the place `i` may be written over before then)
+                    pend[q] = c
+                    pprev[q] = p + after
+                    pfirst[q] = f
+                    pgrp[q] = g
+                    q += u((t < p + after) & (fk[c + c + one] >= p + after))
+                    ok = u((t >= p + after) & (t != _NEVER) & (t - f <= span))
+                    if grouped:
+                        sg[j] = g
+                        out_g[top] = g
+                    sc[j] = c
+                    sp[j] = t
+                    sf[j] = f
+                    out[top] = t - p
+                    top += ok
+                    j += ok
+                if q:
+                    _search(
+                        offs[k],
+                        ats[k],
+                        repls[k],
+                        ovcs[k],
+                        ovos[k],
+                        ovas[k],
+                        pend,
+                        pprev,
+                        q,
+                        found,
+                        ahead,
+                    )
+                    for i in range(q):
+                        t = found[i]
+                        f = pfirst[i]
+                        ok = u((t != _NEVER) & (t - f <= span))
+                        g = pgrp[i]
+                        if grouped:
+                            sg[j] = g
+                            out_g[top] = g
+                        sc[j] = pend[i]
+                        sp[j] = t
+                        sf[j] = f
+                        out[top] = t - pprev[i] + after
+                        top += ok
+                        j += ok
+            tops[k] = top
+            m = j
+            if m == 0:
+                break
+    if grouped:
+        for g in range(ngroups):
+            counts[0, g] += lanes[0, g] + lanes[1, g] + lanes[2, g] + lanes[3, g]
+    else:
+        for k in range(1, steps):
+            counts[k, 0] = tops[k]
 
 
 @_kernel
-def _advance(
-    first_at: I64,
-    last_at: I64,
-    off: I64,
-    at: I64,
-    replaced: Flags,
-    ov_cust: I64,
-    ov_off: I64,
-    ov_at: I64,
-    m: int,
-    span: int,
-    strict: bool,
-    grouped: bool,
-    surv: I32,
-    prev: I64,
-    first_in: I64,
-    first: I64,
-    grp: I32,
-    counts: I64,
-    diffs: I64,
-    starts: I64,
-    pend: I32,
-    pend_prev: I64,
-    pend_first: I64,
-    pend_grp: I32,
-    lowers: I64,
-    found: I64,
-) -> int:
-    """A later step over the `m` survivors of the previous one (`surv`, `prev`, `grp`, as
-    the previous step left them; their step-1 instants in `first_in`: `prev` at step 2,
-    else `first`): each one's first instant at or after `prev` (after, when `strict`) and at
-    most `span` after step 1's. Those who pass are written over them, in the order read,
-    those found by a search after the others (their step-1 instants to `first`). `counts`:
-    in, per group at the previous step; out, at this one. Per group, the differences from
-    `prev` go to `diffs[starts[g] : starts[g] + counts[g]]`, `starts[g]` being the previous
-    step's count of the groups before `g`, plus `g` (a spare place per group: every
-    candidate is written, only the places of those who pass are kept). `pend*`, `lowers`,
-    `found`: work arrays of `m`. Returns how many pass."""
+def _by_group(diffs: I64, groups: U32, top: int, counts: I64, starts: I64, out: I64) -> None:
+    """The differences `diffs[:top]` regrouped by `groups[:top]`: group `g`'s at
+    `out[starts[g] : starts[g] + counts[g]]` (`counts`, zeros, gets the sizes)."""
+    lanes = np.zeros((4, counts.size), np.int64)  # (see `_funnel`)
+    for i in range(top):
+        lanes[i & 3, groups[i]] += 1
+    for g in range(counts.size):
+        counts[g] += lanes[0, g] + lanes[1, g] + lanes[2, g] + lanes[3, g]
     total = 0
     for g in range(counts.size):
         starts[g] = total
-        total += counts[g] + 1
-        counts[g] = 0
-    after = 1 if strict else 0
-    j = 0
-    q = 0
-    g = 0
-    for i in range(m):
-        c = surv[i]
-        p = prev[i]
-        f = first_in[i]
-        if grouped:
-            g = grp[i]
-        t = first_at[c]
-        # (kept aside, for a search: the place `i` may be written over before then)
-        pend[q] = c
-        pend_prev[q] = p
-        pend_first[q] = f
-        pend_grp[q] = g
-        q += (t < p + after) & (last_at[c] >= p + after)
-        # (`t - f` cannot overflow unless `t` is `NEVER`: real instants are far from it)
-        ok = (t >= p + after) & (t != _NEVER) & (t - f <= span)
-        surv[j] = c
-        prev[j] = t
-        first[j] = f
-        if grouped:
-            grp[j] = g
-            place = starts[g] + counts[g]
-            counts[g] += ok
-        else:
-            place = j
-        diffs[place] = t - p
-        j += ok
-    for k in range(q):
-        lowers[k] = pend_prev[k] + after
-    _search(off, at, replaced, ov_cust, ov_off, ov_at, pend, lowers, q, found)
-    for k in range(q):
-        t = found[k]
-        f = pend_first[k]
-        ok = (t != _NEVER) & (t - f <= span)
-        surv[j] = pend[k]
-        prev[j] = t
-        first[j] = f
-        if grouped:
-            g = pend_grp[k]
-            grp[j] = g
-            place = starts[g] + counts[g]
-            counts[g] += ok
-        else:
-            place = j
-        diffs[place] = t - pend_prev[k]
-        j += ok
-    if not grouped:
-        counts[0] = j
-    return j
+        total += counts[g]
+    place = starts.copy()
+    for i in range(top):
+        g = groups[i]
+        out[np.uint64(place[g])] = diffs[i]
+        place[g] += 1
 
 
 def _middle(a: I64) -> tuple[int, int]:
@@ -339,22 +481,51 @@ class Scratch:
         return sum(int(a.nbytes) for a in self._arrays.values())
 
 
-# What the kernels read for a step (see the kernels' comment): first, last, off, at, replaced,
+# What the kernels read for a step (see the kernels' comment): bounds, off, at, replaced,
 # overlay customers, overlay offsets, overlay instants.
-Rows = tuple[I64, I64, I64, I64, Flags, I64, I64, I64]
+Rows = tuple[I64, I64, I64, Flags, I64, I64, I64]
 _NO_OFF = np.zeros(1, np.int64)
 _NO_AT = np.empty(0, np.int64)
 _NO_FLAGS = np.zeros(0, np.bool_)
 _NO_CODES = np.zeros(0, np.int32)
+# The item types of `_funnel`'s typed lists, in the order of `Rows`.
+_ARRAY_TYPES = (
+    types.int64[::1],
+    types.int64[::1],
+    types.int64[::1],
+    types.bool_[::1],
+    types.int64[::1],
+    types.int64[::1],
+    types.int64[::1],
+)
+
+
+def _pad(at: I64) -> I64:
+    """Rows of instants with `_SHORT` more items after them (`_first_at_or_after` reads them,
+    and ignores them)."""
+    out = np.empty(at.size + _SHORT, np.int64)
+    out[: at.size] = at
+    out[at.size :] = NEVER
+    return out
+
+
+def _empty_bounds(customers: int) -> I64:
+    """First and last instants, interleaved, of customers with none."""
+    bounds = np.empty(2 * customers, np.int64)
+    bounds[0::2] = NEVER
+    bounds[1::2] = _BEFORE_ALL
+    return bounds
 
 
 class StepEvents:
     """The instants of one event name per customer: a base CSR layout, and an overlay holding
     the current instants of every customer re-read since the base was built (their base rows
     are ignored: `replaced`). The overlay is folded into the base when it grows. Per customer
-    also its first and last instant, wherever they are (`first_at`, `last_at`: dense), so that
+    also its first and last instant, wherever they are (`bounds[2c]`, `bounds[2c + 1]`: dense,
+    interleaved so that one cache line holds both; `first_at`, `last_at` are views), so that
     "the first instant at or after t" is one read for most customers, and a binary search in
-    its rows only for those with instants on both sides of t (`_search`)."""
+    its rows only for those with instants on both sides of t (`_search`). The rows are kept
+    with `_SHORT` spare items after them (`_pad`)."""
 
     def __init__(self, cust: npt.NDArray[np.integer], at: I64, customers: int) -> None:
         self._build(np.asarray(cust, np.int64), np.asarray(at, np.int64), customers)
@@ -363,27 +534,37 @@ class StepEvents:
         order = np.lexsort((at, cust))
         cust, at = cust[order], at[order]
         self.base_n = customers
-        self.base_at = at
+        self._at = _pad(at)
+        self.base_at = self._at[: at.size]
         self.base_off = np.zeros(customers + 1, np.int64)
         np.cumsum(np.bincount(cust, minlength=customers)[:customers], out=self.base_off[1:])
-        self.first_at = np.full(customers, NEVER, np.int64)
-        self.last_at = np.full(customers, _BEFORE_ALL, np.int64)
+        self.bounds = _empty_bounds(customers)
         has = np.flatnonzero(self.base_off[1:] > self.base_off[:-1])
-        self.first_at[has] = at[self.base_off[has]]
-        self.last_at[has] = at[self.base_off[has + 1] - 1]
+        self.bounds[2 * has] = at[self.base_off[has]]
+        self.bounds[2 * has + 1] = at[self.base_off[has + 1] - 1]
         self.replaced = np.zeros(customers, np.bool_)
         self.overlay: dict[int, I64] = {}
         self._ov_cust = np.empty(0, np.int64)
         self._ov_off = np.zeros(1, np.int64)
-        self._ov_at = np.empty(0, np.int64)
+        self._ov_at = _pad(np.empty(0, np.int64))
         self._ov_rows = 0
+
+    @property
+    def first_at(self) -> I64:
+        """Each customer's first instant (`NEVER`: none); a view."""
+        return self.bounds[0::2]
+
+    @property
+    def last_at(self) -> I64:
+        """Each customer's last instant (before all: none); a view."""
+        return self.bounds[1::2]
 
     @property
     def nbytes(self) -> int:
         return int(
             self.base_at.nbytes
             + self.base_off.nbytes
-            + self.first_at.nbytes * 2
+            + self.bounds.nbytes
             + self.replaced.nbytes
             + self._ov_rows * 24
         )
@@ -391,10 +572,9 @@ class StepEvents:
     def rows(self) -> Rows:
         """The arrays the kernels read."""
         return (
-            self.first_at,
-            self.last_at,
+            self.bounds,
             self.base_off,
-            self.base_at,
+            self._at,
             self.replaced,
             self._ov_cust,
             self._ov_off,
@@ -405,8 +585,7 @@ class StepEvents:
         if size > self.replaced.size:
             extra = max(size, 2 * self.replaced.size) - self.replaced.size
             self.replaced = np.concatenate([self.replaced, np.zeros(extra, np.bool_)])
-            self.first_at = np.concatenate([self.first_at, np.full(extra, NEVER, np.int64)])
-            self.last_at = np.concatenate([self.last_at, np.full(extra, _BEFORE_ALL, np.int64)])
+            self.bounds = np.concatenate([self.bounds, _empty_bounds(extra)])
 
     def replace(self, customers: Mapping[int, Sequence[int]], size: int) -> None:
         """Set the instants of these customers (all of them; empty: none any more)."""
@@ -419,8 +598,8 @@ class StepEvents:
             self.overlay[c] = arr
             self._ov_rows += arr.size
             self.replaced[c] = True
-            self.first_at[c] = arr[0] if arr.size else NEVER
-            self.last_at[c] = arr[-1] if arr.size else _BEFORE_ALL
+            self.bounds[2 * c] = arr[0] if arr.size else NEVER
+            self.bounds[2 * c + 1] = arr[-1] if arr.size else _BEFORE_ALL
         if len(self.overlay) > max(4096, self.base_n // 16):
             self.fold(size)
         else:
@@ -444,7 +623,7 @@ class StepEvents:
         lengths = np.asarray([self.overlay[c].size for c in custs], np.int64)
         self._ov_off = np.zeros(len(custs) + 1, np.int64)
         np.cumsum(lengths, out=self._ov_off[1:])
-        self._ov_at = (
+        self._ov_at = _pad(
             np.concatenate([self.overlay[c] for c in custs]) if custs else np.empty(0, np.int64)
         )
 
@@ -582,7 +761,7 @@ class FunnelIndex:
     def _rows(self, step: Step) -> Rows:
         if step.kind == "stage":
             t = self.stages[step.name]
-            return (t, t, _NO_OFF, _NO_AT, _NO_FLAGS, _NO_AT, _NO_OFF, _NO_AT)
+            return (t, _NO_OFF, _NO_AT, _NO_FLAGS, _NO_AT, _NO_OFF, _NO_AT)
         return self.events[step.name].rows()
 
     def _evaluate(
@@ -593,66 +772,84 @@ class FunnelIndex:
             codes, values = self.breakdowns[dim].codes, self.breakdowns[dim].values
         else:
             codes, values = _NO_CODES, [""]
-        # The survivors: customer, previous step's instant, step 1's instant, group; each
-        # step writes those who pass over them. In customer order but for those found by a
-        # search, appended after the others at each step: each step's reads move forward,
-        # in a run or two per earlier step.
-        surv = scratch.get("surv", n, np.int32)
-        prev = scratch.get("prev", n, np.int64)
-        first = scratch.get("first", n, np.int64)
-        grp = scratch.get("grp", n, np.int32)
-        pend = scratch.get("pend", n, np.int32)
-        lowers = scratch.get("lowers", n, np.int64)
-        found_at = scratch.get("found", n, np.int64)
-        counts = np.zeros(len(values), np.int64)
-        rows = self._rows(steps[0])
-        grouped = bool(dim)
-        m = _enter(
-            *rows, n, start, end, codes, grouped, surv, prev, grp, counts, pend, lowers, found_at
+        ngroups = len(values)
+        count = len(steps)
+        # Each step's arrays, by kind of array (typed lists: one compiled call for all steps).
+        lists = [TypedList.empty_list(item) for item in _ARRAY_TYPES]
+        stage = np.zeros(count, np.bool_)
+        strict = np.zeros(count, np.bool_)
+        for k, step in enumerate(steps):
+            for lst, arr in zip(lists, self._rows(step), strict=True):
+                lst.append(arr)
+            stage[k] = step.kind == "stage"
+            if k:
+                before = steps[k - 1]
+                strict[k] = step.name == before.name and step.kind == before.kind
+        block = BLOCK
+        sc = scratch.get("sc", block, np.uint32)
+        sp = scratch.get("sp", block, np.int64)
+        sf = scratch.get("sf", block, np.int64)
+        sg = scratch.get("sg", block, np.uint32)
+        pend = scratch.get("pend", block, np.uint32)
+        pprev = scratch.get("pprev", block, np.int64)
+        pfirst = scratch.get("pfirst", block, np.int64)
+        pgrp = scratch.get("pgrp", block, np.uint32)
+        found_at = scratch.get("found", block, np.int64)
+        diffs = scratch.get("diffs", count * (n + 1), np.int64).reshape(count, n + 1)
+        size = count * (n + 1) if dim else count
+        dgrp = scratch.get("dgrp", size, np.uint32).reshape(count, size // count)
+        counts = np.zeros((count, ngroups), np.int64)
+        tops = np.zeros(count, np.int64)
+        _funnel(
+            lists[0],
+            lists[1],
+            lists[2],
+            lists[3],
+            lists[4],
+            lists[5],
+            lists[6],
+            stage,
+            strict,
+            n,
+            start,
+            end,
+            span,
+            codes,
+            bool(dim),
+            block,
+            AHEAD,
+            sc,
+            sp,
+            sf,
+            sg,
+            pend,
+            pprev,
+            pfirst,
+            pgrp,
+            found_at,
+            counts,
+            diffs,
+            dgrp,
+            tops,
         )
-        if m == 0:
+        present = np.flatnonzero(counts[0]).tolist()
+        if not present:
             return {}
-        present = np.flatnonzero(counts).tolist()
-        found: Found = {values[g]: {1: (int(counts[g]), None)} for g in present}
-        diffs = scratch.get("diffs", m + len(values), np.int64)
-        starts = np.empty(len(values), np.int64)
-        pend_prev = scratch.get("pend_prev", m, np.int64)
-        pend_first = scratch.get("pend_first", m, np.int64)
-        pend_grp = scratch.get("pend_grp", m, np.int32)
-        first_in = prev  # (step 1's instants: `prev` until step 2 has copied them)
-        for k in range(2, len(steps) + 1):
-            step, before = steps[k - 1], steps[k - 2]
-            strict = step.name == before.name and step.kind == before.kind
-            rows = self._rows(step)
-            m = _advance(
-                *rows,
-                m,
-                span,
-                strict,
-                grouped,
-                surv,
-                prev,
-                first_in,
-                first,
-                grp,
-                counts,
-                diffs,
-                starts,
-                pend,
-                pend_prev,
-                pend_first,
-                pend_grp,
-                lowers,
-                found_at,
-            )
-            first_in = first
+        found: Found = {values[g]: {1: (int(counts[0, g]), None)} for g in present}
+        starts = np.zeros(ngroups, np.int64)
+        for k in range(1, count):
+            top = int(tops[k])
+            step_diffs = diffs[k, :top]
+            if dim:
+                step_diffs = scratch.get("by_group", top, np.int64)
+                _by_group(diffs[k], dgrp[k], top, counts[k], starts, step_diffs)
             for g in present:
-                size, at = int(counts[g]), int(starts[g])
+                size, at = int(counts[k, g]), int(starts[g])
                 if size:
-                    low, high = _middle(diffs[at : at + size])
-                    found[values[g]][k] = (size, _seconds(size, low, high))
+                    low, high = _middle(step_diffs[at : at + size])
+                    found[values[g]][k + 1] = (size, _seconds(size, low, high))
                 else:
-                    found[values[g]][k] = (0, None)
+                    found[values[g]][k + 1] = (0, None)
         return found
 
 

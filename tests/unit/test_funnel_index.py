@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -147,11 +150,29 @@ def query(draw: st.DrawFn) -> tuple[list[S], int, int, int, str]:
     return steps, start, end, span, dim
 
 
+@contextmanager
+def blocks(block: int, ahead: int = funnel_index.AHEAD) -> Iterator[None]:
+    """Evaluations in blocks of `block` customers, prefetching `ahead` survivors ahead."""
+    saved = funnel_index.BLOCK, funnel_index.AHEAD
+    funnel_index.BLOCK, funnel_index.AHEAD = block, ahead
+    try:
+        yield
+    finally:
+        funnel_index.BLOCK, funnel_index.AHEAD = saved
+
+
+# Small blocks: survivors, searches and groups straddle the blocks' boundaries; small prefetch
+# distances: the hints run to the end of a block's survivors.
+BLOCKS = st.sampled_from((1, 2, 3, 5, 8192))
+AHEADS = st.sampled_from((0, 1, 2, 32))
+
+
 @settings(max_examples=300, deadline=None)
 @given(people=st.lists(customers(), max_size=30), data=st.data())
 def test_evaluation_equals_the_reference(people: list[Customer], data: st.DataObject) -> None:
     steps, start, end, span, dim = query(data.draw)
-    got = build(people).evaluate(steps, start=start, end=end, span=span, dim=dim)
+    with blocks(data.draw(BLOCKS), data.draw(AHEADS)):
+        got = build(people).evaluate(steps, start=start, end=end, span=span, dim=dim)
     assert got == reference(people, steps, start=start, end=end, span=span, dim=dim)
 
 
@@ -193,7 +214,8 @@ def test_replaced_customers_equal_an_index_built_afresh(
         for step_events in index.events.values():
             step_events.fold(index.size)
     steps, start, end, span, dim = query(data.draw)
-    got = index.evaluate(steps, start=start, end=end, span=span, dim=dim)
+    with blocks(data.draw(BLOCKS)):
+        got = index.evaluate(steps, start=start, end=end, span=span, dim=dim)
     assert got == reference(after, steps, start=start, end=end, span=span, dim=dim)
     assert got == build(after).evaluate(steps, start=start, end=end, span=span, dim=dim)
 
@@ -333,3 +355,62 @@ def test_large_medians_of_both_parities() -> None:
 def test_warm_up_is_idempotent() -> None:
     funnel_index.warm_up()
     funnel_index.warm_up()
+
+
+def test_blocks_of_one_two_and_many_customers_give_the_same_answer() -> None:
+    """Many customers (several blocks of each size), every kind of step, searches on both
+    sides of every bound, a breakdown: the same answer whatever the block and the prefetch
+    distance, equal to the reference."""
+    rng = np.random.default_rng(11)
+    people = []
+    for c in range(400):
+        t0 = int(rng.integers(0, 30)) * 1_000_000
+        entries = {
+            s: t0 + int(rng.integers(0, 8)) * 1_000_000 for s in STAGES if rng.random() < 0.7
+        }
+        events = [
+            (str(rng.choice(EVENTS)), t0 + int(rng.integers(-5, 12)) * 1_000_000)
+            for _ in range(int(rng.integers(0, 9)))
+        ]
+        people.append(Customer(entries, events, {"trait:plan": VALUES[c % 4]}))
+    index = build(people)
+    steps = [EV_X, S("Y", "event"), STAGE_B, S("Z", "event"), S("Z", "event")]
+    for dim in ("", "trait:plan"):
+        kw = {"start": 10_000_000, "end": 25_000_000, "span": 9_000_000, "dim": dim}
+        expected = reference(people, steps, **kw)  # type: ignore[arg-type]
+        assert expected[""][3][0] > 0  # (not trivially empty)
+        for block, ahead in ((1, 0), (2, 1), (7, 3), (64, 32), (8192, 32)):
+            with blocks(block, ahead):
+                assert index.evaluate(steps, **kw) == expected  # type: ignore[arg-type]
+
+
+def test_by_group_makes_each_groups_differences_contiguous() -> None:
+    diffs = np.asarray([5, 1, 7, 3, 2, 9, 4, -1], np.int64)  # (the last: past `top`)
+    groups = np.asarray([2, 0, 2, 0, 3, 2, 0, 1], np.uint32)
+    counts = np.zeros(4, np.int64)
+    starts = np.full(4, -1, np.int64)
+    out = np.full(7, -1, np.int64)
+    funnel_index._by_group(diffs, groups, 7, counts, starts, out)
+    assert counts.tolist() == [3, 0, 3, 1]
+    assert starts.tolist() == [0, 3, 3, 6]
+    assert out.tolist() == [1, 3, 4, 5, 7, 9, 2]
+
+
+def test_first_and_last_instants_interleaved_follow_replacements() -> None:
+    events = StepEvents(np.asarray([0, 0, 2]), np.asarray([9, 4, 6], np.int64), 3)
+    assert events.first_at.tolist() == [4, NEVER, 6]
+    assert events.last_at.tolist() == [9, funnel_index._BEFORE_ALL, 6]
+    events.replace({1: [8, 3], 2: [], 4: [5]}, 5)  # (4: a new customer, room grows)
+    assert events.first_at[:5].tolist() == [4, 3, NEVER, NEVER, 5]
+    assert events.last_at[:5].tolist() == [9, 8, funnel_index._BEFORE_ALL] * 1 + [
+        funnel_index._BEFORE_ALL,
+        5,
+    ]
+    assert events.bounds.size >= 10
+
+
+def test_a_step_shorter_than_the_index_is_refused_not_read_past() -> None:
+    index = build([Customer({"a": 1_000_000}, [("X", 2_000_000)], {})])
+    index.grow(5000)  # (stages grow with the index; this event's arrays do not)
+    with pytest.raises(IndexError):
+        index.evaluate([STAGE_A, EV_X], start=0, end=10**9, span=10**9, dim="")
