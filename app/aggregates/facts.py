@@ -257,13 +257,14 @@ def _epoch_us(at: datetime) -> int:
 
 
 def attribution_credits(
-    touches: Sequence[tuple[str, datetime]], *, converted_at: datetime
+    touches: Sequence[tuple[str, int]], *, converted_us: int
 ) -> dict[str, list[float]]:
     """Credit per channel for one conversion under each model; every model's credits sum to 1.
 
     `touches` are the sessions that started up to the conversion, in time order, as (channel,
-    session start). position: 40% first, 40% last, 20% shared by the middle (one touch: 100%,
-    two: 50/50); time_decay: weight halves every 7 days before the conversion.
+    session start), instants in epoch µs like `converted_us`. position: 40% first, 40% last,
+    20% shared by the middle (one touch: 100%, two: 50/50); time_decay: weight halves every 7
+    days before the conversion.
     """
     n = len(touches)
     credits: dict[str, list[float]] = {}
@@ -288,7 +289,8 @@ def attribution_credits(
         for channel, _ in touches[1:-1]:
             add(channel, 3, 0.2 / (n - 2))
     weights = [
-        0.5 ** (max(0.0, (converted_at - start).total_seconds()) / TIME_DECAY_HALF_LIFE_SECONDS)
+        # (µs / 10**6: the same float as timedelta.total_seconds(), both exact divisions)
+        0.5 ** (max(0.0, (converted_us - start) / 1_000_000) / TIME_DECAY_HALF_LIFE_SECONDS)
         for _, start in touches
     ]
     total = sum(weights)
@@ -331,7 +333,8 @@ class FactsWalk:
         self.touches: dict[tuple[str, str, int], list[float]] = (
             touches if touches is not None else {}
         )
-        # [session id, start, first message id, channel] of each session with a non-bot event,
+        # [session id, start (epoch µs), first message id, channel] of each session with a
+        # non-bot event,
         # in time order. A session's channel is its first real source (not Direct or
         # Unassigned), else its first event's channel.
         self.sessions: list[list[Any]] = sessions if sessions is not None else []
@@ -362,7 +365,7 @@ class FactsWalk:
         if session_id is not None:
             last = self.sessions[-1] if self.sessions else None
             if last is None or last[0] != session_id:
-                self.sessions.append([session_id, e.timestamp, e.message_id, channel])
+                self.sessions.append([session_id, _epoch_us(e.timestamp), e.message_id, channel])
             elif last[3] in (DIRECT, UNASSIGNED) and channel not in (DIRECT, UNASSIGNED):
                 last[3] = channel
                 if len(self.sessions) <= self._base_sessions:
@@ -417,14 +420,13 @@ class FactsWalk:
         facts.touches = self.touches
         sessions = sorted(self.sessions, key=lambda s: (s[1], s[2]))
         for entry in history:
-            moment = (entry.entered_at, entry.message_id)
+            entered_us = _epoch_us(entry.entered_at)
+            moment = (entered_us, entry.message_id)
             before = [
                 (channel, start) for _, start, mid, channel in sessions if (start, mid) <= moment
             ]
             day = day_of(entry.entered_at)
-            for channel, credits in attribution_credits(
-                before, converted_at=entry.entered_at
-            ).items():
+            for channel, credits in attribution_credits(before, converted_us=entered_us).items():
                 facts.attribution[(entry.stage, channel, day)] = credits
         return facts
 

@@ -159,7 +159,7 @@ class JourneyWalk:
             ],
             "src": [self._source_session, self._source],
             "c": [[i, j, n] for (i, j), n in sorted(self._stages.counts.items())],
-            "a": [[sid, _us(at), mid, ch] for sid, at, mid, ch in self._facts.sessions],
+            "a": [list(session) for session in self._facts.sessions],
             "p": self._properties,
         }
 
@@ -200,7 +200,7 @@ class JourneyWalk:
                 first_day=day_of(first),
                 # Copies: the stored contribution is also the "old" side of the rollup delta.
                 touches={key: list(values) for key, values in facts.touches.items()},
-                sessions=[[sid, _at(at), mid, ch] for sid, at, mid, ch in state["a"]],
+                sessions=[list(session) for session in state["a"]],
                 base=facts,
             )
             walk._properties = dict(state["p"])
