@@ -37,7 +37,10 @@ def collector_paused() -> Iterator[None]:
     until its end, such as a stitch batch: reference counting frees them when it ends, and
     the collector would only have traversed them again and again meanwhile (at the stitcher's
     rate, three young-generation collections per batch and their promotions cost about 8 µs
-    per event, measured). Garbage cycles made meanwhile wait for the next collection."""
+    per event, measured). Garbage cycles made meanwhile wait: the allocation counts go on
+    while the collector is off, so the first allocations after the last piece of work ends
+    run the collections that came due, between batches (a stitcher that never idles still
+    leaves the pause between two batches)."""
     global _paused
     _paused += 1
     if _paused == 1:

@@ -165,22 +165,25 @@ def test_a_resumed_walk_equals_the_whole_walk(
     assert orjson.loads(a.facts) == orjson.loads(b.facts)
 
 
+def _row(i: int, minutes: int, event: str | None, channel: str) -> dict[str, Any]:
+    """A timeline row of customer u1, `minutes` after T0 (a page view when `event` is None)."""
+    return {
+        "message_id": f"m{i}",
+        "timestamp": T0 + timedelta(minutes=minutes),
+        "type": "track" if event else "page",
+        "event": event,
+        "user_id": "u1",
+        "anonymous_id": None,
+        "flags": 0,
+        "properties": None,
+        "traits": None,
+        "campaign": None,
+        "source_channel": channel,
+    }
+
+
 def test_a_walk_saved_under_another_model_or_without_facts_is_not_resumed() -> None:
-    rows = [
-        {
-            "message_id": "m1",
-            "timestamp": T0,
-            "type": "track",
-            "event": "Order Completed",
-            "user_id": "u1",
-            "anonymous_id": None,
-            "flags": 0,
-            "properties": None,
-            "traits": None,
-            "campaign": None,
-            "source_channel": DIRECT,
-        }
-    ]
+    rows = [_row(1, 0, "Order Completed", DIRECT)]
     assert model_fingerprint(DEFAULT_MODEL) != model_fingerprint(COUNTING_MODEL)
     result = derive_customer("cus_1", [dict(r) for r in rows], DEFAULT_MODEL, with_facts=True)
     facts = Facts.from_json(orjson.loads(result.summary.facts))
@@ -226,27 +229,12 @@ def test_a_resumed_walk_that_enters_no_stage_keeps_its_stages_and_attribution() 
     """The fast path is taken when it applies, and not when a stage is entered or a stored
     session's channel changes."""
 
-    def row(i: int, minutes: int, event: str | None, channel: str) -> dict[str, Any]:
-        return {
-            "message_id": f"m{i}",
-            "timestamp": T0 + timedelta(minutes=minutes),
-            "type": "track" if event else "page",
-            "event": event,
-            "user_id": "u1",
-            "anonymous_id": None,
-            "flags": 0,
-            "properties": None,
-            "traits": None,
-            "campaign": None,
-            "source_channel": channel,
-        }
-
-    stored = [row(1, 0, None, CHANNELS[0]), row(2, 60 * 24 * 3, None, DIRECT)]
+    stored = [_row(1, 0, None, CHANNELS[0]), _row(2, 60 * 24 * 3, None, DIRECT)]
     cases = {
-        "a later page view, new session": (row(3, 60 * 24 * 6, None, DIRECT), True),
-        "a purchase (enters a stage)": (row(3, 60 * 24 * 6, "Order Completed", DIRECT), False),
+        "a later page view, new session": (_row(3, 60 * 24 * 6, None, DIRECT), True),
+        "a purchase (enters a stage)": (_row(3, 60 * 24 * 6, "Order Completed", DIRECT), False),
         "a real source in the stored Direct session": (
-            row(3, 60 * 24 * 3 + 5, None, "Email"),
+            _row(3, 60 * 24 * 3 + 5, None, "Email"),
             False,
         ),
     }

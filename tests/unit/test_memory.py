@@ -47,3 +47,29 @@ async def test_interleaved_batches_enable_only_when_the_last_ends() -> None:
 
     await asyncio.gather(first(), second())
     assert seen == [False, True]
+
+
+def test_collections_that_came_due_during_a_pause_run_after_it() -> None:
+    """What the pause relies on: garbage cycles made during a batch are not left behind, the
+    first allocation after it runs the collection that came due."""
+    started: list[int] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started.append(info["generation"])
+
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.set_threshold(1_000, 10, 10)
+    gc.callbacks.append(seen)
+    try:
+        with collector_paused():
+            batch: list[list[int]] = [[] for _ in range(5_000)]  # (5x the young threshold)
+            assert started == []
+        del batch
+        after: list[list[int]] = [[]]
+        assert started, "no collection after the pause"
+        assert after
+    finally:
+        gc.callbacks.remove(seen)
+        gc.set_threshold(*thresholds)
