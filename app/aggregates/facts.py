@@ -552,13 +552,7 @@ def add_change(deltas: Deltas, old: Facts | None, new: Facts | None) -> None:
 def _difference(
     old: dict[tuple[str, str, int], list[float]], new: dict[tuple[str, str, int], list[float]]
 ) -> dict[tuple[str, str, int], list[float]]:
-    changed: dict[tuple[str, str, int], list[float]] = {}
-    for key, values in new.items():
-        before = old.get(key)
-        if before is None:
-            changed[key] = values
-        elif before != values:
-            changed[key] = [a - b for a, b in zip(values, before, strict=True)]
+    changed = _difference_at(old, new, new)
     for key, values in old.items():
         if key not in new:
             changed[key] = [-v for v in values]
