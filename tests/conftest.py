@@ -104,11 +104,11 @@ async def app(settings: Settings) -> AsyncIterator[object]:
 
 
 @pytest.fixture
-def stitch(app: Any) -> Callable[[], Awaitable[int]]:
+def stitch(app: Any) -> Callable[..., Awaitable[int]]:
     """Stitch everything committed so far; returns the number of events consumed."""
 
-    async def drain() -> int:
-        return int(await app.state.runtime.stitcher.drain())
+    async def drain(*, settle: bool = True) -> int:
+        return int(await app.state.runtime.stitcher.drain(settle=settle))
 
     return drain
 

@@ -327,14 +327,22 @@ class Stitcher:
         BATCH_SECONDS.observe(time.perf_counter() - started)
         return len(records)
 
-    async def drain(self, *, timeout: float = 60.0) -> int:
-        """Stitch until the feed is empty (tests, rebuild, benchmarks); returns events done."""
+    async def drain(self, *, timeout: float = 60.0, settle: bool = True) -> int:
+        """Stitch until the feed is empty (tests); returns events done.
+
+        The feed reads only below the oldest transaction still running anywhere on the server
+        (another database's included), so an empty read does not mean that everything
+        committed has been stitched. With `settle` the drain first waits until every
+        transaction that was running when it began has ended: then it stitches everything
+        committed before the call. Without it, it leaves what the worker would leave."""
         total = 0
         # Shards claimed only for this drain are given back afterwards: kept, they would lock
         # every other stitcher (a `journeys worker`, another server) out for good.
         borrowed = not self._held
         try:
             async with asyncio.timeout(timeout):
+                if settle:
+                    await self._settle()
                 await self._claim()
                 while True:
                     done = 0
@@ -346,3 +354,17 @@ class Stitcher:
         finally:
             if borrowed:
                 await self._release()
+
+    async def _settle(self) -> None:
+        """Wait until the transactions running now have ended (`drain`)."""
+        async with raw_connection(self._engine) as conn:
+            horizon = await conn.fetchval(_NEXT_XID)
+            while await conn.fetchval(_OLDEST_RUNNING_XID) < horizon:
+                await asyncio.sleep(SETTLE_POLL)
+
+
+# Transaction ids as bigint: the next one to be assigned, and the oldest still running (the
+# next one when none is). Every transaction that ran before the first is below it.
+_NEXT_XID = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+_OLDEST_RUNNING_XID = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+SETTLE_POLL = 0.005

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -180,7 +182,7 @@ async def test_metrics_count_requests_by_area_and_show_pool_use(
 async def test_readyz_names_the_long_write_transaction_that_holds_stitching_back(
     client: httpx.AsyncClient,
     workspace: NewWorkspace,
-    stitch: Callable[[], Awaitable[int]],
+    stitch: Callable[..., Awaitable[int]],
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -196,7 +198,7 @@ async def test_readyz_names_the_long_write_transaction_that_holds_stitching_back
         await blocker.fetchval("SELECT pg_current_xact_id()")  # takes an xid: a writer
         r = await client.post("/v1/track", json=EVENT, auth=(workspace.write_key, ""))
         assert r.status_code == 200, r.text
-        assert await stitch() == 0  # committed, yet invisible to the feed
+        assert await stitch(settle=False) == 0  # committed, yet invisible to the feed
         body = (await client.get("/readyz")).json()["stitcher"]
         assert body["shards_behind"] >= 1
         assert body["held_back_by"]["pid"] == blocker.get_server_pid()
@@ -204,10 +206,14 @@ async def test_readyz_names_the_long_write_transaction_that_holds_stitching_back
         metrics = (await client.get("/metrics")).text
         assert metric(metrics, "journeys_stitch_feed_held_seconds") >= 0.0
         assert "journeys_stitch_feed_held_seconds" in metrics
+        # A settling drain (the default) waits for the transactions older than it instead.
+        settling = asyncio.create_task(stitch())
+        done, _ = await asyncio.wait({settling}, timeout=0.5)
+        assert not done, "the drain returned while an older transaction was still open"
         await tx.commit()
     finally:
         await blocker.close()
-    assert await stitch() == 1
+    assert await settling == 1
     body = (await client.get("/readyz")).json()["stitcher"]
     assert body["shards_behind"] == 0
     assert body["held_back_by"] is None
