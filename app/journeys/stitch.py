@@ -471,6 +471,9 @@ class WorkspaceStitcher:
         new_rows: list[ids.IdentityRow] = []
         updated_rows: list[ids.IdentityRow] = []
         members = groups.groups()
+        stored_in: dict[int, list[Identifier]] = {}
+        for ident, member in stored.items():
+            stored_in.setdefault(member.cluster_id, []).append(ident)
         fresh_ids = await ids.new_cluster_ids(
             self.conn, sum(1 for g in members if not any(isinstance(n, int) for n in g))
         )
@@ -489,9 +492,9 @@ class WorkspaceStitcher:
                 self._newcomers.add(ident)
                 self.customer_of[ident] = customer_key(ident)
                 self.cluster_of[ident] = target
-            for ident, member in stored.items():
-                if member.cluster_id in clusters:
-                    member.cluster_id = target
+            for cluster in clusters:
+                for ident in stored_in.get(cluster, ()):
+                    stored[ident].cluster_id = target
                     self.cluster_of[ident] = target
             if len(clusters) + len(newcomers) > 1 or any(n in dirty_nodes for n in group):
                 dirty.add(target)
