@@ -40,7 +40,7 @@ import secrets
 import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -187,6 +187,7 @@ class StitchBenchReport:
     ingest: dict[str, Any] | None = None
     freshness: dict[str, Any] | None = None
     ratio: float | None = None
+    cpu_per_event: dict[str, Any] | None = None
     targets: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -723,6 +724,31 @@ def run(opts: StitchBenchOptions, console: Console) -> StitchBenchReport:
     return report
 
 
+def cpu_per_event(
+    stitch: StitchPhase, ingest: Mapping[str, Any], cores: int
+) -> dict[str, Any] | None:
+    """Both phases' CPU per event (µs), what a stitcher that kept every core busy would
+    reach at its CPU per event, and the share of ingest's whole cost per event that the
+    stitcher's PostgreSQL work alone takes: the ratio's ceiling on this machine, whatever
+    the stitcher's code."""
+    rate = float(ingest["events_per_s"])
+    pct = ingest.get("cpu_pct", {})
+    bench, pg = stitch.cpu_us_per_event("bench"), stitch.cpu_us_per_event("postgres")
+    if not rate or bench is None or pg is None or "server" not in pct:
+        return None
+    ingest_us = {who: pct.get(who, 0.0) / 100 / rate * 1e6 for who in ("server", "postgres", "wrk")}
+    ingest_total = sum(ingest_us.values())
+    stitch_total = bench + pg
+    every_core = cores * 1e6 / stitch_total
+    return {
+        "stitch_us": {"stitcher": bench, "postgres": pg, "total": stitch_total},
+        "ingest_us": {**ingest_us, "total": ingest_total},
+        "stitch_postgres_share_of_ingest_pct": 100 * pg / ingest_total,
+        "every_core_events_per_s": every_core,
+        "every_core_ratio": every_core / rate,
+    }
+
+
 def _judge(report: StitchBenchReport) -> None:
     f = report.freshness
     if f is not None:
@@ -783,6 +809,7 @@ def _judge(report: StitchBenchReport) -> None:
             report.warnings.append(f"ingest: other processes used {other:.0f}% of a core")
         rate = float(report.ingest["events_per_s"])
         report.ratio = s.events_per_s / rate if rate else None
+        report.cpu_per_event = cpu_per_event(s, report.ingest, int(report.machine["cores"]))
         report.targets.append(
             {
                 "target": "stitch events/s > end-to-end /v1/batch ingest events/s (ratio > 1)",
@@ -887,6 +914,18 @@ def markdown(report: StitchBenchReport) -> str:
         lines.append(
             "CPU during the ingest window (% of one core): "
             + ", ".join(f"{k} {v:.0f}" for k, v in report.ingest["cpu_pct"].items())
+        )
+    c = report.cpu_per_event
+    if c is not None:
+        st, ing = c["stitch_us"], c["ingest_us"]
+        lines.append(
+            f"CPU per event: stitch {st['stitcher']:,.0f} µs stitcher + {st['postgres']:,.0f} µs "
+            f"PostgreSQL = {st['total']:,.0f} µs; ingest {ing['server']:,.0f} µs server + "
+            f"{ing['postgres']:,.0f} µs PostgreSQL + {ing['wrk']:,.0f} µs wrk = "
+            f"{ing['total']:,.0f} µs. The stitcher's PostgreSQL work alone is "
+            f"{c['stitch_postgres_share_of_ingest_pct']:.0f} % of ingest's whole cost per event; "
+            f"a stitcher keeping all {m['cores']} cores busy at this cost per event would reach "
+            f"{c['every_core_events_per_s']:,.0f} events/s ({c['every_core_ratio']:.2f}x ingest)."
         )
     lines.append(
         machine_line(m, report.database, "stitcher, server, PostgreSQL and wrk share the cores.")

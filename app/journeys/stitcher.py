@@ -359,7 +359,10 @@ class Stitcher:
         """Wait until the transactions running now have ended (`drain`)."""
         async with raw_connection(self._engine) as conn:
             horizon = await conn.fetchval(_NEXT_XID)
-            while await conn.fetchval(_OLDEST_RUNNING_XID) < horizon:
+            # Polled: PostgreSQL signals no transaction's end to an onlooker.
+            while True:
+                if await conn.fetchval(_OLDEST_RUNNING_XID) >= horizon:
+                    return
                 await asyncio.sleep(SETTLE_POLL)
 
 
