@@ -236,7 +236,9 @@ def test_cpu_per_request() -> None:
 # --------------------------------------------------------------------------- rollup cost
 
 
-def _stitch_phase(rate: float, *, rollups: bool, bench_pct: float = 80.0) -> stitch.StitchPhase:
+def _stitch_phase(
+    rate: float, *, rollups: bool, bench_pct: float = 80.0, cpu: dict[str, float] | None = None
+) -> stitch.StitchPhase:
     return stitch.StitchPhase(
         events=10_000,
         workspace_events=10_000,
@@ -252,10 +254,36 @@ def _stitch_phase(rate: float, *, rollups: bool, bench_pct: float = 80.0) -> sti
         first_received=None,
         last_received=None,
         feed_remaining=0,
-        cpu_pct={"bench": bench_pct, "postgres": 20.0, "other": 0.0},
+        cpu_pct=cpu if cpu is not None else {"bench": bench_pct, "postgres": 20.0, "other": 0.0},
         queries=[{"function": "apply_deltas", "ms_per_batch": 70.0}],
         rollups=rollups,
     )
+
+
+def test_cpu_per_event_compares_the_stitch_and_ingest_phases() -> None:
+    # 10,000 events in 2 s: 60 % of a core is 120 µs per event, 20 % is 40 µs.
+    phase = _stitch_phase(5_000.0, rollups=True, bench_pct=60.0)
+    # 20,000 events/s: 100 % of a core is 50 µs per event.
+    ingest = {"events_per_s": 20_000.0, "cpu_pct": {"server": 100.0, "postgres": 60.0, "wrk": 4.0}}
+    c = stitch.cpu_per_event(phase, ingest, cores=2)
+    assert c is not None
+    assert c["stitch_us"] == pytest.approx({"stitcher": 120.0, "postgres": 40.0, "total": 160.0})
+    assert c["ingest_us"] == pytest.approx(
+        {"server": 50.0, "postgres": 30.0, "wrk": 2.0, "total": 82.0}
+    )
+    assert c["stitch_postgres_share_of_ingest_pct"] == pytest.approx(100 * 40 / 82)
+    # Two cores kept busy at 160 µs per event: 12,500 events/s, 0.625 of the ingest rate.
+    assert c["every_core_events_per_s"] == pytest.approx(12_500.0)
+    assert c["every_core_ratio"] == pytest.approx(0.625)
+
+
+def test_cpu_per_event_needs_both_phases_cpu() -> None:
+    ingest = {"events_per_s": 20_000.0, "cpu_pct": {"server": 100.0}}
+    no_postgres = _stitch_phase(5_000.0, rollups=True, cpu={"bench": 60.0})
+    assert stitch.cpu_per_event(no_postgres, ingest, cores=2) is None
+    phase = _stitch_phase(5_000.0, rollups=True)
+    assert stitch.cpu_per_event(phase, ingest, cores=2) is not None
+    assert stitch.cpu_per_event(phase, {"events_per_s": 0.0, "cpu_pct": {}}, cores=2) is None
 
 
 def test_rollup_cost_order_alternates() -> None:
