@@ -6,8 +6,9 @@ import asyncpg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from app.db.engine import connect
+from app.db.engine import connect, is_unavailable
 from app.journeys import repository as journeys
+from app.journeys.stages import JourneyModel
 from app.journeys.stitch import WorkspaceStitcher
 from app.journeys.stitcher import model_for
 
@@ -32,10 +33,13 @@ DERIVED_TABLES = (
 async def rebuild_workspace(
     conn: asyncpg.Connection, workspace_id: int, progress: Progress | None = None
 ) -> int:
-    """Replay one workspace in one transaction; readers see the old state until it commits."""
+    """Replay one workspace in one transaction; readers see the old state until it commits.
+    Returns the raw events replayed. Events set aside earlier (`stitch_failures`) are tried
+    again, so a fixed one joins its journey; one that still fails is set aside again, as the
+    stitcher does, instead of failing the rebuild."""
     async with conn.transaction():
         position = await journeys.lock_progress(conn, workspace_id % journeys.SHARDS)
-        for table in DERIVED_TABLES:
+        for table in (*DERIVED_TABLES, "stitch_failures"):
             await conn.execute(f"DELETE FROM {table} WHERE workspace_id = $1", workspace_id)
         total = await conn.fetchval(
             "SELECT count(*) FROM events WHERE workspace_id = $1 "
@@ -64,12 +68,44 @@ async def rebuild_workspace(
             )
             if not rows:
                 break
-            await WorkspaceStitcher(conn, workspace_id, model, webhooks=False).stitch(rows)
+            await _replay(conn, workspace_id, model, rows)
             after = (rows[-1]["tx"], rows[-1]["seq"])
             done += len(rows)
             if progress is not None and task is not None:
                 progress.update(task, completed=done)
         return done
+
+
+async def _replay(
+    conn: asyncpg.Connection, workspace_id: int, model: JourneyModel, rows: list[asyncpg.Record]
+) -> None:
+    """Stitch a batch of raw events; if it fails, event by event (each in a savepoint), setting
+    aside the ones that fail. Stitching is order-independent: the state is the same. When
+    every event of the batch fails alone the fault is not in the events: the rebuild fails
+    (and rolls back) rather than set a whole workspace aside."""
+
+    async def stitch(batch: list[asyncpg.Record]) -> None:
+        async with conn.transaction():  # a savepoint: a failure undoes only this batch
+            await WorkspaceStitcher(conn, workspace_id, model, webhooks=False).stitch(batch)
+
+    try:
+        await stitch(rows)
+        return
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise
+    failed: list[tuple[asyncpg.Record, Exception]] = []
+    for row in rows:
+        try:
+            await stitch([row])
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise
+            failed.append((row, exc))
+    if len(rows) > 1 and len(failed) == len(rows):
+        raise failed[0][1]
+    for row, exc in failed:
+        await journeys.set_aside(conn, workspace_id, row["message_id"], exc)
 
 
 async def rebuild_workspaces(url: str, workspace: str | None, *, console: Console) -> None:
@@ -96,5 +132,15 @@ async def rebuild_workspaces(url: str, workspace: str | None, *, console: Consol
             for workspace_id in ids:
                 await rebuild_workspace(conn, workspace_id, progress)
         console.print(f"rebuilt {len(ids)} workspace(s)")
+        failed = await conn.fetch(
+            "SELECT workspace_id, count(*) AS n FROM stitch_failures "
+            "WHERE workspace_id = ANY($1::bigint[]) GROUP BY 1 ORDER BY 1",
+            ids,
+        )
+        for row in failed:
+            console.print(
+                f"[yellow]workspace {row['workspace_id']}: {row['n']} event(s) could not be "
+                "stitched and are set aside in stitch_failures (their errors are there)[/]"
+            )
     finally:
         await conn.close()

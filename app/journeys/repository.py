@@ -104,6 +104,21 @@ async def lock_progress(conn: asyncpg.Connection, shard: int) -> tuple[int, int]
     return int(row["tx"]), int(row["seq"])
 
 
+async def set_aside(
+    conn: asyncpg.Connection, workspace_id: int, message_id: str, error: BaseException
+) -> None:
+    """Record a raw event the stitcher cannot process (`stitch_failures`: counted by /readyz,
+    retried by a rebuild)."""
+    await conn.execute(
+        "INSERT INTO stitch_failures (workspace_id, message_id, error) VALUES ($1, $2, $3)"
+        " ON CONFLICT (workspace_id, message_id) DO UPDATE SET error = excluded.error,"
+        " at = now()",
+        workspace_id,
+        message_id,
+        repr(error)[:2000],
+    )
+
+
 async def save_progress(
     conn: asyncpg.Connection, shard: int, position: tuple[int, int], events: int
 ) -> None:

@@ -237,14 +237,7 @@ class Stitcher:
                 message_id=bad["message_id"],
                 error=repr(exc),
             )
-            await conn.execute(
-                "INSERT INTO stitch_failures (workspace_id, message_id, error) VALUES ($1, $2, $3)"
-                " ON CONFLICT (workspace_id, message_id) DO UPDATE SET error = excluded.error,"
-                " at = now()",
-                bad["workspace_id"],
-                bad["message_id"],
-                repr(exc)[:2000],
-            )
+            await journeys.set_aside(conn, bad["workspace_id"], bad["message_id"], exc)
             await journeys.save_progress(conn, shard, (bad["tx"], bad["seq"]), 1)
         SKIPPED.inc()
 
