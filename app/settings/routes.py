@@ -166,6 +166,11 @@ async def get_model(request: Request, workspace_id: ServerWorkspace) -> Response
         }
     },
     responses={
+        200: {
+            "description": "The model in force already: nothing to re-derive (`rederive` is "
+            "the latest job, or null)",
+            "content": {"application/json": {"schema": _MODEL_AND_JOB}},
+        },
         202: {
             "description": "Stored; the re-derivation job is queued (`rederive`)",
             "content": {"application/json": {"schema": _MODEL_AND_JOB}},
@@ -187,12 +192,20 @@ async def put_model(request: Request, workspace_id: ServerWorkspace) -> Response
     stored = model_to_dict(model)
     rt = runtime(request)
     async with raw_connection(rt.engine) as conn, conn.transaction():
+        # The model in force already (the same stages and rules, however spelled): nothing to
+        # re-derive, so configuration tools may PUT it again and again.
+        unchanged = model_to_dict(await model_for(conn, workspace_id)) == stored
         await conn.execute(
             "UPDATE workspaces SET settings = jsonb_set(settings, '{journey_model}', $2::jsonb) "
             "WHERE id = $1",
             workspace_id,
             orjson.dumps(stored).decode(),
         )
-        job = await jobs.enqueue(conn, workspace_id, jobs.REDERIVE)
+        if unchanged:
+            job = await jobs.latest(conn, workspace_id, jobs.REDERIVE)
+        else:
+            job = await jobs.enqueue(conn, workspace_id, jobs.REDERIVE)
+    if unchanged:
+        return _json({"model": stored, "rederive": jobs.job_json(job)})
     rt.stitcher.forget_model(workspace_id)
     return _json({"model": stored, "rederive": jobs.job_json(job)}, 202)

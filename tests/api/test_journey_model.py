@@ -124,3 +124,24 @@ async def test_a_new_model_rederives_existing_customers(
     assert [h["stage"] for h in after["stage_history"]] == ["visitor", "trial"]
     timeline = (await client.get("/v1/profiles/user_id:u1/timeline", headers=read)).json()
     assert [e["stage"] for e in timeline["events"]] == ["visitor", "trial"]
+
+    # The same model again (as configuration tools do): stored, nothing re-derived.
+    again = await client.put("/v1/settings/journey-model", json=model, headers=_server(workspace))
+    assert again.status_code == 200, again.text
+    assert again.json()["rederive"]["job_id"] == r.json()["rederive"]["job_id"]
+    assert again.json()["rederive"]["status"] == "done"
+
+
+async def test_putting_the_model_in_force_queues_no_rederivation(
+    client: httpx.AsyncClient, workspace: NewWorkspace
+) -> None:
+    """The default model, never stored: PUT as it is, it changes nothing (200, no job)."""
+    current = await client.get("/v1/settings/journey-model", headers=_server(workspace))
+    model = current.json()["model"]
+    r = await client.put("/v1/settings/journey-model", json=model, headers=_server(workspace))
+    assert r.status_code == 200, r.text
+    assert r.json() == {"model": model, "rederive": None}
+    model["stages"] = model["stages"][:-1]  # one stage less: a change
+    r = await client.put("/v1/settings/journey-model", json=model, headers=_server(workspace))
+    assert r.status_code == 202, r.text
+    assert r.json()["rederive"]["status"] == "pending"
