@@ -104,8 +104,8 @@ async def _replay(
             failed.append((row, exc))
     if len(rows) > 1 and len(failed) == len(rows):
         raise failed[0][1]
-    for row, exc in failed:
-        await journeys.set_aside(conn, workspace_id, row["message_id"], exc)
+    for row, error in failed:
+        await journeys.set_aside(conn, workspace_id, row["message_id"], error)
 
 
 async def rebuild_workspaces(url: str, workspace: str | None, *, console: Console) -> None:
