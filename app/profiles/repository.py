@@ -10,10 +10,15 @@ import asyncpg
 async def find_identity(
     conn: asyncpg.Connection, workspace_id: int, kind: str, value: str
 ) -> asyncpg.Record | None:
-    """An identifier's customer and whether it is a shared device."""
+    """An identifier's customer, whether it is a shared device, and whether that customer has
+    a profile (`has_profile`: a `customers` row; an unmerge can leave an identifier whose
+    customer has no events and so no row)."""
     return await conn.fetchrow(
-        "SELECT customer_id, cluster_id, shared_device FROM identities "
-        "WHERE workspace_id = $1 AND kind = $2 AND value = $3",
+        "SELECT i.customer_id, i.cluster_id, i.shared_device, EXISTS ("
+        "SELECT FROM customers c "
+        "WHERE c.workspace_id = i.workspace_id AND c.customer_id = i.customer_id"
+        ") AS has_profile FROM identities i "
+        "WHERE i.workspace_id = $1 AND i.kind = $2 AND i.value = $3",
         workspace_id,
         kind,
         value,

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 import asyncpg
 import orjson
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from app.core.auth import ReadWorkspace, ServerWorkspace, read_workspace
@@ -170,6 +171,35 @@ _UNMERGED = _body(
 # `{id}` is validated by the service (a 400 naming it); the pattern documents the form.
 IdParam = Annotated[str, Path(description=_ID_DOC, json_schema_extra={"pattern": "^[^:]+:.+$"})]
 
+_PREFIX = "/v1/profiles/"
+
+
+def _client_segments(scope: Scope) -> list[str] | None:
+    """The path after `/v1/profiles/` split at the slashes the client sent, each segment
+    percent-decoded; None without a `raw_path` (or one that doesn't start so).
+
+    Routing matches the decoded path, where `user_id:google%2F123` has become two segments: a
+    value holding a `/` can only be told from a path separator in the raw path."""
+    raw = scope.get("raw_path")
+    if not raw:
+        return None
+    text = raw.decode("latin-1")
+    root: str = scope.get("root_path", "")
+    if root and text.startswith(root):
+        text = text[len(root) :]
+    if not text.startswith(_PREFIX):
+        return None
+    return [unquote(segment) for segment in text[len(_PREFIX) :].split("/")]
+
+
+def _one_segment(request: Request, id: str) -> str:
+    """`id` of a `/{id:path}/…` route, if the client sent it as one path segment (a `/` in a
+    value encoded as `%2F`); anything else is a path no route serves: 404."""
+    segments = _client_segments(request.scope)
+    if not id or (segments is not None and segments[:-1] != [id]):
+        raise StarletteHTTPException(404)
+    return id
+
 
 @router.get("/{id}", summary="A customer's profile", responses={200: _PROFILE, **_ERRORS})
 async def get_profile(id: IdParam, request: Request, workspace_id: ReadWorkspace) -> Response:
@@ -179,15 +209,20 @@ async def get_profile(id: IdParam, request: Request, workspace_id: ReadWorkspace
 
 
 @router.get(
-    "/{id}/stage", summary="A customer's current stage", responses={200: _STAGE_BODY, **_ERRORS}
+    "/{id:path}/stage",
+    summary="A customer's current stage",
+    responses={200: _STAGE_BODY, **_ERRORS},
 )
 async def get_stage(id: IdParam, request: Request, workspace_id: ReadWorkspace) -> Response:
     """`{customer_id, stage, entered_at, stage_history: [{stage, entered_at, message_id}]}`."""
+    id = _one_segment(request, id)
     async with runtime(request).read_connection() as conn:
         return _json(await service.stage(conn, workspace_id, id))
 
 
-@router.get("/{id}/timeline", summary="A customer's events", responses={200: _TIMELINE, **_ERRORS})
+@router.get(
+    "/{id:path}/timeline", summary="A customer's events", responses={200: _TIMELINE, **_ERRORS}
+)
 async def get_timeline(
     id: IdParam,
     request: Request,
@@ -199,6 +234,7 @@ async def get_timeline(
     order: Literal["asc", "desc"] = "asc",
 ) -> Response:
     """Events in event-time order with session, channel and stage; `next_cursor` pages on."""
+    id = _one_segment(request, id)
     async with runtime(request).read_connection() as conn:
         return _json(
             await service.timeline(
@@ -215,20 +251,19 @@ async def get_timeline(
 
 
 @router.get(
-    "/{id}/identities",
+    "/{id:path}/identities",
     summary="Identifiers and the identity ledger",
     responses={200: _IDENTITIES, **_ERRORS},
 )
 async def get_identities(id: IdParam, request: Request, workspace_id: ReadWorkspace) -> Response:
     """Every identifier with its first sighting, and each ledger decision that concerns them."""
+    id = _one_segment(request, id)
     async with runtime(request).read_connection() as conn:
         return _json(await service.identities(conn, workspace_id, id))
 
 
-_PREFIX = "/v1/profiles/"
 _JSON_CONTENT_TYPE = (b"content-type", b"application/json")
-_STAGE = "/stage"
-_TIMELINE_PATH = "/timeline"
+_FAST_ROUTES = frozenset({"stage", "timeline"})
 _ORDERS = frozenset({"asc", "desc"})
 _DEFAULT_LIMIT = 100
 
@@ -237,15 +272,24 @@ _DEFAULT_LIMIT = 100
 # answer exactly as `get_stage` and `get_timeline` do. Anything a fast path does not parse
 # itself (since/until, a repeated or invalid parameter) goes to the FastAPI route instead, so
 # validation errors have one implementation.
+# `GET …/{id}` with an encoded `/` in `{id}` comes here too: routing sees the decoded path, in
+# which it is no `/{id}` (and would take `user_id:a%2Fstage` for the stage of `user_id:a`).
 FastAnswer = Callable[[asyncpg.Connection, int], Awaitable[dict[str, Any]]]
 
 
-def _identifier_of(scope: Scope, suffix: str) -> str | None:
+def _target(scope: Scope) -> tuple[str, str] | None:
+    """(identifier, route: "" or a fast route's name) of a GET this module answers itself."""
     path: str = scope["path"]
-    if scope["method"] != "GET" or not path.startswith(_PREFIX) or not path.endswith(suffix):
+    if scope["method"] != "GET" or not path.startswith(_PREFIX):
         return None
-    identifier = path[len(_PREFIX) : -len(suffix)]
-    return identifier if identifier and "/" not in identifier else None
+    segments = _client_segments(scope)
+    if segments is None:  # no raw path: the decoded one, where `{id}` has no `/`
+        segments = path[len(_PREFIX) :].split("/")
+    if len(segments) == 2 and segments[0] and segments[1] in _FAST_ROUTES:
+        return segments[0], segments[1]
+    if len(segments) == 1 and "/" in segments[0]:
+        return segments[0], ""
+    return None
 
 
 def _timeline_answer(scope: Scope, identifier: str) -> FastAnswer | None:
@@ -291,13 +335,25 @@ def _stage_answer(identifier: str) -> FastAnswer:
     return answer
 
 
+def _profile_answer(identifier: str) -> FastAnswer:
+    async def answer(conn: asyncpg.Connection, workspace_id: int) -> dict[str, Any]:
+        return await service.profile(conn, workspace_id, identifier)
+
+    return answer
+
+
 def fast_answer(scope: Scope) -> FastAnswer | None:
-    """The answer of a `GET …/{id}/stage` or a plain `GET …/{id}/timeline`, else None."""
-    identifier = _identifier_of(scope, _STAGE)
-    if identifier is not None:
+    """The answer of a `GET …/{id}/stage`, a plain `GET …/{id}/timeline`, or a `GET …/{id}`
+    whose `{id}` holds an encoded `/`; else None (FastAPI routes the request)."""
+    target = _target(scope)
+    if target is None:
+        return None
+    identifier, route = target
+    if route == "stage":
         return _stage_answer(identifier)
-    identifier = _identifier_of(scope, _TIMELINE_PATH)
-    return None if identifier is None else _timeline_answer(scope, identifier)
+    if route == "timeline":
+        return _timeline_answer(scope, identifier)
+    return _profile_answer(identifier)
 
 
 async def fast_asgi(scope: Scope, receive: Receive, send: Send, answer: FastAnswer) -> None:
@@ -334,7 +390,7 @@ class UnmergeRequest(BaseModel):
 
 
 @router.post(
-    "/{id}/unmerge",
+    "/{id:path}/unmerge",
     summary="Undo a merge (server key)",
     responses={200: _UNMERGED, **_SERVER_ERRORS},
 )
@@ -342,6 +398,7 @@ async def post_unmerge(
     id: IdParam, body: UnmergeRequest, request: Request, workspace_id: ServerWorkspace
 ) -> Response:
     """Blocks the link and replays the customer's identity evidence without it."""
+    id = _one_segment(request, id)
     rt = runtime(request)
     async with raw_connection(rt.engine) as conn:
         result = await unmerge(

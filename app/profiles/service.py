@@ -37,12 +37,19 @@ def parse_identifier(text: str) -> Identifier:
     return Identifier(kind, value)
 
 
-async def resolve_customer(conn: asyncpg.Connection, workspace_id: int, text: str) -> str:
-    """The customer an identifier belongs to: 404 if unknown, 409 for a shared device."""
+async def resolve_customer(
+    conn: asyncpg.Connection, workspace_id: int, text: str, *, require_profile: bool = False
+) -> str:
+    """The customer an identifier belongs to: 404 if unknown, 409 for a shared device. With
+    `require_profile` (the read routes), also 404 when that customer has no profile: an
+    identifier an unmerge left without events. Unmerge and deletion still reach it.
+
+    `customer_id:…` is the Journeys customer id or, when no customer has that id, an external
+    id of type `customer_id` (the contract allows any `context.externalIds` type)."""
     ident = parse_identifier(text)
-    if ident.kind == CUSTOMER_ID:
-        if not await profiles.customer_exists(conn, workspace_id, ident.value):
-            raise _not_found(text)
+    if ident.kind == CUSTOMER_ID and await profiles.customer_exists(
+        conn, workspace_id, ident.value
+    ):
         return ident.value
     row = await profiles.find_identity(conn, workspace_id, ident.kind, ident.value)
     if row is None:
@@ -56,6 +63,8 @@ async def resolve_customer(conn: asyncpg.Connection, workspace_id: int, text: st
             "ask by one of their own identifiers",
             extra={"customer_ids": customers},
         )
+    if require_profile and not row["has_profile"]:
+        raise _not_found(text)
     return str(row["customer_id"])
 
 
@@ -84,11 +93,10 @@ async def profile(conn: asyncpg.Connection, workspace_id: int, text: str) -> dic
 async def stage(conn: asyncpg.Connection, workspace_id: int, text: str) -> dict[str, Any]:
     """The customer's current stage and when each stage was entered."""
     ident = parse_identifier(text)
+    row = None
     if ident.kind == CUSTOMER_ID:
         row = await profiles.stage_of_customer(conn, workspace_id, ident.value)
-        if row is None:
-            raise _not_found(text)
-    else:
+    if row is None:  # an identity (external ids of type `customer_id` included)
         row = await profiles.stage_by_identity(conn, workspace_id, ident.kind, ident.value)
         if row is None or row["shared_device"] or row["stage_history"] is None:
             # Misses, shared devices and identities without a customer row take the general
@@ -158,11 +166,15 @@ async def timeline(
             until=until,
             descending=descending,
         )
-        if rows and not (rows[0]["shared_device"] and ident.kind == ANONYMOUS_ID):
-            customer_id = str(rows[0]["customer_id"])
-            return _page(customer_id, [] if rows[0]["message_id"] is None else rows, limit)
-    # Customer ids, shared devices, misses and bad cursors: the general path (404/409/400).
-    customer_id = await resolve_customer(conn, workspace_id, text)
+        if (
+            rows
+            and rows[0]["message_id"] is not None
+            and not (rows[0]["shared_device"] and ident.kind == ANONYMOUS_ID)
+        ):
+            return _page(str(rows[0]["customer_id"]), rows, limit)
+    # Customer ids, shared devices, misses, bad cursors and empty pages (the customer may
+    # have no profile at all): the general path (404/409/400).
+    customer_id = await resolve_customer(conn, workspace_id, text, require_profile=True)
     rows = await profiles.timeline(
         conn,
         workspace_id,
@@ -196,7 +208,7 @@ def _page(customer_id: str, rows: list[asyncpg.Record], limit: int) -> dict[str,
 
 async def identities(conn: asyncpg.Connection, workspace_id: int, text: str) -> dict[str, Any]:
     """The customer's identifiers and every ledger decision that concerns them."""
-    customer_id = await resolve_customer(conn, workspace_id, text)
+    customer_id = await resolve_customer(conn, workspace_id, text, require_profile=True)
     idents = await profiles.identifiers(conn, workspace_id, customer_id)
     mine = {f"{r['kind']}:{r['value']}" for r in idents}
     clusters = sorted({r["cluster_id"] for r in idents})

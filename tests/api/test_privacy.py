@@ -660,3 +660,28 @@ async def test_events_denying_the_required_consent_are_never_stored(
     )
     assert [r["e"] for r in rows] == ["Allowed"]
     assert await _dropped(client, "consent") - dropped_before == 1
+
+
+async def test_a_customer_whose_user_id_holds_a_slash_is_deleted_by_its_customer_id(
+    client: httpx.AsyncClient, workspace: NewWorkspace, stitch: Stitch
+) -> None:
+    """Deletion and export take `{id}` as one plain path segment: for an identifier holding a
+    `/`, the profile (which reads it as `%2F`) gives the `customer_id` they take instead; the
+    identifier sent as it is never reaches them."""
+    await _send(client, workspace, _ann(user="google/123"))
+    await stitch()
+    profile = await client.get("/v1/profiles/user_id:google%2F123", headers=_read(workspace))
+    assert profile.status_code == 200, profile.text
+    ident = f"customer_id:{profile.json()['customer_id']}"
+    export = await client.get(f"/v1/profiles/{ident}/export", headers=_server(workspace))
+    assert export.status_code == 200, export.text
+    assert len(export.json()["timeline"]) == len(_ann())
+    for path in ("user_id:google%2F123", "user_id:google/123"):
+        r = await client.delete(f"/v1/profiles/{path}", headers=_server(workspace))
+        assert r.status_code in (404, 405), r.text
+        assert r.headers["content-type"] == "application/problem+json"
+    job_id = await _delete(client, workspace, ident)
+    await stitch()
+    assert (await _deletion(client, workspace, job_id))["status"] == "done"
+    gone = await client.get("/v1/profiles/user_id:google%2F123", headers=_read(workspace))
+    assert gone.status_code == 404, gone.text

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import httpx
 import pytest
 
 from app.workspaces.repository import NewWorkspace
-from tests.conftest import new_workspace
+from tests.conftest import LiveServer, new_workspace
 
 Stitch = Callable[[], Awaitable[int]]
 ROUTES = ("", "/stage", "/timeline", "/identities")
@@ -549,3 +551,222 @@ async def test_timeline_fast_path_answers_as_the_route_does(
             assert page2.json()["events"][0]["message_id"] not in {
                 e["message_id"] for e in fast.json()["events"]
             }
+
+
+async def test_an_identifier_an_unmerge_left_without_events_is_404_on_every_route(
+    client: httpx.AsyncClient, workspace: NewWorkspace, stitch: Stitch
+) -> None:
+    # Every event carries u1, so once the link is undone the device has no events: its
+    # identity points at a customer without a profile, which is no customer at all.
+    await _send(
+        client,
+        workspace,
+        [
+            _ev("e1", "2026-10-01T09:00:00Z", "identify", userId="u1", anonymousId="dev"),
+            _ev("e2", "2026-10-01T09:05:00Z", userId="u1", anonymousId="dev", event="Viewed"),
+        ],
+    )
+    await stitch()
+    read = _bearer(workspace.read_key)
+    r = await client.post(
+        _url("user_id:u1", "/unmerge"),
+        headers=_bearer(workspace.server_key),
+        json={"identifiers": ["user_id:u1", "anonymous_id:dev"]},
+    )
+    assert r.status_code == 200, r.text
+    cursor = base64.urlsafe_b64encode(b'["2026-10-01T09:00:00+00:00","e1"]').decode()
+    for route, params in (
+        *((route, {}) for route in ROUTES),
+        ("/timeline", {"since": "2026-10-01T00:00:00Z"}),
+        ("/timeline", {"cursor": cursor}),
+    ):
+        r = await client.get(_url("anonymous_id:dev", route), params=params, headers=read)
+        assert r.status_code == 404, (route, params, r.text)
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.json()["code"] == "profile_not_found"
+    # The user keeps both events; an empty page of a real customer is still a 200.
+    r = await client.get(_url("user_id:u1"), headers=read)
+    assert r.status_code == 200 and r.json()["event_count"] == 2
+    end = base64.urlsafe_b64encode(b'["2027-01-01T00:00:00+00:00","zz"]').decode()
+    for params in ({"cursor": end}, {"since": "2027-01-01T00:00:00Z"}):
+        r = await client.get(_url("user_id:u1", "/timeline"), params=params, headers=read)
+        assert r.status_code == 200, r.text
+        assert r.json()["events"] == [] and r.json()["next_cursor"] is None
+
+
+async def test_identifiers_holding_a_slash_answer_on_every_route(
+    client: httpx.AsyncClient, workspace: NewWorkspace, stitch: Stitch
+) -> None:
+    await _send(
+        client,
+        workspace,
+        [
+            _ev("g1", "2026-10-01T09:00:00Z", userId="google/123", event="Product Viewed"),
+            _ev(
+                "g2",
+                "2026-10-01T09:05:00Z",
+                userId="google/123",
+                event="Product Added",
+                context={"externalIds": [{"id": "a/b/c", "type": "crm_id"}]},
+            ),
+            # A value ending in a route's name, next to the customer that name would hit.
+            _ev("s1", "2026-10-01T10:00:00Z", userId="team/stage", event="Product Viewed"),
+            _ev("s2", "2026-10-01T10:00:00Z", userId="team", event="Order Completed"),
+        ],
+    )
+    await stitch()
+    read = _bearer(workspace.read_key)
+    google = {"user_id:google/123", "crm_id:a/b/c"}
+    customers: dict[str, set[str]] = {}
+    for ident in (*google, "user_id:team/stage", "user_id:team"):
+        for route, params in (
+            *((route, {}) for route in ROUTES),
+            ("/timeline", {"since": "2026-10-01T00:00:00Z", "limit": "1"}),
+        ):
+            r = await client.get(_url(ident, route), params=params, headers=read)
+            assert r.status_code == 200, (ident, route, r.text)
+            assert r.headers["content-type"] == "application/json"
+            customers.setdefault(ident, set()).add(r.json()["customer_id"])
+        # The plain route answered with the profile (not the stage of `user_id:team`).
+        body = (await client.get(_url(ident), headers=read)).json()
+        assert {f"{i['kind']}:{i['value']}" for i in body["identifiers"]} == (
+            google if ident in google else {ident}
+        )
+    assert all(len(ids) == 1 for ids in customers.values()), customers
+    assert len({next(iter(ids)) for ids in customers.values()}) == 3
+    timeline = (await client.get(_url("crm_id:a/b/c", "/timeline"), headers=read)).json()
+    assert [e["message_id"] for e in timeline["events"]] == ["g1", "g2"]
+    stage = (await client.get(_url("user_id:team/stage", "/stage"), headers=read)).json()
+    assert stage["stage"] != "purchase"  # team's order is not team/stage's
+    # Unmerge reaches it too (no such link: its own 404, not an unrouted path's).
+    r = await client.post(
+        _url("user_id:google/123", "/unmerge"),
+        headers=_bearer(workspace.server_key),
+        json={"identifiers": ["user_id:google/123", "anonymous_id:nope"]},
+    )
+    assert r.status_code == 404 and r.json()["code"] == "merge_not_found", r.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "code"),
+    [
+        # `{id}` is one path segment: a `/` the client left unencoded is a path separator.
+        ("GET", "/v1/profiles/user_id:google/123", "not_found"),
+        ("GET", "/v1/profiles/user_id:google/123/stage", "not_found"),
+        ("GET", "/v1/profiles/user_id:google/123/timeline", "not_found"),
+        ("GET", "/v1/profiles/user_id:google/123/identities", "not_found"),
+        ("GET", "/v1/profiles//stage", "not_found"),
+        ("GET", "/v1/profiles//timeline?since=2026-10-01T00:00:00Z", "not_found"),
+        ("GET", "/v1/profiles//identities", "not_found"),
+        ("GET", "/v1/profiles/%2F", "invalid_identifier"),
+        ("GET", "/v1/profiles/%2F/stage", "invalid_identifier"),
+        ("GET", "/v1/profiles/%2F%2F/timeline", "invalid_identifier"),
+        ("GET", "/v1/profiles/user_id%2F:x/identities", "profile_not_found"),
+        ("GET", "/v1/profiles/%2Fuser_id:%2F", "profile_not_found"),
+        ("GET", "/v1/profiles/user_id:%2F%2F%2F/timeline?cursor=%2F", "profile_not_found"),
+        ("GET", "/v1/profiles/user_id:%25%2F%25/stage", "profile_not_found"),
+        ("GET", "/v1/profiles/user_id:%FF%2F/stage", "profile_not_found"),
+        ("GET", "/v1/profiles/user_id:u1%2Funmerge", "profile_not_found"),
+        # Not an unmerge of user_id:u1: the `/` before `unmerge` is part of the identifier.
+        ("POST", "/v1/profiles/user_id:u1%2Funmerge", "not_found"),
+        ("POST", "/v1/profiles/user_id:u1/x/unmerge", "not_found"),
+        ("GET", "/v1/profiles/user_id:u1/unmerge", "method_not_allowed"),
+    ],
+)
+async def test_paths_with_slashes_that_name_no_customer_are_clean_errors(
+    client: httpx.AsyncClient, workspace: NewWorkspace, method: str, path: str, code: str
+) -> None:
+    await _send(client, workspace, [_ev("u1", "2026-10-01T09:00:00Z", userId="u1", event="X")])
+    headers = _bearer(workspace.server_key if method == "POST" else workspace.read_key)
+    body = {"identifiers": ["user_id:u1", "anonymous_id:a"]} if method == "POST" else None
+    r = await client.request(method, path, headers=headers, json=body)
+    assert r.headers["content-type"] == "application/problem+json", r.text
+    assert r.json()["code"] == code, r.text
+    status = {"invalid_identifier": 400, "method_not_allowed": 405}.get(code, 404)
+    assert r.status_code == status
+
+
+def test_the_fast_path_reads_the_identifier_from_the_path_the_client_sent() -> None:
+    from app.profiles.routes import fast_answer
+
+    def scope(raw: bytes) -> dict[str, Any]:
+        path = unquote(raw.decode())
+        return {**_scope(path, ""), "raw_path": raw}
+
+    for raw in (
+        b"/v1/profiles/user_id:google%2F123/stage",
+        b"/v1/profiles/user_id:google%2F123/timeline",
+        b"/v1/profiles/user_id:google%2F123",
+        b"/v1/profiles/user_id:a%2Fstage",
+        b"/v1/profiles/user_id:a/st%61ge",
+    ):
+        assert fast_answer(scope(raw)) is not None, raw
+    for raw in (
+        b"/v1/profiles/user_id:a",  # the FastAPI route answers ids without a slash
+        b"/v1/profiles/user_id:google/123/stage",
+        b"/v1/profiles/user_id:a%2Fb/identities",
+        b"/v1/profiles//stage",
+    ):
+        assert fast_answer(scope(raw)) is None, raw
+
+
+async def test_an_external_id_of_type_customer_id_answers_on_every_route(
+    client: httpx.AsyncClient, workspace: NewWorkspace, stitch: Stitch
+) -> None:
+    await _send(
+        client,
+        workspace,
+        [
+            _ev(
+                "x1",
+                "2026-10-01T09:00:00Z",
+                userId="u1",
+                event="Order Completed",
+                context={"externalIds": [{"id": "C-1", "type": "customer_id"}]},
+            ),
+        ],
+    )
+    await stitch()
+    read = _bearer(workspace.read_key)
+    customer_id = (await client.get(_url("user_id:u1"), headers=read)).json()["customer_id"]
+    for route in ROUTES:
+        bodies = []
+        # The external id, and the Journeys customer id too: both are `customer_id:…`.
+        for ident in ("user_id:u1", "customer_id:C-1", f"customer_id:{customer_id}"):
+            r = await client.get(_url(ident, route), headers=read)
+            assert r.status_code == 200, (ident, route, r.text)
+            bodies.append(r.json())
+        assert all(b == bodies[0] for b in bodies), route
+        assert bodies[0]["customer_id"] == customer_id
+    idents = (await client.get(_url("customer_id:C-1", "/identities"), headers=read)).json()
+    assert ("customer_id", "C-1") in {(i["kind"], i["value"]) for i in idents["identifiers"]}
+    r = await client.get(_url("customer_id:C-2", "/stage"), headers=read)
+    assert r.status_code == 404 and r.json()["code"] == "profile_not_found"
+
+
+@pytest.mark.slow
+async def test_a_slash_in_an_identifier_survives_a_real_uvicorn(
+    live_server: LiveServer, workspace: NewWorkspace
+) -> None:
+    # uvicorn decodes the path and keeps the bytes in `raw_path`, as httpx's transport does.
+    ident = "user_id:google/123"
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=10) as http:
+        await _send(
+            http, workspace, [_ev("r1", "2026-10-01T09:00:00Z", userId="google/123", event="X")]
+        )
+        read = _bearer(workspace.read_key)
+        deadline = time.monotonic() + 30
+        while (r := await http.get(_url(ident), headers=read)).status_code == 404:
+            assert r.json()["code"] == "profile_not_found", r.text  # routed, not yet stitched
+            assert time.monotonic() < deadline, "never stitched"
+            await asyncio.sleep(0.1)
+        customer_id = r.json()["customer_id"]
+        for route, params in (
+            *((route, {}) for route in ROUTES),
+            ("/timeline", {"since": "2026-10-01T00:00:00Z"}),
+        ):
+            r = await http.get(_url(ident, route), params=params, headers=read)
+            assert r.status_code == 200, (route, r.text)
+            assert r.json()["customer_id"] == customer_id
+        r = await http.get("/v1/profiles/user_id:google/123/stage", headers=read)
+        assert r.status_code == 404 and r.json()["code"] == "not_found"

@@ -149,9 +149,9 @@ TABLE: dict[tuple[str, str], Route] = {
     ("POST", "/v1/b"): Route(INGEST, batch),
     ("POST", "/v1/m"): Route(METRICS, lambda _: {"series": []}),
     ("GET", "/v1/profiles/{id}"): Route(READ, path=PROFILE),
-    ("GET", "/v1/profiles/{id}/stage"): Route(READ, path=PROFILE + "/stage"),
-    ("GET", "/v1/profiles/{id}/timeline"): Route(READ, path=PROFILE + "/timeline"),
-    ("GET", "/v1/profiles/{id}/identities"): Route(READ, path=PROFILE + "/identities"),
+    ("GET", "/v1/profiles/{id:path}/stage"): Route(READ, path=PROFILE + "/stage"),
+    ("GET", "/v1/profiles/{id:path}/timeline"): Route(READ, path=PROFILE + "/timeline"),
+    ("GET", "/v1/profiles/{id:path}/identities"): Route(READ, path=PROFILE + "/identities"),
     # Aggregates answer for "the workspace of the key": another workspace sees its own numbers.
     ("GET", "/v1/aggregates/stages"): Route(READ, scoped_by_path=False),
     ("GET", "/v1/aggregates/funnel"): Route(
@@ -163,7 +163,7 @@ TABLE: dict[tuple[str, str], Route] = {
     ("GET", "/v1/aggregates/attribution"): Route(READ, scoped_by_path=False),
     ("GET", "/v1/aggregates/journey-map"): Route(READ, scoped_by_path=False),
     ("GET", "/v1/aggregates/dropoff"): Route(READ, scoped_by_path=False),
-    ("POST", "/v1/profiles/{id}/unmerge"): Route(SERVER, unmerge, path=PROFILE + "/unmerge"),
+    ("POST", "/v1/profiles/{id:path}/unmerge"): Route(SERVER, unmerge, path=PROFILE + "/unmerge"),
     # Privacy: server key only; a customer or job of another workspace does not exist.
     ("DELETE", "/v1/profiles/{id}"): Route(SERVER, path=DOOMED_PROFILE),
     ("GET", "/v1/profiles/{id}/export"): Route(SERVER, path=PROFILE + "/export"),
