@@ -8,6 +8,10 @@ import asyncpg
 
 # Serialises concurrent partition creation across processes.
 _LOCK_KEY = 0x4A_4F_55_52  # "JOUR"
+# Held (shared, until commit) by every transaction that inserts raw events, taken by the
+# `feed_writer` statement trigger before its first row (migration 0013): the stitcher's feed
+# waits for these transactions only (`app.journeys.repository.FEED_HORIZON`).
+FEED_WRITER_LOCK = 0x4A53_4657  # "JSFW"
 
 
 def week_of(moment: datetime) -> date:
@@ -32,6 +36,12 @@ async def ensure_week_partition(conn: asyncpg.Connection, week: date) -> None:
             await conn.execute(
                 f"CREATE TABLE {name} PARTITION OF events "
                 f"FOR VALUES FROM ('{week.isoformat()}') TO ('{end.isoformat()}')"
+            )
+            # Statement triggers are not inherited: a COPY straight into the partition must
+            # mark its transaction as a raw-event writer too.
+            await conn.execute(
+                f"CREATE TRIGGER feed_writer BEFORE INSERT ON {name} "
+                "FOR EACH STATEMENT EXECUTE FUNCTION feed_writer()"
             )
 
 

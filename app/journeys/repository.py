@@ -11,6 +11,7 @@ import asyncpg
 import orjson
 
 from app.db.engine import copies_jsonb
+from app.db.partitions import FEED_WRITER_LOCK
 
 SHARDS = 16
 
@@ -42,19 +43,46 @@ def _json(value: object) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
+# The feed's horizon (xid8): no transaction below it can still add a raw event, so the feed reads
+# only events with `tx` below it, and an event is never overtaken by one that commits later with
+# an earlier id. It is the oldest transaction running in the statement's snapshot, leaving out
+# those seen running without `FEED_WRITER_LOCK`: every raw-event writer takes that lock before it
+# has an id (the `feed_writer` trigger, migration 0013) and one that has written anything else
+# cannot start, so they will never write raw events. Those that ended after the snapshot stay in
+# (they may have been writers): the horizon can only err low, never skip an event. Transactions
+# of other databases never hold it here, nor write here: they hold nothing back. Prepared
+# transactions (no pid) stay in. With nothing running: the next transaction id.
+FEED_HORIZON = f"""
+(SELECT coalesce(
+     (SELECT min(x) FROM pg_snapshot_xip(s.snap) AS x
+      WHERE x::xid NOT IN (
+          SELECT t.transactionid FROM pg_locks t
+          WHERE t.locktype = 'transactionid' AND t.mode = 'ExclusiveLock' AND t.granted
+            AND t.pid IS NOT NULL
+            AND NOT EXISTS (
+                SELECT FROM pg_locks w
+                WHERE w.pid = t.pid AND w.locktype = 'advisory' AND w.granted
+                  AND w.database = (SELECT oid FROM pg_database
+                                    WHERE datname = current_database())
+                  AND w.classid = {FEED_WRITER_LOCK >> 32}
+                  AND w.objid = {FEED_WRITER_LOCK & 0xFFFFFFFF} AND w.objsubid = 1))),
+     pg_snapshot_xmax(s.snap))
+ FROM (SELECT pg_current_snapshot() AS snap) s)"""
+
+
 async def read_feed(
     conn: asyncpg.Connection, *, shard: int, after: tuple[int, int], limit: int
 ) -> list[asyncpg.Record]:
     """The next raw events of a shard in (tx, seq) order, only from transactions that can no
-    longer be overtaken: below the oldest transaction still running."""
+    longer be overtaken: below `FEED_HORIZON`."""
     rows: list[asyncpg.Record] = await conn.fetch(
-        """
+        f"""
         SELECT workspace_id, message_id, tx::text::bigint AS tx, seq, timestamp, received_at,
                flags, payload
         FROM events
         WHERE workspace_id % 16 = $1
           AND (tx, seq) > ($2::text::xid8, $3::bigint)
-          AND tx < pg_snapshot_xmin(pg_current_snapshot())
+          AND tx < {FEED_HORIZON}
         -- Qualified: a bare `tx` here would mean the bigint output column, which no index has.
         ORDER BY events.workspace_id % 16, events.tx, events.seq
         LIMIT $4
@@ -71,8 +99,9 @@ async def pending_shards(conn: asyncpg.Connection, shards: Sequence[int]) -> lis
     """Which of these shards have an event the feed could read now: one round trip, one index
     probe per shard (ix_events_feed), instead of a transaction per idle shard."""
     rows = await conn.fetch(
-        """
-        SELECT s.shard FROM unnest($1::int[]) AS s(shard)
+        f"""
+        WITH h AS MATERIALIZED (SELECT {FEED_HORIZON} AS horizon)
+        SELECT s.shard FROM h, unnest($1::int[]) AS s(shard)
         CROSS JOIN LATERAL (
             SELECT 1 FROM events e
             WHERE e.workspace_id % 16 = s.shard
@@ -80,7 +109,7 @@ async def pending_shards(conn: asyncpg.Connection, shards: Sequence[int]) -> lis
                   coalesce((SELECT tx FROM stitch_progress p WHERE p.shard = s.shard),
                            '0'::xid8),
                   coalesce((SELECT seq FROM stitch_progress p WHERE p.shard = s.shard), 0))
-              AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
+              AND e.tx < h.horizon
             ORDER BY e.workspace_id % 16, e.tx, e.seq
             LIMIT 1
         ) AS ready

@@ -323,11 +323,11 @@ class Stitcher:
     async def drain(self, *, timeout: float = 60.0, settle: bool = True) -> int:
         """Stitch until the feed is empty (tests); returns events done.
 
-        The feed reads only below the oldest transaction still running anywhere on the server
-        (another database's included), so an empty read does not mean that everything
-        committed has been stitched. With `settle` the drain first waits until every
-        transaction that was running when it began has ended: then it stitches everything
-        committed before the call. Without it, it leaves what the worker would leave."""
+        The feed reads only below the oldest raw-event writer still running
+        (`journeys.FEED_HORIZON`), so an empty read does not mean that everything committed
+        has been stitched. With `settle` the drain first waits until the horizon has passed
+        every transaction that had ended when it began: then it stitches everything committed
+        before the call. Without it, it leaves what the worker would leave."""
         total = 0
         # Shards claimed only for this drain are given back afterwards: kept, they would lock
         # every other stitcher (a `journeys worker`, another server) out for good.
@@ -349,18 +349,18 @@ class Stitcher:
                 await self._release()
 
     async def _settle(self) -> None:
-        """Wait until the transactions running now have ended (`drain`)."""
+        """Wait until the feed's horizon has passed every transaction ended now (`drain`)."""
         async with raw_connection(self._engine) as conn:
-            horizon = await conn.fetchval(_NEXT_XID)
+            ended = await conn.fetchval(_ENDED_BELOW)
             # Polled: PostgreSQL signals no transaction's end to an onlooker.
             while True:
-                if await conn.fetchval(_OLDEST_RUNNING_XID) >= horizon:
+                if await conn.fetchval(_HORIZON) >= ended:
                     return
                 await asyncio.sleep(SETTLE_POLL)
 
 
-# Transaction ids as bigint: the next one to be assigned, and the oldest still running (the
-# next one when none is). Every transaction that ran before the first is below it.
-_NEXT_XID = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
-_OLDEST_RUNNING_XID = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+# Transaction ids as bigint: every transaction that has ended is below the first (the snapshot's
+# xmax); the second is the feed's horizon.
+_ENDED_BELOW = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+_HORIZON = f"SELECT {journeys.FEED_HORIZON}::text::bigint"
 SETTLE_POLL = 0.005

@@ -6,6 +6,7 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 
 import asyncpg
 import httpx
@@ -18,6 +19,7 @@ from app.core.security import KeyKind, hash_key
 from app.core.settings import Settings
 from app.db.engine import asyncpg_dsn
 from app.db.migrate import head_revision
+from app.db.partitions import ensure_week_partition, week_of
 from app.journeys import lag
 from app.main import create_app
 from app.workspaces.repository import KeyRecord, NewWorkspace
@@ -178,41 +180,85 @@ async def test_metrics_count_requests_by_area_and_show_pool_use(
     assert 'journeys_db_pool_in_use{pool="read"}' in after
 
 
-async def test_readyz_names_the_long_write_transaction_that_holds_stitching_back(
+async def test_a_long_write_transaction_that_writes_no_raw_events_holds_nothing_back(
+    client: httpx.AsyncClient,
+    workspace: NewWorkspace,
+    stitch: Callable[..., Awaitable[int]],
+    database_url: str,
+) -> None:
+    """A migration, a rebuild or a batch job left open (here: any transaction with an id)
+    cannot add raw events, so the feed reads past it."""
+    await stitch()  # what earlier tests left
+    blocker = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        await ensure_week_partition(blocker, week_of(datetime.now(UTC)))
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.fetchval("SELECT pg_current_xact_id()")  # takes an xid: a writer
+        r = await client.post("/v1/track", json=EVENT, auth=(workspace.write_key, ""))
+        assert r.status_code == 200, r.text
+        assert await stitch(settle=False) == 1
+        body = (await client.get("/readyz")).json()["stitcher"]
+        assert body["shards_behind"] == 0
+        assert body["held_back_by"] is None
+        # Once it has written, it may not start writing raw events: its id predates its lock.
+        with pytest.raises(asyncpg.RaiseError, match="first write of their transaction"):
+            await _insert_raw_event(blocker, workspace, "late-writer")
+        await tx.rollback()
+    finally:
+        await blocker.close()
+
+
+async def test_readyz_names_the_raw_event_writer_that_holds_stitching_back(
     client: httpx.AsyncClient,
     workspace: NewWorkspace,
     stitch: Callable[..., Awaitable[int]],
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The feed cannot read past a write transaction still open anywhere on the server: the
-    events are committed but not stitched, and /readyz says which transaction waits."""
+    """A raw-event writer still open (a slow ingest commit, a bulk load) holds the feed back:
+    events committed after it are not stitched before its own, and /readyz names it."""
     monkeypatch.setattr(lag, "HOLD_REPORT_SECONDS", 0.0)
     await stitch()  # what earlier tests left
     blocker = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
-        await blocker.execute("SET application_name = 'long-batch-job'")
+        await blocker.execute("SET application_name = 'bulk-load'")
+        await ensure_week_partition(blocker, week_of(datetime.now(UTC)))
         tx = blocker.transaction()
         await tx.start()
-        await blocker.fetchval("SELECT pg_current_xact_id()")  # takes an xid: a writer
+        await _insert_raw_event(blocker, workspace, "slow-commit")
         r = await client.post("/v1/track", json=EVENT, auth=(workspace.write_key, ""))
         assert r.status_code == 200, r.text
-        assert await stitch(settle=False) == 0  # committed, yet invisible to the feed
+        assert await stitch(settle=False) == 0  # committed, yet behind the open writer
         body = (await client.get("/readyz")).json()["stitcher"]
         assert body["shards_behind"] >= 1
         assert body["held_back_by"]["pid"] == blocker.get_server_pid()
-        assert body["held_back_by"]["application"] == "long-batch-job"
+        assert body["held_back_by"]["application"] == "bulk-load"
         metrics = (await client.get("/metrics")).text
         assert metric(metrics, "journeys_stitch_feed_held_seconds") >= 0.0
-        assert "journeys_stitch_feed_held_seconds" in metrics
-        # A settling drain (the default) waits for the transactions older than it instead.
+        # A settling drain (the default) waits for the writers older than it instead.
         settling = asyncio.create_task(stitch())
         done, _ = await asyncio.wait({settling}, timeout=0.5)
-        assert not done, "the drain returned while an older transaction was still open"
+        assert not done, "the drain returned while an older raw-event writer was still open"
         await tx.commit()
     finally:
         await blocker.close()
-    assert await settling == 1
+    assert await settling == 2  # both, the slow commit's event first
     body = (await client.get("/readyz")).json()["stitcher"]
     assert body["shards_behind"] == 0
     assert body["held_back_by"] is None
+
+
+async def _insert_raw_event(conn: asyncpg.Connection, ws: NewWorkspace, message_id: str) -> None:
+    """A raw event written as a bulk load would, without the API."""
+    now = datetime.now(UTC)
+    payload = {"type": "track", "userId": "u9", "event": "Imported", "messageId": message_id}
+    await conn.execute(
+        "INSERT INTO events (workspace_id, received_week, message_id, type, user_id, timestamp,"
+        " received_at, payload) VALUES ($1, $2, $3, 'track', 'u9', $4, $4, $5::jsonb)",
+        ws.workspace_id,
+        week_of(now),
+        message_id,
+        now,
+        orjson.dumps(payload).decode(),
+    )
