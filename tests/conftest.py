@@ -15,17 +15,20 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 import pytest_asyncio
 
 from app.core.settings import Settings
 from app.db.engine import asyncpg_dsn, connect, make_engine
 from app.db.migrate import upgrade_head
+from app.db.partitions import week_of
 from app.main import create_app
 from app.workspaces.repository import NewWorkspace, create_workspace
 
@@ -234,3 +237,21 @@ def live_server(database_url: str) -> Iterator[LiveServer]:
         yield server
     finally:
         server.stop()
+
+
+async def insert_raw_event(
+    conn: asyncpg.Connection, workspace_id: int, message_id: str, payload: dict[str, Any]
+) -> None:
+    """A raw `events` row written straight into the table, as a bulk load or an old version
+    might (not through ingest: nothing checks the payload); its week's partition must exist."""
+    now = datetime.now(UTC)
+    await conn.execute(
+        "INSERT INTO events (workspace_id, received_week, message_id, type, user_id, timestamp,"
+        " received_at, payload) VALUES ($1, $2, $3, 'track', $4, $5, $5, $6::jsonb)",
+        workspace_id,
+        week_of(now),
+        message_id,
+        payload.get("userId"),
+        now,
+        orjson.dumps(payload).decode(),
+    )

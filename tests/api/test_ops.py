@@ -23,6 +23,7 @@ from app.db.partitions import ensure_week_partition, week_of
 from app.journeys import lag
 from app.main import create_app
 from app.workspaces.repository import KeyRecord, NewWorkspace
+from tests.conftest import insert_raw_event
 
 EVENT = {"userId": "u1", "event": "Product Viewed"}
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nope"
@@ -203,7 +204,9 @@ async def test_a_long_write_transaction_that_writes_no_raw_events_holds_nothing_
         assert body["held_back_by"] is None
         # Once it has written, it may not start writing raw events: its id predates its lock.
         with pytest.raises(asyncpg.RaiseError, match="first write of their transaction"):
-            await _insert_raw_event(blocker, workspace, "late-writer")
+            await insert_raw_event(
+                blocker, workspace.workspace_id, "late-writer", _imported("late-writer")
+            )
         await tx.rollback()
     finally:
         await blocker.close()
@@ -226,7 +229,9 @@ async def test_readyz_names_the_raw_event_writer_that_holds_stitching_back(
         await ensure_week_partition(blocker, week_of(datetime.now(UTC)))
         tx = blocker.transaction()
         await tx.start()
-        await _insert_raw_event(blocker, workspace, "slow-commit")
+        await insert_raw_event(
+            blocker, workspace.workspace_id, "slow-commit", _imported("slow-commit")
+        )
         r = await client.post("/v1/track", json=EVENT, auth=(workspace.write_key, ""))
         assert r.status_code == 200, r.text
         assert await stitch(settle=False) == 0  # committed, yet behind the open writer
@@ -249,16 +254,6 @@ async def test_readyz_names_the_raw_event_writer_that_holds_stitching_back(
     assert body["held_back_by"] is None
 
 
-async def _insert_raw_event(conn: asyncpg.Connection, ws: NewWorkspace, message_id: str) -> None:
-    """A raw event written as a bulk load would, without the API."""
-    now = datetime.now(UTC)
-    payload = {"type": "track", "userId": "u9", "event": "Imported", "messageId": message_id}
-    await conn.execute(
-        "INSERT INTO events (workspace_id, received_week, message_id, type, user_id, timestamp,"
-        " received_at, payload) VALUES ($1, $2, $3, 'track', 'u9', $4, $4, $5::jsonb)",
-        ws.workspace_id,
-        week_of(now),
-        message_id,
-        now,
-        orjson.dumps(payload).decode(),
-    )
+def _imported(message_id: str) -> dict[str, str]:
+    """A raw event as a bulk load would write it, without the API."""
+    return {"type": "track", "userId": "u9", "event": "Imported", "messageId": message_id}

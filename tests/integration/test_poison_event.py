@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 
 import asyncpg
 import httpx
 import orjson
 import pytest
 
-from app.db.partitions import week_of
 from app.journeys.rebuild import rebuild_workspace
 from app.workspaces.repository import NewWorkspace
+from tests.conftest import insert_raw_event
 
 Stitch = Callable[[], Awaitable[int]]
+# A payload without a messageId: ingest would refuse it, the stitcher cannot order it.
+BROKEN = {"type": "track", "userId": "u1", "event": "Broken"}
 
 
 async def send(client: httpx.AsyncClient, ws: NewWorkspace, batch: list[dict[str, object]]) -> None:
@@ -43,17 +44,8 @@ async def test_a_poison_event_is_set_aside_and_its_shard_keeps_flowing(
         {"type": "track", "userId": "u2", "event": "Product Viewed", "messageId": f"{run}-4"},
     ]
     await send(client, workspace, before)
-    now = datetime.now(UTC)
     poison = f"{run}-poison"
-    await db.execute(
-        "INSERT INTO events (workspace_id, received_week, message_id, type, user_id, timestamp,"
-        " received_at, payload) VALUES ($1, $2, $3, 'track', 'u1', $4, $4, $5::jsonb)",
-        workspace.workspace_id,
-        week_of(now),
-        poison,
-        now,
-        orjson.dumps({"type": "track", "userId": "u1", "event": "Broken"}).decode(),
-    )
+    await insert_raw_event(db, workspace.workspace_id, poison, BROKEN)
     await send(client, workspace, after)
 
     await stitch()  # bounded by its own timeout; a stalled shard would never drain
@@ -105,17 +97,8 @@ async def test_a_rebuild_sets_a_poison_event_aside_and_stitches_it_once_fixed(
         {"type": "track", "userId": "u1", "event": "Order Completed", "messageId": f"{run}-3"},
     ]
     await send(client, workspace, good[:2])
-    now = datetime.now(UTC)
     poison = f"{run}-poison"
-    await db.execute(
-        "INSERT INTO events (workspace_id, received_week, message_id, type, user_id, timestamp,"
-        " received_at, payload) VALUES ($1, $2, $3, 'track', 'u1', $4, $4, $5::jsonb)",
-        workspace.workspace_id,
-        week_of(now),
-        poison,
-        now,
-        orjson.dumps({"type": "track", "userId": "u1", "event": "Broken"}).decode(),
-    )
+    await insert_raw_event(db, workspace.workspace_id, poison, BROKEN)
     await send(client, workspace, good[2:])
     await stitch()
 
